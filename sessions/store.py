@@ -1,0 +1,578 @@
+"""The chat store: conversations as message trees, ratings, corrections, search and training runs.
+
+``Store`` is the only code in the project that writes SQL. It wraps a ``sqlite_utils.Database`` and migrates it on
+construction. One Store may be used from several threads (the TUI saves streamed replies from a worker), so every
+operation holds a lock; several processes may share one file (WAL mode plus a busy timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlite_utils import Database
+
+from .migrations import migrate
+
+ROLES = ("system", "user", "assistant")
+STATUSES = ("complete", "streaming", "stopped", "failed")
+BUSY_TIMEOUT_MS = 5000
+
+
+class StoreError(Exception):
+    """A problem with the store the user can act on; the message is one line naming the fix."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    title: str
+    created_at: float
+    updated_at: float
+    model: str | None = None
+    system_prompt: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    exclude_from_training: bool = False
+    tip_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    conversation_id: int
+    parent_id: int | None
+    role: str
+    content: str
+    created_at: float
+    model: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    status: str = "complete"
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    ttft_s: float | None = None
+    duration_s: float | None = None
+    rating: int = 0
+    correction: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    conversation_id: int
+    message_id: int
+    title: str
+    role: str
+    snippet: str
+    rank: float
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    id: int
+    name: str
+    created_at: float
+    status: str
+    finished_at: float | None = None
+    base_model: str | None = None
+    dataset_path: str | None = None
+    dataset_sha256: str | None = None
+    conversation_ids: list[int] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    output_dir: str | None = None
+    log_path: str | None = None
+    pid: int | None = None
+    error: str | None = None
+
+
+_UNSET: Any = object()
+
+
+def _loads(text: str | None, default: Any) -> Any:
+    return json.loads(text) if text else default
+
+
+def _conversation(row: dict[str, Any]) -> Conversation:
+    return Conversation(
+        id=row["id"],
+        title=row["title"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        model=row["model"],
+        system_prompt=row["system_prompt"],
+        params=_loads(row["params"], {}),
+        exclude_from_training=bool(row["exclude_from_training"]),
+        tip_id=row["tip_id"],
+    )
+
+
+def _message(row: dict[str, Any]) -> Message:
+    values = dict(row)
+    values["params"] = _loads(values.get("params"), {})
+    return Message(**values)
+
+
+def _training_run(row: dict[str, Any]) -> TrainingRun:
+    values = dict(row)
+    values["conversation_ids"] = _loads(values.get("conversation_ids"), [])
+    values["params"] = _loads(values.get("params"), {})
+    values["metrics"] = _loads(values.get("metrics"), {})
+    return TrainingRun(**values)
+
+
+def connect(path: str | Path) -> Database:
+    """Open (creating if needed) a chat database file shared safely between threads and processes."""
+    path = Path(path)
+    try:
+        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(
+            f"{path} is not a usable chat database ({exc}); move it aside or restore a backup"
+        ) from exc
+    return Database(conn)
+
+
+def memory_database() -> Database:
+    """An in-memory database usable from worker threads (tests, `--no-save`)."""
+    return Database(sqlite3.connect(":memory:", check_same_thread=False))
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._lock = threading.RLock()
+        self._transaction_depth = 0  # > 0 inside `transaction()`: writes then commit only at its end
+        conn = db.conn
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        try:
+            with self._lock:
+                migrate(db)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"the chat database is damaged or not a database ({exc}); "
+                "move it aside (or restore `tui-chat backup`) and start again"
+            ) from exc
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Store":
+        return cls(connect(path))
+
+    # ---- low level -------------------------------------------------------------------------------------------
+
+    def _query(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.db.query(sql, params))
+
+    def _write(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
+        with self._writing():
+            return self.db.execute(sql, params)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the lock and commit at the end, unless an outer ``transaction()`` will."""
+        with self._lock:
+            if self._transaction_depth:
+                yield
+            else:
+                with self.db.conn:
+                    yield
+
+    def transaction(self) -> "_Transaction":
+        """Group several writes into one all-or-nothing transaction (imports use it)."""
+        return _Transaction(self)
+
+    # ---- conversations ---------------------------------------------------------------------------------------
+
+    def create_conversation(
+        self,
+        title: str = "New chat",
+        *,
+        model: str | None = None,
+        system_prompt: str | None = None,
+        params: dict[str, Any] | None = None,
+        created_at: float | None = None,
+    ) -> Conversation:
+        now = created_at if created_at is not None else time.time()
+        cursor = self._write(
+            "INSERT INTO conversations (title, created_at, updated_at, model, system_prompt, params, "
+            "exclude_from_training) VALUES (?, ?, ?, ?, ?, ?, 0)",
+            (title, now, now, model, system_prompt, json.dumps(params or {})),
+        )
+        return self.get_conversation(cursor.lastrowid)
+
+    def get_conversation(self, conversation_id: int) -> Conversation:
+        rows = self._query("SELECT * FROM conversations WHERE id = ?", (conversation_id,))
+        if not rows:
+            raise NotFound(f"no conversation {conversation_id}; `tui-chat sessions list` shows the ids")
+        return _conversation(rows[0])
+
+    def list_conversations(self, limit: int = 50, offset: int = 0) -> list[Conversation]:
+        """Newest (most recently updated) first, one page at a time."""
+        rows = self._query(
+            "SELECT * FROM conversations ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?", (limit, offset)
+        )
+        return [_conversation(row) for row in rows]
+
+    def count_conversations(self) -> int:
+        return self._query("SELECT count(*) AS n FROM conversations")[0]["n"]
+
+    def latest_conversation(self) -> Conversation | None:
+        page = self.list_conversations(limit=1)
+        return page[0] if page else None
+
+    def rename_conversation(self, conversation_id: int, title: str) -> Conversation:
+        self.update_conversation(conversation_id, title=title)
+        return self.get_conversation(conversation_id)
+
+    def update_conversation(
+        self,
+        conversation_id: int,
+        *,
+        title: str = _UNSET,
+        model: str | None = _UNSET,
+        system_prompt: str | None = _UNSET,
+        params: dict[str, Any] = _UNSET,
+        exclude_from_training: bool = _UNSET,
+    ) -> Conversation:
+        self.get_conversation(conversation_id)
+        changes: dict[str, Any] = {}
+        if title is not _UNSET:
+            changes["title"] = title
+        if model is not _UNSET:
+            changes["model"] = model
+        if system_prompt is not _UNSET:
+            changes["system_prompt"] = system_prompt
+        if params is not _UNSET:
+            changes["params"] = json.dumps(params)
+        if exclude_from_training is not _UNSET:
+            changes["exclude_from_training"] = int(bool(exclude_from_training))
+        if changes:
+            changes["updated_at"] = time.time()
+            columns = ", ".join(f"{name} = :{name}" for name in changes)
+            self._write(f"UPDATE conversations SET {columns} WHERE id = :id", {**changes, "id": conversation_id})
+        return self.get_conversation(conversation_id)
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        """Hard delete: the messages go with it (cascade) and the FTS triggers drop them from the index."""
+        self.get_conversation(conversation_id)
+        self._write("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+
+    # ---- messages --------------------------------------------------------------------------------------------
+
+    def add_message(
+        self,
+        conversation_id: int,
+        role: str,
+        content: str,
+        *,
+        parent_id: int | None = _UNSET,
+        model: str | None = None,
+        params: dict[str, Any] | None = None,
+        status: str = "complete",
+        created_at: float | None = None,
+        rating: int = 0,
+        correction: str | None = None,
+    ) -> Message:
+        """Append a message under ``parent_id`` (default: the conversation's tip) and make it the new tip.
+
+        Adding under a parent that already has children creates a sibling: a new branch.
+        """
+        if role not in ROLES:
+            raise StoreError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+        if status not in STATUSES:
+            raise StoreError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+        with self._lock:
+            conversation = self.get_conversation(conversation_id)
+            if parent_id is _UNSET:
+                parent_id = conversation.tip_id
+            now = created_at if created_at is not None else time.time()
+            with self._writing():
+                cursor = self.db.execute(
+                    "INSERT INTO messages (conversation_id, parent_id, role, content, created_at, model, params, "
+                    "status, rating, correction) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        conversation_id,
+                        parent_id,
+                        role,
+                        content,
+                        now,
+                        model,
+                        json.dumps(params) if params else None,
+                        status,
+                        rating,
+                        correction,
+                    ),
+                )
+                message_id = cursor.lastrowid
+                self.db.execute(
+                    "UPDATE conversations SET tip_id = ?, updated_at = ? WHERE id = ?",
+                    (message_id, max(now, conversation.updated_at), conversation_id),
+                )
+            return self.get_message(message_id)
+
+    def get_message(self, message_id: int) -> Message:
+        rows = self._query("SELECT * FROM messages WHERE id = ?", (message_id,))
+        if not rows:
+            raise NotFound(f"no message {message_id}")
+        return _message(rows[0])
+
+    def update_message(
+        self,
+        message_id: int,
+        *,
+        content: str = _UNSET,
+        status: str = _UNSET,
+        tokens_in: int | None = _UNSET,
+        tokens_out: int | None = _UNSET,
+        ttft_s: float | None = _UNSET,
+        duration_s: float | None = _UNSET,
+        error: str | None = _UNSET,
+    ) -> None:
+        """Update a message in place: used while a reply streams and to finalise it."""
+        changes = {
+            name: value
+            for name, value in {
+                "content": content,
+                "status": status,
+                "tokens_in": tokens_in,
+                "tokens_out": tokens_out,
+                "ttft_s": ttft_s,
+                "duration_s": duration_s,
+                "error": error,
+            }.items()
+            if value is not _UNSET
+        }
+        if "status" in changes and changes["status"] not in STATUSES:
+            raise StoreError(f"unknown status {changes['status']!r}")
+        if not changes:
+            return
+        columns = ", ".join(f"{name} = :{name}" for name in changes)
+        self._write(f"UPDATE messages SET {columns} WHERE id = :id", {**changes, "id": message_id})
+
+    def set_rating(self, message_id: int, rating: int) -> Message:
+        if rating not in (-1, 0, 1):
+            raise StoreError("a rating is -1, 0 or +1")
+        self._write("UPDATE messages SET rating = ? WHERE id = ?", (rating, message_id))
+        return self.get_message(message_id)
+
+    def set_correction(self, message_id: int, correction: str | None) -> Message:
+        """Record the user's ideal answer for an assistant reply (``None`` or empty clears it)."""
+        message = self.get_message(message_id)
+        if message.role != "assistant":
+            raise StoreError("only assistant replies can be corrected")
+        self._write("UPDATE messages SET correction = ? WHERE id = ?", (correction or None, message_id))
+        return self.get_message(message_id)
+
+    def messages(self, conversation_id: int) -> list[Message]:
+        """Every message of a conversation, all branches, in creation order."""
+        rows = self._query("SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))
+        return [_message(row) for row in rows]
+
+    def path_to(self, message_id: int | None) -> list[Message]:
+        """The messages from the root down to ``message_id``."""
+        if message_id is None:
+            return []
+        rows = self._query(
+            """
+            WITH RECURSIVE chain(id, depth) AS (
+                SELECT id, 0 FROM messages WHERE id = ?
+                UNION ALL
+                SELECT messages.parent_id, chain.depth + 1 FROM messages JOIN chain ON messages.id = chain.id
+                WHERE messages.parent_id IS NOT NULL
+            )
+            SELECT messages.* FROM chain JOIN messages ON messages.id = chain.id ORDER BY chain.depth DESC
+            """,
+            (message_id,),
+        )
+        return [_message(row) for row in rows]
+
+    def active_branch(self, conversation_id: int) -> list[Message]:
+        """The active branch: root to tip."""
+        return self.path_to(self.get_conversation(conversation_id).tip_id)
+
+    def siblings(self, message_id: int) -> list[Message]:
+        """The versions of a message: itself and the other children of its parent, oldest first."""
+        message = self.get_message(message_id)
+        if message.parent_id is None:
+            rows = self._query(
+                "SELECT * FROM messages WHERE conversation_id = ? AND parent_id IS NULL ORDER BY id",
+                (message.conversation_id,),
+            )
+        else:
+            rows = self._query("SELECT * FROM messages WHERE parent_id = ? ORDER BY id", (message.parent_id,))
+        return [_message(row) for row in rows]
+
+    def switch_branch(self, message_id: int) -> list[Message]:
+        """Make the branch through ``message_id`` active: the tip becomes its newest descendant leaf."""
+        message = self.get_message(message_id)
+        leaf = message_id
+        while True:
+            child = self._query("SELECT id FROM messages WHERE parent_id = ? ORDER BY id DESC LIMIT 1", (leaf,))
+            if not child:
+                break
+            leaf = child[0]["id"]
+        self._write("UPDATE conversations SET tip_id = ? WHERE id = ?", (leaf, message.conversation_id))
+        return self.active_branch(message.conversation_id)
+
+    def set_tip(self, conversation_id: int, message_id: int | None) -> None:
+        """Point the conversation's tip at ``message_id`` (e.g. the parent, before adding a new sibling)."""
+        self._write("UPDATE conversations SET tip_id = ? WHERE id = ?", (message_id, conversation_id))
+
+    # ---- search ----------------------------------------------------------------------------------------------
+
+    def search(self, query: str, limit: int = 20) -> list[SearchHit]:
+        """Full-text search over message content, best matches first, with a highlighted snippet each.
+
+        The query is taken as plain words (each a prefix match), so user input never trips FTS5 syntax.
+        """
+        words = [word.replace('"', '""') for word in query.split()]
+        if not words:
+            return []
+        match = " ".join(f'"{word}"*' for word in words)
+        rows = self._query(
+            """
+            SELECT messages.id AS message_id, messages.conversation_id, messages.role, conversations.title,
+                   snippet(messages_fts, 0, '[', ']', '…', 12) AS snippet, messages_fts.rank AS rank
+            FROM messages_fts
+            JOIN messages ON messages.rowid = messages_fts.rowid
+            JOIN conversations ON conversations.id = messages.conversation_id
+            WHERE messages_fts MATCH ?
+            ORDER BY messages_fts.rank
+            LIMIT ?
+            """,
+            (match, limit),
+        )
+        return [SearchHit(**row) for row in rows]
+
+    # ---- training runs ---------------------------------------------------------------------------------------
+
+    def create_training_run(
+        self,
+        name: str,
+        *,
+        base_model: str,
+        dataset_path: str | None = None,
+        dataset_sha256: str | None = None,
+        conversation_ids: list[int] | None = None,
+        params: dict[str, Any] | None = None,
+        output_dir: str | None = None,
+        log_path: str | None = None,
+        status: str = "pending",
+    ) -> TrainingRun:
+        cursor = self._write(
+            "INSERT INTO training_runs (name, created_at, base_model, dataset_path, dataset_sha256, "
+            "conversation_ids, params, status, output_dir, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                name,
+                time.time(),
+                base_model,
+                dataset_path,
+                dataset_sha256,
+                json.dumps(conversation_ids or []),
+                json.dumps(params or {}),
+                status,
+                output_dir,
+                log_path,
+            ),
+        )
+        return self.get_training_run(cursor.lastrowid)
+
+    def get_training_run(self, run: int | str) -> TrainingRun:
+        column = "id" if isinstance(run, int) else "name"
+        rows = self._query(f"SELECT * FROM training_runs WHERE {column} = ?", (run,))
+        if not rows:
+            raise NotFound(f"no training run {run!r}; `tui-chat models` lists them")
+        return _training_run(rows[0])
+
+    def list_training_runs(self) -> list[TrainingRun]:
+        return [_training_run(row) for row in self._query("SELECT * FROM training_runs ORDER BY id DESC")]
+
+    def update_training_run(
+        self,
+        run_id: int,
+        *,
+        status: str = _UNSET,
+        metrics: dict[str, Any] = _UNSET,
+        finished_at: float | None = _UNSET,
+        pid: int | None = _UNSET,
+        error: str | None = _UNSET,
+        output_dir: str | None = _UNSET,
+    ) -> TrainingRun:
+        changes = {
+            name: value
+            for name, value in {
+                "status": status,
+                "metrics": json.dumps(metrics) if metrics is not _UNSET else _UNSET,
+                "finished_at": finished_at,
+                "pid": pid,
+                "error": error,
+                "output_dir": output_dir,
+            }.items()
+            if value is not _UNSET
+        }
+        if changes:
+            columns = ", ".join(f"{name} = :{name}" for name in changes)
+            self._write(f"UPDATE training_runs SET {columns} WHERE id = :id", {**changes, "id": run_id})
+        return self.get_training_run(run_id)
+
+    def messages_by_model(self, model: str, limit: int = 100) -> list[Message]:
+        """Assistant messages produced by ``model`` (lineage: what a base model or run has said)."""
+        rows = self._query(
+            "SELECT * FROM messages WHERE role = 'assistant' AND model = ? ORDER BY id DESC LIMIT ?", (model, limit)
+        )
+        return [_message(row) for row in rows]
+
+    # ---- maintenance -----------------------------------------------------------------------------------------
+
+    def backup(self, path: str | Path) -> Path:
+        """A consistent copy of the whole database (``VACUUM INTO``), safe while the app is running."""
+        path = Path(path)
+        if path.exists():
+            raise StoreError(f"{path} already exists; choose a new file name for the backup")
+        with self._lock:
+            self.db.execute("VACUUM INTO ?", (str(path),))
+        return path
+
+    def iter_conversations(self, since: float | None = None) -> Iterator[Conversation]:
+        """Every conversation, oldest first (exports walk them in a stable order)."""
+        rows = self._query(
+            "SELECT * FROM conversations WHERE (? IS NULL OR updated_at >= ?) ORDER BY created_at, id", (since, since)
+        )
+        for row in rows:
+            yield _conversation(row)
+
+
+class _Transaction:
+    """``with store.transaction():`` makes the enclosed Store calls one atomic unit."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __enter__(self) -> Store:
+        self.store._lock.acquire()
+        self.store._transaction_depth += 1
+        self.store.db.execute("SAVEPOINT store_transaction")
+        return self.store
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.store.db.execute("RELEASE store_transaction")
+            else:
+                self.store.db.execute("ROLLBACK TO store_transaction")
+                self.store.db.execute("RELEASE store_transaction")
+        finally:
+            self.store._transaction_depth -= 1
+            self.store._lock.release()

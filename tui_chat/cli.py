@@ -1,0 +1,62 @@
+"""The `tui-chat` command. With no subcommand it opens the chat.
+
+Each subcommand lives with the code it drives and is registered at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import click
+
+from sessions import Store, StoreError
+
+from .home import DataHome
+
+
+@dataclass
+class CliContext:
+    home: DataHome
+    _store: Store | None = field(default=None, repr=False)
+
+    @property
+    def store(self) -> Store:
+        """The chat store in the data home, opened (and migrated) on first use."""
+        if self._store is None:
+            self.home.ensure()
+            try:
+                self._store = Store.open(self.home.db_path)
+            except StoreError as exc:
+                raise click.ClickException(str(exc)) from exc
+            for suffix in ("", "-wal", "-shm"):
+                self.home.secure_file(self.home.db_path.with_name(self.home.db_path.name + suffix))
+        return self._store
+
+
+pass_context = click.make_pass_decorator(CliContext)
+
+
+@click.group(invoke_without_command=True)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    envvar="TUI_CHAT_HOME",
+    help="Data directory (chat.db, models/, datasets/, runs/). Default: TUI_CHAT_HOME or the user data dir.",
+)
+@click.version_option(package_name="tui-chat")
+@click.pass_context
+def main(ctx: click.Context, home: str | None) -> None:
+    """Chat with a local language model, keep every session, and fine-tune the model on them.
+
+    Run with no command to open the chat.
+    """
+    ctx.obj = CliContext(DataHome.locate(home))
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(chat_command)
+
+
+@main.command("chat")
+@pass_context
+def chat_command(ctx: CliContext) -> None:
+    """Open the chat (the default command)."""
+    raise click.ClickException("the full-screen chat is not built yet; use `tui-chat repl`")
