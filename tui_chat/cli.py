@@ -11,7 +11,7 @@ import click
 
 from sessions import Store, StoreError
 
-from .home import DataHome
+from trainer.home import DataHome
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The data home: where the chat database, models, datasets and training logs live.
+"""The data home (shared by the app and the trainer): where the chat database, models, datasets and training logs live.
 
 Chosen by ``--home DIR``, else ``TUI_CHAT_HOME``, else platformdirs' user data dir. Everything in it is created
 private to the user (dirs 0700, files 0600): chats are personal.
