@@ -51,3 +51,69 @@ def add_user_message(store: Store, conversation_id: int, text: str, *, edit_of: 
     if conversation.title == "New chat":
         store.rename_conversation(conversation_id, title_from(text))
     return message
+
+
+def generate_reply(
+    store: Store,
+    engine: Engine,
+    conversation_id: int,
+    params: GenerationParams,
+    *,
+    parent_id: int | None = None,
+    stop: threading.Event | None = None,
+    on_chunk: Callable[[TextDelta | GenerationStats], None] | None = None,
+    save_every_s: float = SAVE_EVERY_S,
+) -> Message:
+    """Stream the engine's reply to the branch ending at ``parent_id`` (default: the tip) into the store.
+
+    A reply under a message that already has replies becomes a sibling (``/retry``). ``on_chunk`` sees every
+    chunk as it arrives (front ends print from it). Returns the finalised message: ``complete`` for eos/length,
+    ``stopped`` when ``stop`` was set. An EngineError marks it ``failed`` (with the error) and is re-raised; an
+    interrupt (Ctrl+C in `ask`) keeps the partial text as ``stopped`` and is re-raised.
+    """
+    if parent_id is None:
+        parent_id = store.get_conversation(conversation_id).tip_id
+    messages = conversation_messages(store, conversation_id, upto=store.path_to(parent_id))
+    reply = store.add_message(
+        conversation_id,
+        "assistant",
+        "",
+        parent_id=parent_id,
+        model=engine.name,
+        params=params.to_dict(),
+        status="streaming",
+    )
+    text: list[str] = []
+    saved_at = time.monotonic()
+    stats: GenerationStats | None = None
+    try:
+        for chunk in engine.stream(messages, params, stop):
+            if isinstance(chunk, TextDelta):
+                text.append(chunk.text)
+                if time.monotonic() - saved_at >= save_every_s:
+                    store.update_message(reply.id, content="".join(text))
+                    saved_at = time.monotonic()
+            else:
+                stats = chunk
+            if on_chunk is not None:
+                on_chunk(chunk)
+    except EngineError as exc:
+        store.update_message(reply.id, content="".join(text), status="failed", error=str(exc))
+        raise
+    except BaseException:
+        # KeyboardInterrupt (and anything unexpected): keep what the user already saw, then let it propagate.
+        store.update_message(reply.id, content="".join(text), status="stopped")
+        raise
+    if stats is None:
+        store.update_message(reply.id, content="".join(text), status="failed", error="the engine sent no stats")
+        raise EngineError("the model stopped without finishing its reply; try again")
+    store.update_message(
+        reply.id,
+        content="".join(text),
+        status="stopped" if stats.finish_reason == "stopped" else "complete",
+        tokens_in=stats.prompt_tokens,
+        tokens_out=stats.new_tokens,
+        ttft_s=stats.ttft_s,
+        duration_s=stats.duration_s,
+    )
+    return store.get_message(reply.id)
