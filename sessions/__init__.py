@@ -1,10 +1,25 @@
 """The session store: every conversation kept in SQLite, searchable, exportable as training data."""
 
-from .store import Conversation, Message, NotFound, SearchHit, Store, StoreError, TrainingRun, connect, memory_database
+from .store import (
+    Conversation,
+    Message,
+    NewConversation,
+    NewMessage,
+    NotFound,
+    SearchHit,
+    Store,
+    StoreError,
+    TrainingRun,
+    connect,
+    memory_database,
+)
+from .titles import title_from
 
 __all__ = [
     "Conversation",
     "Message",
+    "NewConversation",
+    "NewMessage",
     "NotFound",
     "SearchHit",
     "Store",
@@ -12,4 +27,5 @@ __all__ = [
     "TrainingRun",
     "connect",
     "memory_database",
+    "title_from",
 ]

@@ -88,16 +88,28 @@ MIGRATIONS: list[Migration] = [m001_initial]
 
 
 def migrate(db: Database) -> list[str]:
-    """Apply the migrations not yet recorded in ``_migrations``; return the names applied."""
-    if "_migrations" not in db.table_names():
-        db["_migrations"].create({"name": str, "applied_at": float}, pk="name")
-    done = {row["name"] for row in db["_migrations"].rows}
-    applied = []
-    for migration in MIGRATIONS:
-        if migration.__name__ in done:
-            continue
-        with db.conn:
+    """Apply the migrations not yet recorded in ``_migrations``; return the names applied.
+
+    All of it runs under one ``BEGIN IMMEDIATE``: two app instances opening a new database at once take turns,
+    and the second finds the work done instead of creating the tables twice. Each migration's DDL commits with
+    its record, or not at all.
+    """
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "_migrations" not in db.table_names():
+            db["_migrations"].create({"name": str, "applied_at": float}, pk="name")
+        done = {row["name"] for row in db["_migrations"].rows}
+        applied = []
+        for migration in MIGRATIONS:
+            if migration.__name__ in done:
+                continue
             migration(db)
             db["_migrations"].insert({"name": migration.__name__, "applied_at": time.time()})
-        applied.append(migration.__name__)
+            applied.append(migration.__name__)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
     return applied

@@ -3,6 +3,9 @@
 ``Store`` is the only code in the project that writes SQL. It wraps a ``sqlite_utils.Database`` and migrates it on
 construction. One Store may be used from several threads (the TUI saves streamed replies from a worker), so every
 operation holds a lock; several processes may share one file (WAL mode plus a busy timeout).
+
+Every write runs in a ``BEGIN IMMEDIATE`` transaction: it takes SQLite's write lock up front, so a second writer
+(another app instance) waits up to the busy timeout instead of failing with "database is locked" halfway through.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from sqlite_utils import Database
 
@@ -22,7 +25,8 @@ from .migrations import migrate
 
 ROLES = ("system", "user", "assistant")
 STATUSES = ("complete", "streaming", "stopped", "failed")
-BUSY_TIMEOUT_MS = 5000
+BUSY_TIMEOUT_MS = 5000  # how long a writer waits for another app instance's write to finish
+DAMAGED = "move it aside (or restore a `tui-chat backup`) and start again"
 
 
 class StoreError(Exception):
@@ -30,7 +34,7 @@ class StoreError(Exception):
 
 
 class NotFound(StoreError):
-    pass
+    """No conversation, message or training run with that id."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,39 @@ class TrainingRun:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to bulk-insert with ``Store.import_conversations``.
+
+    ``parent`` is the index of an earlier message in the same ``NewConversation.messages`` (``None``: a root).
+    """
+
+    role: str
+    content: str
+    parent: int | None = None
+    created_at: float | None = None
+    model: str | None = None
+    params: dict[str, Any] | None = None
+    status: str = "complete"
+    rating: int = 0
+    correction: str | None = None
+
+
+@dataclass(frozen=True)
+class NewConversation:
+    """A whole conversation tree to bulk-insert; ``tip`` is the index of the tip message (default: the last)."""
+
+    title: str
+    messages: Sequence[NewMessage]
+    tip: int | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+    model: str | None = None
+    system_prompt: str | None = None
+    params: dict[str, Any] | None = None
+    exclude_from_training: bool = False
+
+
 _UNSET: Any = object()
 
 
@@ -133,14 +170,35 @@ def _training_run(row: dict[str, Any]) -> TrainingRun:
 def connect(path: str | Path) -> Database:
     """Open (creating if needed) a chat database file shared safely between threads and processes."""
     path = Path(path)
+    if not path.parent.is_dir():
+        raise StoreError(f"cannot create {path}: the folder {path.parent} does not exist; create it or pick another")
     try:
         conn = sqlite3.connect(str(path), check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
         conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as exc:
+        raise StoreError(f"cannot open {path} ({exc}); check that it is readable and writable") from exc
     except sqlite3.DatabaseError as exc:
-        raise StoreError(
-            f"{path} is not a usable chat database ({exc}); move it aside or restore a backup"
-        ) from exc
+        raise StoreError(f"{path} is not a usable chat database ({exc}); {DAMAGED}") from exc
     return Database(conn)
+
+
+@contextmanager
+def _sqlite_errors() -> Iterator[None]:
+    """Turn the SQLite failures a user can act on (a damaged file, a writer that never finishes) into StoreError."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise StoreError(
+                f"the chat database stayed busy for {BUSY_TIMEOUT_MS / 1000:g} s (another tui-chat is writing); "
+                "try again"
+            ) from exc
+        raise
+    except sqlite3.DatabaseError as exc:
+        # Exactly DatabaseError (not a subclass) is what SQLite raises for a malformed or non-database file.
+        if type(exc) is sqlite3.DatabaseError:
+            raise StoreError(f"the chat database is damaged ({exc}); {DAMAGED}") from exc
+        raise
 
 
 def memory_database() -> Database:
@@ -149,30 +207,38 @@ def memory_database() -> Database:
 
 
 class Store:
+    """Conversations, messages and training runs in one SQLite database; see the module docstring."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
         self._lock = threading.RLock()
         self._transaction_depth = 0  # > 0 inside `transaction()`: writes then commit only at its end
-        conn = db.conn
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         try:
             with self._lock:
+                conn = db.conn
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 migrate(db)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreError("the chat database is busy (another tui-chat is upgrading it); try again") from exc
+            raise
         except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"the chat database is damaged or not a database ({exc}); "
-                "move it aside (or restore `tui-chat backup`) and start again"
-            ) from exc
+            raise StoreError(f"the chat database is damaged or not a database ({exc}); {DAMAGED}") from exc
 
     @classmethod
     def open(cls, path: str | Path) -> "Store":
+        """Open (creating and migrating if needed) the database file at ``path``."""
         return cls(connect(path))
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
 
     # ---- low level -------------------------------------------------------------------------------------------
 
     def _query(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]:
-        with self._lock:
+        with self._lock, _sqlite_errors():
             return list(self.db.query(sql, params))
 
     def _write(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
@@ -181,16 +247,27 @@ class Store:
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        """Hold the lock and commit at the end, unless an outer ``transaction()`` will."""
-        with self._lock:
+        """Hold the lock and run the block as one write transaction, unless an outer ``transaction()`` owns it.
+
+        ``BEGIN IMMEDIATE`` takes the write lock before the first read, so reads inside the block see what the
+        block will write over, and another process's writer makes us wait (busy timeout) rather than fail.
+        """
+        with self._lock, _sqlite_errors():
             if self._transaction_depth:
                 yield
-            else:
-                with self.db.conn:
-                    yield
+                return
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if conn.in_transaction:  # some errors (a full disk) have already rolled it back
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def transaction(self) -> "_Transaction":
-        """Group several writes into one all-or-nothing transaction (imports use it)."""
+        """Group several writes into one all-or-nothing transaction (imports use it); may be nested."""
         return _Transaction(self)
 
     # ---- conversations ---------------------------------------------------------------------------------------
@@ -289,38 +366,36 @@ class Store:
 
         Adding under a parent that already has children creates a sibling: a new branch.
         """
-        if role not in ROLES:
-            raise StoreError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
-        if status not in STATUSES:
-            raise StoreError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
-        with self._lock:
+        _check_message(role, status, rating)
+        with self._writing():
             conversation = self.get_conversation(conversation_id)
             if parent_id is _UNSET:
                 parent_id = conversation.tip_id
+            elif parent_id is not None and self.get_message(parent_id).conversation_id != conversation_id:
+                raise StoreError(f"message {parent_id} belongs to another conversation than {conversation_id}")
             now = created_at if created_at is not None else time.time()
-            with self._writing():
-                cursor = self.db.execute(
-                    "INSERT INTO messages (conversation_id, parent_id, role, content, created_at, model, params, "
-                    "status, rating, correction) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        conversation_id,
-                        parent_id,
-                        role,
-                        content,
-                        now,
-                        model,
-                        json.dumps(params) if params else None,
-                        status,
-                        rating,
-                        correction,
-                    ),
-                )
-                message_id = cursor.lastrowid
-                self.db.execute(
-                    "UPDATE conversations SET tip_id = ?, updated_at = ? WHERE id = ?",
-                    (message_id, max(now, conversation.updated_at), conversation_id),
-                )
-            return self.get_message(message_id)
+            cursor = self.db.execute(
+                "INSERT INTO messages (conversation_id, parent_id, role, content, created_at, model, params, "
+                "status, rating, correction) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    conversation_id,
+                    parent_id,
+                    role,
+                    content,
+                    now,
+                    model,
+                    json.dumps(params) if params else None,
+                    status,
+                    rating,
+                    correction,
+                ),
+            )
+            message_id = cursor.lastrowid
+            self.db.execute(
+                "UPDATE conversations SET tip_id = ?, updated_at = ? WHERE id = ?",
+                (message_id, max(now, conversation.updated_at), conversation_id),
+            )
+        return self.get_message(message_id)
 
     def get_message(self, message_id: int) -> Message:
         rows = self._query("SELECT * FROM messages WHERE id = ?", (message_id,))
@@ -355,15 +430,19 @@ class Store:
             if value is not _UNSET
         }
         if "status" in changes and changes["status"] not in STATUSES:
-            raise StoreError(f"unknown status {changes['status']!r}")
+            raise StoreError(f"unknown status {changes['status']!r}; use one of {', '.join(STATUSES)}")
         if not changes:
             return
+        # A message deleted meanwhile (its conversation deleted from another window while the reply streamed) is
+        # silently not updated: the streaming writer has nothing left to save it to.
         columns = ", ".join(f"{name} = :{name}" for name in changes)
         self._write(f"UPDATE messages SET {columns} WHERE id = :id", {**changes, "id": message_id})
 
     def set_rating(self, message_id: int, rating: int) -> Message:
+        """Rate a message: +1 (good), -1 (bad: left out of training data), 0 (no rating)."""
         if rating not in (-1, 0, 1):
             raise StoreError("a rating is -1, 0 or +1")
+        self.get_message(message_id)
         self._write("UPDATE messages SET rating = ? WHERE id = ?", (rating, message_id))
         return self.get_message(message_id)
 
@@ -416,19 +495,24 @@ class Store:
 
     def switch_branch(self, message_id: int) -> list[Message]:
         """Make the branch through ``message_id`` active: the tip becomes its newest descendant leaf."""
-        message = self.get_message(message_id)
-        leaf = message_id
-        while True:
-            child = self._query("SELECT id FROM messages WHERE parent_id = ? ORDER BY id DESC LIMIT 1", (leaf,))
-            if not child:
-                break
-            leaf = child[0]["id"]
-        self._write("UPDATE conversations SET tip_id = ? WHERE id = ?", (leaf, message.conversation_id))
+        with self._writing():
+            message = self.get_message(message_id)
+            leaf = message_id
+            while True:
+                child = self._query("SELECT id FROM messages WHERE parent_id = ? ORDER BY id DESC LIMIT 1", (leaf,))
+                if not child:
+                    break
+                leaf = child[0]["id"]
+            self.db.execute("UPDATE conversations SET tip_id = ? WHERE id = ?", (leaf, message.conversation_id))
         return self.active_branch(message.conversation_id)
 
     def set_tip(self, conversation_id: int, message_id: int | None) -> None:
         """Point the conversation's tip at ``message_id`` (e.g. the parent, before adding a new sibling)."""
-        self._write("UPDATE conversations SET tip_id = ? WHERE id = ?", (message_id, conversation_id))
+        with self._writing():
+            self.get_conversation(conversation_id)
+            if message_id is not None and self.get_message(message_id).conversation_id != conversation_id:
+                raise StoreError(f"message {message_id} belongs to another conversation than {conversation_id}")
+            self.db.execute("UPDATE conversations SET tip_id = ? WHERE id = ?", (message_id, conversation_id))
 
     # ---- search ----------------------------------------------------------------------------------------------
 
@@ -441,16 +525,18 @@ class Store:
         if not words:
             return []
         match = " ".join(f'"{word}"*' for word in words)
+        # FTS5 consumes `ORDER BY rank LIMIT n` itself, so snippets are built for the n best rows only.
         rows = self._query(
             """
             SELECT messages.id AS message_id, messages.conversation_id, messages.role, conversations.title,
-                   snippet(messages_fts, 0, '[', ']', '…', 12) AS snippet, messages_fts.rank AS rank
-            FROM messages_fts
-            JOIN messages ON messages.rowid = messages_fts.rowid
+                   hits.snippet, hits.rank
+            FROM (
+                SELECT rowid, snippet(messages_fts, 0, '[', ']', '…', 12) AS snippet, rank
+                FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rank LIMIT ?
+            ) AS hits
+            JOIN messages ON messages.id = hits.rowid
             JOIN conversations ON conversations.id = messages.conversation_id
-            WHERE messages_fts MATCH ?
-            ORDER BY messages_fts.rank
-            LIMIT ?
+            ORDER BY hits.rank
             """,
             (match, limit),
         )
@@ -541,38 +627,159 @@ class Store:
         path = Path(path)
         if path.exists():
             raise StoreError(f"{path} already exists; choose a new file name for the backup")
-        with self._lock:
-            self.db.execute("VACUUM INTO ?", (str(path),))
+        if not path.parent.is_dir():
+            raise StoreError(f"the folder {path.parent} does not exist; create it or pick another backup path")
+        with self._lock, _sqlite_errors():
+            if self._transaction_depth:
+                raise StoreError("cannot back up inside a store transaction")
+            try:
+                self.db.execute("VACUUM INTO ?", (str(path),))
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"cannot write the backup to {path} ({exc})") from exc
         return path
 
-    def iter_conversations(self, since: float | None = None) -> Iterator[Conversation]:
-        """Every conversation, oldest first (exports walk them in a stable order)."""
-        rows = self._query(
-            "SELECT * FROM conversations WHERE (? IS NULL OR updated_at >= ?) ORDER BY created_at, id", (since, since)
-        )
-        for row in rows:
+    def iter_conversations(
+        self, since: float | None = None, ids: Sequence[int] | None = None
+    ) -> Iterator[Conversation]:
+        """Every conversation (updated at or after ``since``, unix seconds; only ``ids`` if given), oldest first:
+        exports walk them in a stable order."""
+        sql = "SELECT * FROM conversations WHERE (? IS NULL OR updated_at >= ?)"
+        params: list[Any] = [since, since]
+        if ids is not None:
+            sql += f" AND id IN ({', '.join('?' for _ in ids)})"
+            params.extend(ids)
+        for row in self._query(sql + " ORDER BY created_at, id", tuple(params)):
             yield _conversation(row)
+
+    def message_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
+        """How many messages (all branches) each conversation holds; for listings."""
+        if not conversation_ids:
+            return {}
+        rows = self._query(
+            f"SELECT conversation_id, count(*) AS n FROM messages WHERE conversation_id IN "
+            f"({', '.join('?' for _ in conversation_ids)}) GROUP BY conversation_id",
+            tuple(conversation_ids),
+        )
+        counts = {row["conversation_id"]: row["n"] for row in rows}
+        return {cid: counts.get(cid, 0) for cid in conversation_ids}
+
+    def import_conversations(self, conversations: Iterable[NewConversation]) -> list[int]:
+        """Insert whole conversation trees in bulk, all or nothing; return their new ids in order.
+
+        Ids are allocated up front under the write lock so both tables go in with one ``executemany`` each: an
+        import of a large ChatGPT export (or the benchmark's 100k messages) takes seconds, not minutes.
+        """
+        now = time.time()
+        conversation_rows: list[tuple] = []
+        message_rows: list[tuple] = []
+        with self._writing():
+            next_conversation = self._query("SELECT coalesce(max(id), 0) + 1 AS n FROM conversations")[0]["n"]
+            next_message = self._query("SELECT coalesce(max(id), 0) + 1 AS n FROM messages")[0]["n"]
+            ids = []
+            for conversation in conversations:
+                conversation_id = next_conversation
+                next_conversation += 1
+                first_id = next_message
+                for index, message in enumerate(conversation.messages):
+                    _check_message(message.role, message.status, message.rating)
+                    if message.parent is not None and not 0 <= message.parent < index:
+                        raise StoreError(
+                            f"{conversation.title!r}: message {index} has parent {message.parent}; "
+                            "a parent must come before its children"
+                        )
+                    message_rows.append(
+                        (
+                            next_message,
+                            conversation_id,
+                            None if message.parent is None else first_id + message.parent,
+                            message.role,
+                            message.content,
+                            message.created_at if message.created_at is not None else now,
+                            message.model,
+                            json.dumps(message.params) if message.params else None,
+                            message.status,
+                            message.rating,
+                            message.correction,
+                        )
+                    )
+                    next_message += 1
+                count = len(conversation.messages)
+                tip = conversation.tip if conversation.tip is not None else count - 1
+                if count and not 0 <= tip < count:
+                    raise StoreError(f"{conversation.title!r}: tip {tip} is not one of its {count} messages")
+                created = conversation.created_at if conversation.created_at is not None else now
+                conversation_rows.append(
+                    (
+                        conversation_id,
+                        conversation.title,
+                        created,
+                        max(conversation.updated_at or created, created),
+                        conversation.model,
+                        conversation.system_prompt,
+                        json.dumps(conversation.params or {}),
+                        int(conversation.exclude_from_training),
+                        first_id + tip if count else None,
+                    )
+                )
+                ids.append(conversation_id)
+            conn = self.db.conn
+            conn.executemany(
+                "INSERT INTO conversations (id, title, created_at, updated_at, model, system_prompt, params, "
+                "exclude_from_training, tip_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                conversation_rows,
+            )
+            conn.executemany(
+                "INSERT INTO messages (id, conversation_id, parent_id, role, content, created_at, model, params, "
+                "status, rating, correction) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                message_rows,
+            )
+        return ids
+
+
+def _check_message(role: str, status: str, rating: int) -> None:
+    if role not in ROLES:
+        raise StoreError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    if status not in STATUSES:
+        raise StoreError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+    if rating not in (-1, 0, 1):
+        raise StoreError(f"a rating is -1, 0 or +1, not {rating!r}")
 
 
 class _Transaction:
-    """``with store.transaction():`` makes the enclosed Store calls one atomic unit."""
+    """``with store.transaction():`` makes the enclosed Store calls one atomic unit (nested: a savepoint)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._savepoint = False
 
     def __enter__(self) -> Store:
-        self.store._lock.acquire()
-        self.store._transaction_depth += 1
-        self.store.db.execute("SAVEPOINT store_transaction")
-        return self.store
+        store = self.store
+        store._lock.acquire()
+        try:
+            with _sqlite_errors():
+                if store._transaction_depth:
+                    store.db.conn.execute("SAVEPOINT store_transaction")
+                    self._savepoint = True
+                else:
+                    store.db.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            store._lock.release()
+            raise
+        store._transaction_depth += 1
+        return store
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        store = self.store
+        conn = store.db.conn
         try:
-            if exc_type is None:
-                self.store.db.execute("RELEASE store_transaction")
-            else:
-                self.store.db.execute("ROLLBACK TO store_transaction")
-                self.store.db.execute("RELEASE store_transaction")
+            if self._savepoint:
+                if exc_type is not None:
+                    conn.execute("ROLLBACK TO store_transaction")
+                conn.execute("RELEASE store_transaction")
+            elif exc_type is None:
+                conn.execute("COMMIT")
+            elif conn.in_transaction:
+                conn.execute("ROLLBACK")
         finally:
-            self.store._transaction_depth -= 1
-            self.store._lock.release()
+            store._transaction_depth -= 1
+            store._lock.release()

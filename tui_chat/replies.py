@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Callable
 
-from sessions import Message, Store
+from sessions import Message, Store, title_from
 
 from .generation import Engine, EngineError, GenerationParams, GenerationStats, TextDelta
 
@@ -30,14 +30,6 @@ def conversation_messages(store: Store, conversation_id: int, upto: list[Message
         branch = [m for m in branch if m.role != "system"]
     messages.extend({"role": m.role, "content": m.content} for m in branch)
     return messages
-
-
-def title_from(text: str, limit: int = 48) -> str:
-    """A conversation title from its first user message: the first line, cut at a word boundary."""
-    line = " ".join(text.strip().split())
-    if len(line) <= limit:
-        return line or "New chat"
-    return line[:limit].rsplit(" ", 1)[0] + "…"
 
 
 def add_user_message(store: Store, conversation_id: int, text: str, *, edit_of: Message | None = None) -> Message:
