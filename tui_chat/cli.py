@@ -6,6 +6,7 @@ Each subcommand lives with the code it drives and is registered at the bottom of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import click
 
@@ -13,11 +14,22 @@ from sessions import Store, StoreError
 
 from trainer.home import DataHome
 
+from .generation import Engine
+
+
+def open_hf_engine(spec: str, home: DataHome, **options: Any) -> Engine:
+    """The real engine (imported here, on use, because torch takes seconds to import)."""
+    from .engine import open_engine
+
+    return open_engine(spec, home, **options)
+
 
 @dataclass
 class CliContext:
     home: DataHome
     _store: Store | None = field(default=None, repr=False)
+    # (spec, home, device=, dtype=, trust_remote_code=) -> an unloaded engine; tests pass a fake one.
+    open_engine: Callable[..., Engine] = field(default=open_hf_engine, repr=False)
 
     @property
     def store(self) -> Store:
@@ -50,7 +62,8 @@ def main(ctx: click.Context, home: str | None) -> None:
 
     Run with no command to open the chat.
     """
-    ctx.obj = CliContext(DataHome.locate(home))
+    if not isinstance(ctx.obj, CliContext):  # tests hand in their own (a fake engine, an in-memory store)
+        ctx.obj = CliContext(DataHome.locate(home))
     if ctx.invoked_subcommand is None:
         ctx.invoke(chat_command)
 
@@ -60,3 +73,9 @@ def main(ctx: click.Context, home: str | None) -> None:
 def chat_command(ctx: CliContext) -> None:
     """Open the chat (the default command)."""
     raise click.ClickException("the full-screen chat is not built yet; use `tui-chat repl`")
+
+
+from .cli_chat import ask_command, repl_command  # noqa: E402  (registered last: they import this module)
+
+main.add_command(ask_command)
+main.add_command(repl_command)
