@@ -1,0 +1,1 @@
+"""The chat window's widgets, one per file."""

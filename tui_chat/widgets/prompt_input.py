@@ -1,0 +1,42 @@
+"""The message box: multi-line, Enter sends, Shift+Enter or Ctrl+J adds a line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual import events
+from textual.message import Message
+from textual.widgets import TextArea
+
+# Terminals send Ctrl+J as a bare line feed; Textual names it "ctrl+j" (alias "newline"). Shift+Enter arrives as
+# its own key only where the terminal reports it (kitty keyboard protocol); Ctrl+J works everywhere.
+NEWLINE_KEYS = ("shift+enter", "ctrl+j", "newline")
+
+
+class PromptInput(TextArea):
+    """Where the user writes. Posts ``PromptInput.Submitted`` on Enter; the screen decides what to do with it."""
+
+    @dataclass
+    class Submitted(Message):
+        prompt_input: "PromptInput"
+        text: str
+
+        @property
+        def control(self) -> "PromptInput":
+            return self.prompt_input
+
+    def __init__(self, *, placeholder: str = "", id: str | None = None) -> None:
+        super().__init__(soft_wrap=True, tab_behavior="focus", placeholder=placeholder, id=id, compact=True)
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.Submitted(self, self.text))
+            return
+        if event.key in NEWLINE_KEYS:
+            event.stop()
+            event.prevent_default()
+            self.insert("\n")
+            return
+        await super()._on_key(event)
