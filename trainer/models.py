@@ -20,9 +20,10 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -142,6 +143,24 @@ def list_local_models(models_dir: Path) -> list[LocalModel]:
     return found
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' own progress bars and warnings while loading: progress goes through ``progress``,
+    and a chat screen or a piped ``ask`` must not get tqdm bars on its terminal."""
+    from transformers.utils import logging as transformers_logging
+
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars_were_on:
+            transformers_logging.enable_progress_bar()
+
+
 def _report(progress: Progress | None, what: str, fraction: float | None) -> None:
     if progress is not None:
         progress(what, fraction)
@@ -190,29 +209,30 @@ def ensure_bundled(models_dir: Path, progress: Progress | None = None) -> Path:
     _remove_abandoned_conversions(models_dir)
     temp = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_DIR}{_TEMP_MARK}{os.getpid()}-", dir=models_dir))
     try:
-        _report(progress, "converting the bundled model (first run only): tokenizer", 0.0)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        _report(progress, "converting the bundled model (first run only): de-quantizing weights", 0.2)
-        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        _report(progress, "converting the bundled model (first run only): writing safetensors", 0.8)
-        # transformers will not save a GGUF-loaded model (it carries a GGUF quantizer), so the de-quantized
-        # fp32 weights go into a plain model built from the same config, without the quantization entry.
-        config = quantized.config
-        del config.quantization_config
-        with torch.device("meta"):
-            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(quantized.state_dict(), assign=True)
-        plain.tie_weights()
-        plain.generation_config = quantized.generation_config
-        plain.save_pretrained(temp)
-        ensure_chat_template(tokenizer).save_pretrained(temp)
-        _fsync_tree(temp)
-        try:
-            os.replace(temp, target)
-        except OSError:
-            if _model_kind(target) != "model":
-                raise
-            shutil.rmtree(temp, ignore_errors=True)  # another process finished the same conversion first
+        with _quiet_transformers():
+            _report(progress, "converting the bundled model (first run only): tokenizer", 0.0)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            _report(progress, "converting the bundled model (first run only): de-quantizing weights", 0.2)
+            quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            _report(progress, "converting the bundled model (first run only): writing safetensors", 0.8)
+            # transformers will not save a GGUF-loaded model (it carries a GGUF quantizer), so the de-quantized
+            # fp32 weights go into a plain model built from the same config, without the quantization entry.
+            config = quantized.config
+            del config.quantization_config
+            with torch.device("meta"):
+                plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            plain.load_state_dict(quantized.state_dict(), assign=True)
+            plain.tie_weights()
+            plain.generation_config = quantized.generation_config
+            plain.save_pretrained(temp)
+            ensure_chat_template(tokenizer).save_pretrained(temp)
+            _fsync_tree(temp)
+            try:
+                os.replace(temp, target)
+            except OSError:
+                if _model_kind(target) != "model":
+                    raise
+                shutil.rmtree(temp, ignore_errors=True)  # another process finished the same conversion first
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -250,11 +270,13 @@ def _load_pretrained(resolved: ResolvedSpec, dtype: torch.dtype, trust_remote_co
 
     if resolved.kind != "hub":
         try:
-            return both(local_files_only=True)
+            with _quiet_transformers():
+                return both(local_files_only=True)
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise ModelError(f"cannot load the model in {resolved.location}: {one_line(exc)}") from exc
     try:
-        return both(local_files_only=True)  # cached: no network round trip at all
+        with _quiet_transformers():
+            return both(local_files_only=True)  # cached: no network round trip at all
     except OSError as cached_miss:
         if _hub_offline():
             raise ModelError(
@@ -308,7 +330,8 @@ def _load_adapter(
     base = _load(base_spec, models_dir, device, dtype, trust_remote_code, progress, seen | {str(adapter_dir)})
     _report(progress, f"applying adapter {resolved.name}", None)
     try:
-        model = PeftModel.from_pretrained(base.model, adapter_dir).merge_and_unload()
+        with _quiet_transformers():
+            model = PeftModel.from_pretrained(base.model, adapter_dir).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"cannot apply the adapter in {adapter_dir} to {base_spec}: {one_line(exc)}") from exc
     tokenizer = base.tokenizer

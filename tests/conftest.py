@@ -1,0 +1,40 @@
+"""Fixtures shared across the test files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainer.home import DataHome
+from trainer.models import BUNDLED_DIR, ensure_bundled
+
+
+@pytest.fixture(scope="session")
+def bundled_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models dir holding the bundled model, converted from its GGUF once per test session (~25 s).
+
+    Shared by every test that needs the real model: treat it as read-only (use ``bundled_home`` to get a data
+    home of your own that sees it).
+    """
+    models_dir = tmp_path_factory.mktemp("bundled-models")
+    ensure_bundled(models_dir)
+    return models_dir
+
+
+@pytest.fixture
+def bundled_home(tmp_path: Path, bundled_models_dir: Path) -> DataHome:
+    """A fresh data home whose models dir links to the session's converted bundled model (no re-conversion)."""
+    home = DataHome(tmp_path / "home").ensure()
+    (home.models / BUNDLED_DIR).symlink_to(bundled_models_dir / BUNDLED_DIR, target_is_directory=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def bundled_engine(bundled_models_dir: Path):
+    """The real bundled model loaded once per session in an ``HFEngine`` (default device and dtype)."""
+    from tui_chat.engine import HFEngine
+
+    engine = HFEngine("default", bundled_models_dir)
+    engine.load()
+    return engine
