@@ -32,11 +32,8 @@ def load_with_progress(engine: Engine, console: Console, *, announce: bool = Fal
             info = engine.load(report)
     if announce:
         elapsed = time.perf_counter() - started
-        console.print(
-            f"[dim]{info.name} loaded on {info.device} ({info.dtype}, {info.context_limit} tokens of context) "
-            f"in {elapsed:.1f} s[/]",
-            highlight=False,
-        )
+        line = f"{info.name} loaded on {info.device} ({info.dtype}, {info.context_limit} tokens of context) in {elapsed:.1f} s"
+        console.print(line, style="dim", markup=False, highlight=False)
     return info
 
 

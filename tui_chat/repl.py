@@ -14,14 +14,17 @@ from datetime import datetime
 from typing import IO, Callable, Iterable
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.completion import Completer, Completion, Document
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.output import Output
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from sessions import Message, StoreError
 from trainer.home import DataHome
@@ -70,7 +73,7 @@ class ReplCompleter(Completer):
     def __init__(self, model_names: Callable[[], list[str]]) -> None:
         self.model_names = model_names
 
-    def get_completions(self, document: Document, complete_event: object) -> Iterable[Completion]:
+    def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
         text = document.text_before_cursor
         if not commands.is_command(text) or "\n" in text:
             return
@@ -150,7 +153,7 @@ class Repl:
         """Read and handle input until /quit or Ctrl+D."""
         if not self.plain:
             self.console.print(
-                f"[bold]tui-chat[/] · model [cyan]{self.session.model}[/] (loads with your first message) · "
+                f"[bold]tui-chat[/] · model [cyan]{escape(self.session.model)}[/] (loads with your first message) · "
                 "/help for commands · Ctrl+D to leave",
                 highlight=False,
             )
@@ -201,7 +204,7 @@ class Repl:
     def ask(self, question: str, default: str = "") -> str:
         """A one-off answer (a confirmation, a correction); empty on Ctrl+C or Ctrl+D."""
         if self.plain:
-            self.console.print(question, end="")
+            self.console.print(question, end="", markup=False)
             return self.input_file.readline().rstrip("\n")
         answer_session: PromptSession = PromptSession(
             multiline=True, key_bindings=_key_bindings(), input=self.prompt_input, output=self.prompt_output
@@ -227,10 +230,10 @@ class Repl:
             self.error("cancelled")  # Ctrl+C during a model load: nothing half-done is kept
 
     def error(self, line: str) -> None:
-        self.console.print(f"[red]error:[/] {line}", highlight=False, markup=not self.plain)
+        self.console.print(Text.assemble(("error:", "red"), " ", line), highlight=False)
 
     def info(self, line: str) -> None:
-        self.console.print(line if self.plain else f"[dim]{line}[/]", highlight=False, markup=not self.plain)
+        self.console.print(Text(line, style="dim"), highlight=False)
 
     # ---- replies ---------------------------------------------------------------------------------------------
 
@@ -261,10 +264,10 @@ class Repl:
     def cmd_help(self, args: str) -> None:
         table = Table.grid(padding=(0, 2))
         for usage, text in commands.help_lines():
-            table.add_row(usage, text)
+            table.add_row(Text(usage, style="bold"), Text(text))
         table.add_row("", "")
         for keys, text in KEYS:
-            table.add_row(keys, text)
+            table.add_row(Text(keys, style="bold"), Text(text))
         self.console.print(table)
 
     def cmd_new(self, args: str) -> None:
@@ -284,7 +287,7 @@ class Repl:
         for conversation in conversations:
             current = "*" if conversation.id == self.session.conversation_id else ""
             updated = datetime.fromtimestamp(conversation.updated_at).strftime("%Y-%m-%d %H:%M")
-            table.add_row(current, str(conversation.id), updated, conversation.model or "", conversation.title)
+            table.add_row(current, str(conversation.id), updated, Text(conversation.model or ""), Text(conversation.title))
         self.console.print(table)
 
     def cmd_open(self, args: str) -> None:
