@@ -69,20 +69,31 @@ def main(ctx: click.Context, home: str | None) -> None:
 
 
 @main.command("chat")
+@click.option(
+    "-m",
+    "--model",
+    help="Model: `default` (the bundled SmolLM2-135M-Instruct), a trained run's name, a model or adapter "
+    "directory, or a Hub id. Default: the model used last in the chat window, else `default`.",
+)
+@click.option("--device", help="cuda, cuda:N, mps or cpu. Default: the best available.")
+@click.option("--dtype", help="float32, bfloat16 or float16. Default: the fastest measured for the device.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow a Hub model to run its own Python code.")
 @pass_context
-def chat_command(ctx: CliContext) -> None:
-    """Open the chat (the default command)."""
-    raise click.ClickException("the full-screen chat is not built yet; use `tui-chat repl`")
+def chat_command(
+    ctx: CliContext, model: str | None, device: str | None, dtype: str | None, trust_remote_code: bool
+) -> None:
+    """Open the chat window (the default command). The model loads in the background while you type."""
+    from .app import make_app  # Textual is imported on use: `tui-chat --help` and the other commands stay fast
+    from .tui_state import TuiState
+
+    def engine_factory(spec: str) -> Engine:
+        return ctx.open_engine(spec, ctx.home, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+
+    spec = model or TuiState.load(ctx.home).model or "default"
+    make_app(ctx.store, spec, home=ctx.home, engine_factory=engine_factory).run()
 
 
 from .cli_chat import ask_command, repl_command  # noqa: E402  (registered last: they import this module)
 
 main.add_command(ask_command)
 main.add_command(repl_command)
-
-from .cli_sessions import backup_command, export_command, import_command, sessions_group  # noqa: E402
-
-main.add_command(sessions_group)
-main.add_command(export_command)
-main.add_command(import_command)
-main.add_command(backup_command)
