@@ -19,6 +19,7 @@ class ModelLoadProgress(Message):
 
 @dataclass
 class ModelLoaded(Message):
+    spec: str  # what was asked for ("default"); the engine's name is what it resolved to ("smollm2")
     engine: Engine
     info: EngineInfo
 

@@ -1,4 +1,4 @@
-"""What the chat window remembers between runs: the conversation it showed last and the theme.
+"""What the chat window remembers between runs: the conversation it showed last, the model and the theme.
 
 A small JSON file in the data home (not the database: it is per-machine UI state, not chat history).
 """
@@ -18,6 +18,7 @@ STATE_FILE = "tui_state.json"
 @dataclass
 class TuiState:
     conversation_id: int | None = None
+    model: str | None = None  # the spec last loaded (by the switcher or --model), opened again next time
     theme: str | None = None
 
     @classmethod
@@ -30,9 +31,10 @@ class TuiState:
         if not isinstance(values, dict):
             return cls()
         conversation_id = values.get("conversation_id")
-        theme = values.get("theme")
+        model, theme = values.get("model"), values.get("theme")
         return cls(
             conversation_id=conversation_id if isinstance(conversation_id, int) else None,
+            model=model if isinstance(model, str) and model else None,
             theme=theme if isinstance(theme, str) else None,
         )
 

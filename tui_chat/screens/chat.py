@@ -241,7 +241,7 @@ class ChatScreen(Screen):
         except Exception as exc:  # shown as a notification and in the status line; the app keeps running
             self.post_message(ModelLoadFailed(spec, self.describe_error(exc)))
             return
-        self.post_message(ModelLoaded(engine, info))
+        self.post_message(ModelLoaded(spec, engine, info))
 
     def _loading(self, spec: str) -> None:
         self.loading_model = spec
@@ -257,6 +257,8 @@ class ChatScreen(Screen):
         self.engine, self.engine_info, self.loading_model = message.engine, message.info, None
         self.status.show_ready(message.info)
         self._update_placeholder()
+        self.state.model = message.spec
+        self._save_state()
         if switched:
             if self.conversation is not None:
                 self.conversation = self.store.update_conversation(self.conversation.id, model=message.engine.name)
@@ -341,10 +343,13 @@ class ChatScreen(Screen):
             self.sub_title = conversation.title + ("  ·  not used for training" if conversation.exclude_from_training else "")
         self.sidebar.conversations.reload(conversation.id if conversation else None)
         self.state.conversation_id = conversation.id if conversation else None
+        self._save_state()
+
+    def _save_state(self) -> None:
         try:
             self.state.save(self.home)
         except OSError as exc:
-            self.notify(f"could not remember the open conversation: {exc}", severity="warning")
+            self.notify(f"could not save the window's state in {self.home.root}: {exc}", severity="warning")
 
     def _refresh_conversation(self) -> None:
         if self.conversation is not None:

@@ -16,6 +16,7 @@ import sessions
 
 PAGE_SIZE = 100  # conversations per query
 LOAD_AHEAD = 20  # rows before the end at which the next page is fetched
+TITLE_WIDTH = 30  # characters: the sidebar's width less its padding and scrollbar
 
 
 def ago(timestamp: float, now: float | None = None) -> str:
@@ -32,8 +33,14 @@ def ago(timestamp: float, now: float | None = None) -> str:
     return time.strftime("%Y-%m-%d", time.localtime(timestamp))
 
 
+def one_line(text: str, width: int = TITLE_WIDTH) -> str:
+    """A title cut to one sidebar line (the list would wrap it)."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def conversation_prompt(conversation: sessions.Conversation) -> Text:
-    text = Text(conversation.title, style="bold", no_wrap=True, overflow="ellipsis")
+    text = Text(one_line(conversation.title), style="bold")
     text.append(f"\n#{conversation.id} · {ago(conversation.updated_at)}", style="dim")
     if conversation.exclude_from_training:
         text.append(" · not for training", style="dim italic")

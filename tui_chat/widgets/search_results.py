@@ -10,11 +10,13 @@ from textual.widgets.option_list import Option
 
 import sessions
 
+from .conversation_list import one_line
+
 _MATCH = re.compile(r"\[([^\[\]]*)\]")  # Store.search marks the matched words [like this]
 
 
 def hit_prompt(hit: sessions.SearchHit) -> Text:
-    text = Text(hit.title, style="bold", no_wrap=True, overflow="ellipsis")
+    text = Text(one_line(hit.title), style="bold")
     text.append(f"\n{'You' if hit.role == 'user' else hit.role}: ", style="dim")
     snippet = " ".join(hit.snippet.split())
     position = 0

@@ -17,7 +17,7 @@ class StatusLine(Horizontal):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.info: EngineInfo | None = None
-        self.loading: str | None = None  # what the loader is doing, while it loads
+        self.loading_what: str | None = None  # what the loader is doing, while it loads
         self.failure: str | None = None
         self.context: tuple[int, int] | None = None  # (tokens used, limit)
         self.last: GenerationStats | None = None
@@ -31,19 +31,19 @@ class StatusLine(Horizontal):
         self._refresh()
 
     def show_loading(self, what: str, fraction: float | None) -> None:
-        self.loading, self.failure = what, None
+        self.loading_what, self.failure = what, None
         bar = self.query_one(ProgressBar)
         bar.display = True
         bar.update(total=100 if fraction is not None else None, progress=100 * (fraction or 0.0))
         self._refresh()
 
     def show_ready(self, info: EngineInfo) -> None:
-        self.info, self.loading, self.failure = info, None, None
+        self.info, self.loading_what, self.failure = info, None, None
         self.query_one(ProgressBar).display = False
         self._refresh()
 
     def show_failure(self, error: str) -> None:
-        self.loading, self.failure = None, error
+        self.loading_what, self.failure = None, error
         self.query_one(ProgressBar).display = False
         self._refresh()
 
@@ -56,8 +56,8 @@ class StatusLine(Horizontal):
         self._refresh()
 
     def render_text(self) -> Text:
-        if self.loading is not None:
-            return Text.assemble(("◌ ", "yellow"), (self.loading, "yellow"))
+        if self.loading_what is not None:
+            return Text.assemble(("◌ ", "yellow"), (self.loading_what, "yellow"))
         text = Text()
         if self.failure is not None:
             text.append("✗ ", style="bold red")
@@ -74,7 +74,7 @@ class StatusLine(Horizontal):
             used, limit = self.context
             text.append(f"  ·  context {used:,}/{limit:,}", style="red" if used > limit * 0.9 else "")
         if self.last is not None:
-            text.append(f"  ·  last reply {self.last.tokens_per_s:.1f} tok/s, TTFT {self.last.ttft_s:.2f} s")
+            text.append(f"  ·  last {self.last.tokens_per_s:.1f} tok/s, TTFT {self.last.ttft_s:.2f} s")
             if self.last.dropped_messages:
                 text.append(f", {self.last.dropped_messages} old messages left out to fit", style="yellow")
         return text
