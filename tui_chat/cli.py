@@ -97,3 +97,10 @@ from .cli_chat import ask_command, repl_command  # noqa: E402  (registered last:
 
 main.add_command(ask_command)
 main.add_command(repl_command)
+
+from .cli_sessions import backup_command, export_command, import_command, sessions_group  # noqa: E402
+
+main.add_command(sessions_group)
+main.add_command(export_command)
+main.add_command(import_command)
+main.add_command(backup_command)
