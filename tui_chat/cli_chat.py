@@ -120,7 +120,7 @@ def open_session(ctx: CliContext, store: Store, options: dict[str, Any], load_en
 def read_question(question: str | None) -> str:
     """The question from the argument, or from stdin when it is missing or `-`."""
     if question is None or question == "-":
-        stdin = click.get_text_stream("stdin")
+        stdin = sys.stdin
         if question is None and stdin.isatty():
             raise click.UsageError('give a question: tui-chat ask "..." (or pipe one in: echo ... | tui-chat ask)')
         question = stdin.read()
@@ -154,7 +154,7 @@ def ask_command(ctx: CliContext, question: str | None, no_save: bool, **options:
     errors = Console(stderr=True, highlight=False)
     store = Store(memory_database()) if no_save else ctx.store
     stats: list[GenerationStats] = []
-    printer = PlainStream(click.get_text_stream("stdout"))
+    printer = PlainStream(sys.stdout)
 
     def on_chunk(chunk: TextDelta | GenerationStats) -> None:
         if isinstance(chunk, TextDelta):
