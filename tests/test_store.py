@@ -118,6 +118,15 @@ def test_search_ranks_matches_and_follows_updates(store: Store) -> None:
     assert [h.message_id for h in store.search("lyon")] == [reply.id]
 
 
+def test_search_ranks_among_the_most_recent_matches(store: Store, monkeypatch) -> None:
+    chat = store.create_conversation()
+    best = store.add_message(chat.id, "user", "kiwi kiwi kiwi kiwi")  # the best match, but the oldest
+    newer = [store.add_message(chat.id, "user", f"kiwi and other fruit number {n}") for n in range(4)]
+    assert store.search("kiwi")[0].message_id == best.id
+    monkeypatch.setattr("sessions.store.SEARCH_CANDIDATES", 3)
+    assert {hit.message_id for hit in store.search("kiwi")} == {m.id for m in newer[-3:]}
+
+
 def test_search_takes_any_user_text_literally(store: Store) -> None:
     chat = store.create_conversation()
     store.add_message(chat.id, "user", 'he said "NEAR" (AND) stop*')
