@@ -18,6 +18,7 @@ from typing import Iterable
 
 from textual import work
 from textual.app import ComposeResult, SystemCommand
+from textual.notifications import SeverityLevel
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
@@ -189,6 +190,18 @@ class ChatScreen(Screen):
         self.prompt.placeholder = placeholder
 
     # ---- errors ----------------------------------------------------------------------------------------------
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Notifications here carry titles, user text and error messages: never read them as markup."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     def describe_error(self, exc: BaseException) -> str:
         """One line for the user. Unexpected errors also get their traceback written to the data home's log."""
@@ -713,7 +726,11 @@ class ChatScreen(Screen):
             self.switch_model(spec)
 
     def action_export(self) -> None:
-        self.app.push_screen(ExportDialogScreen(export_help()), self._export_chosen)
+        from ..cli_sessions import run_export_command
+
+        # `tui-chat export --help`, so the dialog lists the options exactly as the CLI takes them.
+        cli_help = run_export_command(self.store, self.home, ["--help"])
+        self.app.push_screen(ExportDialogScreen(cli_help), self._export_chosen)
 
     def _export_chosen(self, options: str | None) -> None:
         if options is None:
@@ -770,16 +787,3 @@ class ChatScreen(Screen):
 
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen())
-
-
-def export_help() -> str:
-    """`tui-chat export --help`, shown in the export dialog so the options read exactly as in the CLI."""
-    import click
-
-    from ..cli import main
-
-    command = main.commands.get("export")
-    if command is None:
-        return "the export command is not available in this build"
-    with click.Context(command, info_name="tui-chat export") as context:
-        return command.get_help(context)

@@ -26,9 +26,9 @@ def keys_table() -> Table:
     table.add_column("Action")
     table.add_column("Same as", style="dim", no_wrap=True)
     for action in CHAT_ACTIONS:
-        table.add_row(key_label(action.keys), action.help, f"/{action.command}" if action.command else "")
+        table.add_row(Text(key_label(action.keys)), Text(action.help), Text(f"/{action.command}" if action.command else ""))
     for keys, what in INPUT_KEYS:
-        table.add_row(keys, what, "")
+        table.add_row(Text(keys), Text(what), Text(""))
     return table
 
 
@@ -38,7 +38,8 @@ def commands_table() -> Table:
     table.add_column("What it does")
     for command in commands.COMMANDS:
         aliases = ", ".join(f"/{alias}" for alias in command.aliases)
-        table.add_row(command.usage, command.help + (f"  (also {aliases})" if aliases else ""))
+        # Text, not str: usages like "/exclude [on|off]" would be read as Rich markup.
+        table.add_row(Text(command.usage), Text(command.help + (f"  (also {aliases})" if aliases else "")))
     return table
 
 

@@ -1,0 +1,515 @@
+"""The chat app driven through Textual's Pilot, on the fake engine and an in-memory store."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+from textual.widgets import Input, Markdown, Static
+
+from sessions import Store, memory_database
+from trainer.home import DataHome
+from tui_chat import commands
+from tui_chat.chat_actions import CHAT_ACTIONS
+from tui_chat.screens.chat import CLIPBOARD_FILE, ERROR_LOG
+from tui_chat.screens.chat_commands import ChatCommands
+from tui_chat.screens.confirm import ConfirmScreen
+from tui_chat.screens.help import HelpScreen
+from tui_chat.screens.model_picker import ModelPickerScreen
+from tui_chat.screens.params_editor import ParamsEditorScreen
+from tui_chat.screens.text_editor import TextEditorScreen
+from tui_chat.widgets.conversation_list import PAGE_SIZE
+from tui_chat.widgets.message_view import MessageView
+
+from .fakes import FakeEngine
+from .tui_helpers import SIZE, build_app, chat_screen, idle, notifications, ready, send, wait_for
+
+LONG_REPLY = " ".join(f"word{i}" for i in range(200))
+
+
+@pytest.fixture
+def home(tmp_path) -> DataHome:
+    return DataHome(tmp_path / "home")
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store(memory_database())
+
+
+def header(view: MessageView) -> str:
+    return str(view.query_one(".message-header").render())
+
+
+async def test_send_streams_the_reply_and_saves_both_messages(home, store):
+    engine = FakeEngine(["Hello **there**.\n\n```python\nprint('hi')\n```"])
+    async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        assert screen.prompt.placeholder.startswith("Message")
+        await pilot.press(*"Hi you", "enter")  # typed key by key, as a user would
+        screen = await idle(pilot)
+        conversation = store.latest_conversation()
+        assert conversation.title == "Hi you"
+        user, reply = store.active_branch(conversation.id)
+        assert (user.content, reply.status) == ("Hi you", "complete")
+        assert reply.content == "Hello **there**.\n\n```python\nprint('hi')\n```"
+        assert engine.calls[0][0][-1] == {"role": "user", "content": "Hi you"}
+        views = screen.chat.views()
+        assert [view.message_id for view in views] == [user.id, reply.id]
+        assert views[1].query_one(Markdown).source == reply.content
+        assert screen.prompt.text == ""
+        assert "fake-model" in str(screen.status.render_text()) and "tok/s" in str(screen.status.render_text())
+        assert screen.sidebar.conversations.option_count == 1
+
+
+async def test_ctrl_j_and_shift_enter_add_lines_enter_sends(home, store):
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        screen.prompt.focus()
+        await pilot.press("a", "ctrl+j", "b", "shift+enter", "c")
+        assert screen.prompt.text == "a\nb\nc"
+        await pilot.press("enter")
+        await idle(pilot)
+        assert store.active_branch(store.latest_conversation().id)[0].content == "a\nb\nc"
+
+
+async def test_reply_streams_into_the_view_before_it_finishes(home, store):
+    engine = FakeEngine([LONG_REPLY], delay_s=0.01)
+    async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "count")
+        markdown = lambda: screen.chat.views()[-1].query_one(Markdown)  # noqa: E731
+        await wait_for(pilot, lambda: "word5 " in markdown().source, what="streamed text")
+        assert screen.generating, "text should show while the reply is still streaming"
+        partial = markdown().source
+        assert LONG_REPLY.startswith(partial) and len(partial) < len(LONG_REPLY)
+        await idle(pilot)
+        assert markdown().source == LONG_REPLY
+
+
+async def test_escape_stops_the_reply_and_keeps_the_partial_text(home, store):
+    engine = FakeEngine([LONG_REPLY], delay_s=0.02)
+    async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "count")
+        await wait_for(pilot, lambda: "word3 " in screen.chat.views()[-1].text, what="some streamed text")
+        await pilot.press("escape")
+        await idle(pilot)
+        reply = store.active_branch(store.latest_conversation().id)[-1]
+        assert reply.status == "stopped"
+        assert reply.content and LONG_REPLY.startswith(reply.content) and reply.content != LONG_REPLY
+        view = screen.chat.views()[-1]
+        assert view.text == reply.content
+        assert "stopped" in header(view)
+
+
+async def test_regenerate_makes_a_sibling_and_versions_flip(home, store):
+    engine = FakeEngine(["first answer", "second answer"])
+    async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "question")
+        await idle(pilot)
+        await pilot.press("ctrl+r")
+        await idle(pilot)
+        conversation_id = store.latest_conversation().id
+        first, second = store.siblings(store.active_branch(conversation_id)[-1].id)
+        assert (first.content, second.content) == ("first answer", "second answer")
+        assert screen.chat.views()[-1].text == "second answer" and "2/2" in header(screen.chat.views()[-1])
+        assert len(screen.chat.views()) == 2
+
+        await pilot.press("alt+left")
+        await pilot.pause()
+        assert screen.chat.views()[-1].text == "first answer" and "1/2" in header(screen.chat.views()[-1])
+        assert store.get_conversation(conversation_id).tip_id == first.id
+        await pilot.press("alt+right")
+        await pilot.pause()
+        assert screen.chat.views()[-1].text == "second answer"
+        assert store.get_conversation(conversation_id).tip_id == second.id
+
+
+async def test_edit_last_message_starts_a_new_branch(home, store):
+    engine = FakeEngine(["about cats", "about dogs"])
+    async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "tell me about cats")
+        await idle(pilot)
+        await pilot.press("alt+e")
+        editor = pilot.app.screen
+        assert isinstance(editor, TextEditorScreen)
+        editor.query_one("#editor").load_text("tell me about dogs")
+        await pilot.press("ctrl+s")
+        await idle(pilot)
+        branch = store.active_branch(store.latest_conversation().id)
+        assert [m.content for m in branch] == ["tell me about dogs", "about dogs"]
+        assert len(store.siblings(branch[0].id)) == 2
+        assert [view.text for view in screen.chat.views()] == ["tell me about dogs", "about dogs"]
+        assert "2/2" in header(screen.chat.views()[0])
+        await pilot.press("alt+left")  # the newest message with versions: the edited one
+        await pilot.pause()
+        assert [view.text for view in screen.chat.views()] == ["tell me about cats", "about cats"]
+
+
+async def test_rate_toggles_and_correct_saves_the_ideal_answer(home, store):
+    async with build_app(FakeEngine(["meh"]), home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "hi")
+        await idle(pilot)
+        reply_id = store.active_branch(store.latest_conversation().id)[-1].id
+        await pilot.press("alt+up")
+        assert store.get_message(reply_id).rating == 1
+        assert "rated up" in header(screen.chat.views()[-1])
+        await pilot.press("alt+up")
+        assert store.get_message(reply_id).rating == 0
+        await pilot.press("alt+down")
+        assert store.get_message(reply_id).rating == -1
+
+        await pilot.press("alt+c")
+        editor = pilot.app.screen
+        assert isinstance(editor, TextEditorScreen)
+        assert editor.query_one("#editor").text == "meh"
+        editor.query_one("#editor").load_text("Hello! How can I help?")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert store.get_message(reply_id).correction == "Hello! How can I help?"
+        assert "corrected" in header(screen.chat.views()[-1])
+
+
+async def test_selected_message_is_the_target_of_rating(home, store):
+    async with build_app(FakeEngine(["one", "two"]), home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "a")
+        await idle(pilot)
+        await send(pilot, "b")
+        await idle(pilot)
+        first_reply = store.active_branch(store.latest_conversation().id)[1]
+        screen.chat.focus()
+        await pilot.pause()
+        await pilot.press("up", "up")  # from the last message (selected on focus) up to the first reply
+        assert screen.chat.selected_view().message_id == first_reply.id
+        await pilot.press("alt+up")
+        assert store.get_message(first_reply.id).rating == 1
+        assert store.active_branch(store.latest_conversation().id)[-1].rating == 0
+
+
+async def test_delete_asks_first(home, store):
+    older = store.create_conversation("older")
+    store.add_message(older.id, "user", "old question")
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        assert screen.conversation.id == older.id
+        await pilot.press("ctrl+n")
+        await send(pilot, "doomed")
+        await idle(pilot)
+        doomed = screen.conversation.id
+        assert doomed != older.id
+        await pilot.press("f8")
+        assert isinstance(pilot.app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await pilot.pause()
+        assert store.get_conversation(doomed)
+        await pilot.press("f8")
+        await pilot.press("y")
+        await pilot.pause()
+        assert [c.id for c in store.list_conversations()] == [older.id]
+        assert screen.conversation.id == older.id
+        assert [view.text for view in screen.chat.views()] == ["old question"]
+
+
+async def test_search_shows_snippets_and_opens_the_hit(home, store):
+    for title, text in [("Cooking", "a recipe for pancakes"), ("Travel", "trains across Europe")]:
+        conversation = store.create_conversation(title)
+        store.add_message(conversation.id, "user", text)
+    travel = store.latest_conversation()
+    cooking = store.list_conversations()[1]
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        assert screen.conversation.id == travel.id
+        await pilot.press("ctrl+f")
+        assert screen.focused is screen.query_one("#search", Input)
+        await pilot.press(*"pancake")
+        await wait_for(pilot, lambda: screen.sidebar.results.display, what="search results")
+        results = screen.sidebar.results
+        assert [hit.conversation_id for hit in results.hits] == [cooking.id]
+        prompt = str(results.get_option_at_index(0).prompt)
+        assert "Cooking" in prompt and "pancakes" in prompt
+        await pilot.press("enter")  # search now and move to the results
+        await pilot.press("enter")  # open the highlighted hit
+        await pilot.pause()
+        assert screen.conversation.id == cooking.id
+        assert screen.chat.selected_view().text == "a recipe for pancakes"
+        await pilot.press("ctrl+f", "escape")  # Escape in the search box clears the search
+        await pilot.pause()
+        assert screen.query_one("#search", Input).value == ""
+        assert screen.sidebar.conversations.display
+
+
+async def test_sidebar_loads_conversations_a_page_at_a_time(home, store):
+    with store.transaction():
+        for number in range(1000):
+            store.create_conversation(f"chat {number}", created_at=1_700_000_000 + number)
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        conversations = screen.sidebar.conversations
+        assert conversations.option_count == PAGE_SIZE
+        assert len(pilot.app.screen.query("*")) < 100  # rows are drawn by the list, not one widget each
+        conversations.focus()
+        await pilot.press("end")
+        await pilot.pause()
+        assert conversations.option_count == 2 * PAGE_SIZE
+        conversations.scroll_end(animate=False)
+        await pilot.pause()
+        assert conversations.option_count >= 3 * PAGE_SIZE
+        ids = [conversations.conversation_id_at(i) for i in range(conversations.option_count)]
+        assert len(ids) == len(set(ids)) and ids == sorted(ids, reverse=True)
+
+
+async def test_model_switcher_loads_the_typed_spec(home, store):
+    opened: list[str] = []
+
+    def factory(spec: str) -> FakeEngine:
+        opened.append(spec)
+        return FakeEngine(["from the new model"], name=spec)
+
+    async with build_app(home=home, store=store, factory=factory).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "hi")
+        await idle(pilot)
+        await pilot.press("alt+m")
+        assert isinstance(pilot.app.screen, ModelPickerScreen)
+        await pilot.press(*"my-run", "enter")
+        await wait_for(pilot, lambda: screen.engine.name == "my-run", what="the new model")
+        assert opened == ["my-run"]
+        assert store.get_conversation(screen.conversation.id).model == "my-run"
+        assert "my-run" in str(screen.status.render_text())
+        await send(pilot, "again")
+        await idle(pilot)
+        assert store.active_branch(screen.conversation.id)[-1].model == "my-run"
+
+
+async def test_a_model_that_fails_to_load_keeps_the_current_one(home, store):
+    factory = lambda spec: FakeEngine(name=spec, load_error=f"no model called {spec}")  # noqa: E731
+    async with build_app(home=home, store=store, factory=factory).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "/model nonsense")
+        await wait_for(pilot, lambda: any("no model called nonsense" in n for n in notifications(pilot)))
+        await ready(pilot)
+        assert screen.engine.name == "fake-model"
+        assert "failed to load" in str(screen.status.render_text())
+
+
+async def test_load_failure_is_shown_and_the_app_keeps_working(home, store):
+    engine = FakeEngine(load_error="the model file is damaged; reinstall it")
+    async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        assert screen.engine is None
+        assert "the model file is damaged" in str(screen.status.render_text())
+        assert any("damaged" in n for n in notifications(pilot))
+        assert "No model loaded" in screen.prompt.placeholder
+        await send(pilot, "hello?")
+        assert screen.prompt.text == "hello?", "the message stays in the box to send later"
+        assert any("No model is loaded" in n for n in notifications(pilot))
+        assert store.count_conversations() == 0
+
+
+async def test_generation_failure_marks_the_reply_failed(home, store):
+    engine = FakeEngine()
+    engine.fail_with = "out of memory; try a smaller max_new_tokens"
+    async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "hi")
+        await idle(pilot)
+        reply = store.active_branch(screen.conversation.id)[-1]
+        assert (reply.role, reply.status) == ("assistant", "failed")
+        assert reply.error == "out of memory; try a smaller max_new_tokens"
+        view = screen.chat.views()[-1]
+        assert "failed" in header(view) and "out of memory" in str(view.query_one(".message-note").render())
+        assert any("out of memory" in n for n in notifications(pilot))
+        await pilot.press("ctrl+r")  # and it can be retried
+        await idle(pilot)
+        assert store.active_branch(screen.conversation.id)[-1].status == "complete"
+
+
+async def test_unexpected_errors_go_to_the_log_not_the_screen(home, store):
+    class BrokenEngine(FakeEngine):
+        def stream(self, messages, params, stop=None):
+            raise RuntimeError("tensor shapes do not match")
+
+    async with build_app(BrokenEngine(), home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "hi")
+        await idle(pilot)
+        assert pilot.app.is_running
+        message = next(n for n in notifications(pilot) if "tensor shapes" in n)
+        assert str(home.root / ERROR_LOG) in message
+        assert "Traceback" in (home.root / ERROR_LOG).read_text()
+
+
+async def test_slash_commands(home, store):
+    async with build_app(FakeEngine(["ok", "ok"]), home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "hi")
+        await idle(pilot)
+        conversation_id = screen.conversation.id
+        await send(pilot, "/rename [draft] ideas")  # brackets: Rich markup must not eat them
+        assert "[draft] ideas" in str(screen.sidebar.conversations.get_option_at_index(0).prompt)
+        await send(pilot, "/rename Greetings")
+        await send(pilot, "/system Answer in French.")
+        await send(pilot, "/set temperature 0.2")
+        await send(pilot, "/rate +")
+        await send(pilot, "/correct Bonjour !")
+        await send(pilot, "/exclude on")
+        conversation = store.get_conversation(conversation_id)
+        assert conversation.title == "Greetings"
+        assert conversation.system_prompt == "Answer in French."
+        assert conversation.params["temperature"] == 0.2
+        assert conversation.exclude_from_training
+        reply = store.active_branch(conversation_id)[-1]
+        assert (reply.rating, reply.correction) == (1, "Bonjour !")
+        assert "Greetings" in screen.sub_title and "not used for training" in screen.sub_title
+
+        await send(pilot, "/retry")
+        await idle(pilot)
+        engine_messages, params = pilot.app.screen.engine.calls[-1]
+        assert engine_messages[0] == {"role": "system", "content": "Answer in French."}
+        assert params.temperature == 0.2
+
+        await send(pilot, "/nonsense")
+        assert screen.prompt.text == "/nonsense", "a command that failed stays in the box to fix"
+        assert any("unknown command /nonsense" in n for n in notifications(pilot))
+        await send(pilot, "/set temperature hot")
+        assert any("temperature" in n for n in notifications(pilot))
+
+        await send(pilot, "//etc/hosts is a file")
+        await idle(pilot)
+        assert store.active_branch(conversation_id)[-2].content == "/etc/hosts is a file"
+
+        await send(pilot, "/new")
+        assert screen.conversation is None and screen.chat.views() == []
+        await send(pilot, f"/open {conversation_id}")
+        assert screen.conversation.id == conversation_id
+        await send(pilot, "/help")
+        assert isinstance(pilot.app.screen, HelpScreen)
+        await pilot.press("escape")
+        await send(pilot, "/quit")
+        await pilot.pause()
+        assert not pilot.app.is_running
+
+
+def test_every_slash_command_has_a_handler():
+    missing = [c.name for c in commands.COMMANDS if not callable(getattr(ChatCommands, c.handler_name, None))]
+    assert missing == []
+
+
+async def test_reopening_resumes_the_last_conversation(home, store):
+    first = store.create_conversation("first")
+    store.add_message(first.id, "user", "first question")
+    second = store.create_conversation("second")
+    store.add_message(second.id, "user", "second question")
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        assert screen.conversation.id == second.id  # nothing remembered yet: the newest
+        await send(pilot, f"/open {first.id}")
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        assert screen.conversation.id == first.id
+        assert [view.text for view in screen.chat.views()] == ["first question"]
+
+
+async def test_copy_uses_the_clipboard_and_a_file(home, store):
+    async with build_app(FakeEngine(["copy me"]), home=home, store=store).run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        await idle(pilot)
+        await pilot.press("alt+y")
+        assert pilot.app.clipboard == "copy me"
+        path = home.root / CLIPBOARD_FILE
+        assert path.read_text() == "copy me"
+        assert any(str(path) in n for n in notifications(pilot))
+
+
+async def test_params_editor_saves_per_conversation(home, store):
+    engine = FakeEngine(["a", "b"])
+    async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "hi")
+        await idle(pilot)
+        await pilot.press("alt+p")
+        editor = pilot.app.screen
+        assert isinstance(editor, ParamsEditorScreen)
+        editor.query_one("#param-top_k", Input).value = "-3"
+        await pilot.press("ctrl+s")
+        assert "top_k" in str(editor.query_one("#params-error").render())
+        editor.query_one("#param-top_k", Input).value = "7"
+        editor.query_one("#param-max_new_tokens", Input).value = "64"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert store.get_conversation(screen.conversation.id).params["top_k"] == 7
+        await send(pilot, "again")
+        await idle(pilot)
+        assert (engine.calls[-1][1].top_k, engine.calls[-1][1].max_new_tokens) == (7, 64)
+        await send(pilot, "/new")
+        assert screen.params.top_k == 50  # a new conversation starts from the defaults
+
+
+async def test_system_prompt_editor(home, store):
+    engine = FakeEngine(["sure"])
+    async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await pilot.press("alt+s")
+        assert isinstance(pilot.app.screen, TextEditorScreen)
+        pilot.app.screen.query_one("#editor").load_text("You are terse.")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert screen.conversation.system_prompt == "You are terse."
+        assert "You are terse." in str(screen.chat.query_one(".system-prompt").render())
+        await send(pilot, "hi")
+        await idle(pilot)
+        assert engine.calls[-1][0][0] == {"role": "system", "content": "You are terse."}
+
+
+async def test_export_runs_the_cli_export(home, store, tmp_path):
+    out = tmp_path / "chats.jsonl"
+    async with build_app(FakeEngine(["fine"]), home=home, store=store).run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        await idle(pilot)
+        await send(pilot, f"/export --format messages --out {out}")
+        await wait_for(pilot, out.exists, what="the export file")
+        assert '"content": "fine"' in out.read_text()
+        await send(pilot, "/export --format nonsense")
+        await wait_for(pilot, lambda: any("nonsense" in n for n in notifications(pilot)), what="the export error")
+
+
+async def test_help_lists_every_key_and_command(home, store):
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("f1")
+        help_screen = pilot.app.screen
+        assert isinstance(help_screen, HelpScreen)
+        console = Console(width=200, record=True, file=io.StringIO())
+        for static in help_screen.query(Static):
+            console.print(static.content)
+        text = console.export_text()
+        for action in CHAT_ACTIONS:
+            assert action.help in text
+        for command in commands.COMMANDS:
+            assert command.usage in text
+
+
+async def test_palette_offers_every_action(home, store):
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        titles = {command.title for command in pilot.app.get_system_commands(screen)}
+        assert {action.title for action in CHAT_ACTIONS if action.action != "stop"} <= titles
+        assert "Theme" in titles
+
+
+async def test_theme_is_remembered(home, store):
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        pilot.app.theme = "gruvbox"
+        await pilot.pause()
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert pilot.app.theme == "gruvbox"

@@ -1,0 +1,75 @@
+"""Driving the chat app in tests: build it on a fake engine and an in-memory store, wait for it, send messages."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from textual.pilot import Pilot
+
+from sessions import Store, memory_database
+from trainer.home import DataHome
+from tui_chat.app import ChatApp, make_app
+from tui_chat.generation import Engine
+from tui_chat.screens.chat import ChatScreen
+
+from .fakes import FakeEngine
+
+SIZE = (120, 40)
+
+
+def build_app(
+    engine: Engine | str | None = None,
+    *,
+    home: DataHome,
+    store: Store | None = None,
+    factory: Callable[[str], Engine] | None = None,
+) -> ChatApp:
+    return make_app(
+        store if store is not None else Store(memory_database()),
+        engine if engine is not None else FakeEngine(),
+        home=home,
+        engine_factory=factory or (lambda spec: FakeEngine(name=spec)),
+    )
+
+
+def chat_screen(pilot: Pilot) -> ChatScreen:
+    """The chat screen, even while a dialog is on top of it."""
+    return next(screen for screen in pilot.app.screen_stack if isinstance(screen, ChatScreen))
+
+
+async def wait_for(pilot: Pilot, condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await pilot.pause(0.02)
+
+
+async def ready(pilot: Pilot) -> ChatScreen:
+    """Wait until the model has loaded (or failed to)."""
+    screen = chat_screen(pilot)
+    await wait_for(pilot, lambda: screen.loading_model is None and screen.is_mounted, what="the model to load")
+    await pilot.pause()
+    return screen
+
+
+async def idle(pilot: Pilot) -> ChatScreen:
+    screen = chat_screen(pilot)
+    await wait_for(pilot, lambda: not screen.generating, what="the reply to finish")
+    await pilot.pause()
+    return screen
+
+
+async def send(pilot: Pilot, text: str) -> ChatScreen:
+    """Put ``text`` in the message box and press Enter (typing key by key is tested once, not everywhere)."""
+    screen = chat_screen(pilot)
+    screen.prompt.focus()
+    screen.prompt.load_text(text)
+    await pilot.press("enter")
+    await pilot.pause()
+    return screen
+
+
+def notifications(pilot: Pilot) -> list[str]:
+    return [notification.message for notification in pilot.app._notifications]
