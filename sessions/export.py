@@ -36,11 +36,13 @@ empty validation file; the manifest gives the counts. Without a split the file i
 Manifest
 --------
 ``NAME.manifest.json`` lies next to the data: format, filters, each file's name (relative to the manifest),
-record count and sha256, the conversation ids used, and ``left_out`` counts: ``excluded`` and ``duplicates`` and
-``no_assistant_turn`` count conversations (or pairs, for ``duplicates`` in preference exports); ``thumbs_down``,
-``unfinished`` and ``below_min_rating`` count the replies a branch was cut at (in preference exports, ``unfinished`` counts
-replies left out of pairs and ``unfinished_prompt`` the pairs dropped because their prompt holds an unfinished
-reply); ``corrected`` counts the original replies replaced by their correction.
+record count and sha256, the conversation ids used, and ``left_out`` counts:
+
+- ``excluded``, ``no_assistant_turn``: conversations; ``duplicates``: records (conversations or pairs).
+- ``thumbs_down``, ``unfinished``, ``below_min_rating``: the replies a branch was cut at. In preference exports
+  ``unfinished`` counts replies kept out of pairs, and ``unfinished_prompt`` the pairs dropped because their
+  prompt holds an unfinished reply.
+- ``corrected``: original replies replaced by their correction.
 
 Every file is written to a temporary file in the same folder, synced, and renamed over the destination, data
 files first and the manifest last: an interrupted export (Ctrl+C, a full disk) leaves the old files or the new
@@ -65,6 +67,16 @@ from .store import Conversation, Message, Store, StoreError
 
 FORMATS = ("messages", "preference", "markdown")
 MANIFEST_VERSION = 1
+# Every reason a messages export can leave material out; all appear in its manifest, zeros included.
+LEFT_OUT_MESSAGES = (
+    "excluded",
+    "thumbs_down",
+    "corrected",
+    "unfinished",
+    "below_min_rating",
+    "duplicates",
+    "no_assistant_turn",
+)
 
 
 class ExportError(StoreError):
@@ -160,14 +172,12 @@ def export_messages(store: Store, path: str | Path, filters: ExportFilters = Exp
             records.add({"messages": messages}, conversation.id)
         else:
             records.left_out["no_assistant_turn"] += 1
-    for reason in ("excluded", "thumbs_down", "corrected", "unfinished", "below_min_rating", "duplicates"):
+    for reason in LEFT_OUT_MESSAGES:
         records.left_out.setdefault(reason, 0)
-    return _write_jsonl(store, "messages", Path(path), filters, records)
+    return _write_jsonl("messages", Path(path), filters, records)
 
 
-def export_preference_pairs(
-    store: Store, path: str | Path, filters: ExportFilters = ExportFilters()
-) -> ExportResult:
+def export_preference_pairs(store: Store, path: str | Path, filters: ExportFilters = ExportFilters()) -> ExportResult:
     """Write ``{"prompt", "chosen", "rejected"}`` JSONL from rated sibling replies and from corrections."""
     records = _Records()
     for conversation in _selected(store, filters, records, include_excluded=False):
@@ -175,7 +185,7 @@ def export_preference_pairs(
             records.add(pair, conversation.id)
     for reason in ("excluded", "unfinished", "duplicates"):
         records.left_out.setdefault(reason, 0)
-    return _write_jsonl(store, "preference", Path(path), filters, records)
+    return _write_jsonl("preference", Path(path), filters, records)
 
 
 def export_markdown(store: Store, path: str | Path, filters: ExportFilters = ExportFilters()) -> ExportResult:
@@ -190,7 +200,7 @@ def export_markdown(store: Store, path: str | Path, filters: ExportFilters = Exp
         raise ExportError(_nothing_to_export(records))
     text = "\n---\n\n".join(transcripts)
     (digest,) = _write_atomically(path.parent, [(path, [text])]).values()
-    return _finish(store, "markdown", path, filters, records, {"all": (path, len(transcripts), digest)})
+    return _finish("markdown", path, filters, records, {"all": (path, len(transcripts), digest)})
 
 
 EXPORTERS: dict[str, Callable[[Store, str | Path, ExportFilters], ExportResult]] = {
@@ -340,7 +350,7 @@ def _split(line: str, val_fraction: float) -> str:
     return "val" if position < val_fraction else "train"
 
 
-def _write_jsonl(store: Store, format: str, path: Path, filters: ExportFilters, records: _Records) -> ExportResult:
+def _write_jsonl(format: str, path: Path, filters: ExportFilters, records: _Records) -> ExportResult:
     if not records.lines:
         raise ExportError(_nothing_to_export(records))
     if filters.val_fraction > 0:
@@ -353,11 +363,10 @@ def _write_jsonl(store: Store, format: str, path: Path, filters: ExportFilters, 
         targets = {"all": path}
     digests = _write_atomically(path.parent, [(targets[name], groups[name]) for name in groups])
     files = {name: (targets[name], len(groups[name]), digests[targets[name]]) for name in groups}
-    return _finish(store, format, path, filters, records, files)
+    return _finish(format, path, filters, records, files)
 
 
 def _finish(
-    store: Store,
     format: str,
     path: Path,
     filters: ExportFilters,
@@ -434,7 +443,9 @@ def _write_atomically(folder: Path, files: list[tuple[Path, list[str]]]) -> dict
             os.replace(temp, target)
     except OSError as exc:
         _remove(written)
-        raise ExportError(f"cannot write {target}: {exc.strerror or exc}; free some space or choose another --out") from exc
+        raise ExportError(
+            f"cannot write {target}: {exc.strerror or exc}; free some space or choose another --out"
+        ) from exc
     except BaseException:
         _remove(written)
         raise

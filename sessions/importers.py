@@ -96,7 +96,7 @@ def parse_file(path: Path) -> _Parsed:
     if path.suffix == ".jsonl" or start == "{":
         return _parse_messages_jsonl(path, text)
     raise MalformedImport(
-        f"{path}: neither messages JSONL (lines of {{\"messages\": [...]}}) nor a ChatGPT conversations.json"
+        f'{path}: neither messages JSONL (lines of {{"messages": [...]}}) nor a ChatGPT conversations.json'
     )
 
 

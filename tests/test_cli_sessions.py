@@ -150,7 +150,9 @@ def test_run_export_command_shares_the_options_and_prints_nothing(store, home, t
 
 def test_import_reports_counts_and_refuses_a_bad_file_in_one_line(invoke, store: Store, tmp_path: Path) -> None:
     good = tmp_path / "good.jsonl"
-    good.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}))
+    good.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    )
     result = invoke("import", str(good))
     assert result.exit_code == 0 and "imported 1 conversations (2 messages)" in result.output
 

@@ -107,7 +107,12 @@ def test_min_rating_keeps_only_replies_rated_up_or_corrected(store: Store, tmp_p
     store.set_rating(messages[1].id, 1)
     store.set_correction(messages[3].id, "B!")
     result = export_messages(store, tmp_path / "d.jsonl", ExportFilters(min_rating=1))
-    assert pairs(lines(tmp_path / "d.jsonl")[0]) == [("user", "a"), ("assistant", "A"), ("user", "b"), ("assistant", "B!")]
+    assert pairs(lines(tmp_path / "d.jsonl")[0]) == [
+        ("user", "a"),
+        ("assistant", "A"),
+        ("user", "b"),
+        ("assistant", "B!"),
+    ]
     assert result.left_out["below_min_rating"] == 1
 
 
@@ -119,7 +124,9 @@ def test_since_and_conversation_filters(store: Store, tmp_path: Path) -> None:
         new.id,
         other.id,
     ]
-    assert export_messages(store, tmp_path / "b.jsonl", ExportFilters(conversation_ids=(other.id, old.id))).conversation_ids == [
+    assert export_messages(
+        store, tmp_path / "b.jsonl", ExportFilters(conversation_ids=(other.id, old.id))
+    ).conversation_ids == [
         old.id,
         other.id,
     ]
@@ -207,7 +214,9 @@ def test_preference_pairs_from_rated_siblings_and_corrections(store: Store, tmp_
         (json.dumps(prompt), "Paris.", "France's capital is Paris."),
         (json.dumps(prompt), "France's capital is Paris.", "Lyon."),
         (
-            json.dumps(prompt + [{"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And Spain?"}]),
+            json.dumps(
+                prompt + [{"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And Spain?"}]
+            ),
             "Madrid.",
             "Barcelona.",
         ),

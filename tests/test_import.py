@@ -63,8 +63,15 @@ def chatgpt_conversations() -> list[dict]:
         "call": node("call", "u2", ["out"], "assistant", "print(2+2)", content_type="code", recipient="python"),
         "out": node("out", "call", ["a3"], "tool", "4", content_type="execution_output"),
         "a3": node("a3", "out", ["u3"], "assistant", "Python says 4.", t=106.0),
-        "u3": node("u3", "a3", ["a4"], "user", [{"asset_pointer": "file-1"}, "What is in this image?"],
-                   content_type="multimodal_text", t=107.0),  # fmt: skip
+        "u3": node(
+            "u3",
+            "a3",
+            ["a4"],
+            "user",
+            [{"asset_pointer": "file-1"}, "What is in this image?"],
+            content_type="multimodal_text",
+            t=107.0,
+        ),  # fmt: skip
         "a4": node("a4", "u3", [], "assistant", "A cat.", t=108.0),
     }
     return [
@@ -169,11 +176,11 @@ GOOD = json.dumps(JSONL_RECORDS[1])
 @pytest.mark.parametrize(
     "text, where, reason",
     [
-        (f"{GOOD}\n{GOOD}\n{{\"messages\": [}}\n", "line 3", "not valid JSON"),
+        (f'{GOOD}\n{GOOD}\n{{"messages": [}}\n', "line 3", "not valid JSON"),
         (f"{GOOD}\n\n[1, 2]\n", "line 3", 'object with a "messages" list'),
         (f'{GOOD}\n{{"messages": [{{"role": "bot", "content": "x"}}]}}\n', "line 2, message 1", "role 'bot'"),
-        (f'{{"messages": [{{"role": "user", "content": ["x"]}}]}}\n', "line 1, message 1", "content must be a string"),
-        (f'{{"messages": [{{"role": "system", "content": "x"}}]}}\n', "line 1", "no user or assistant"),
+        ('{"messages": [{"role": "user", "content": ["x"]}]}\n', "line 1, message 1", "content must be a string"),
+        ('{"messages": [{"role": "system", "content": "x"}]}\n', "line 1", "no user or assistant"),
         ("", "in.jsonl", "empty"),
         ("hello there", "line 1", "not valid JSON"),
     ],
@@ -200,12 +207,18 @@ def _broken(change) -> list:
     "data, where, reason",
     [
         ({"not": "a list"}, "conversations.json", "expected a list of conversations"),
-        (_broken(lambda c: c[0]["mapping"]["a2"].update(parent="ghost")), "conversation 1 ('Arithmetic')",
-         "its parent ghost is not in the mapping"),  # fmt: skip
+        (
+            _broken(lambda c: c[0]["mapping"]["a2"].update(parent="ghost")),
+            "conversation 1 ('Arithmetic')",
+            "its parent ghost is not in the mapping",
+        ),  # fmt: skip
         (_broken(lambda c: c[0].update(current_node="ghost")), "conversation 1", "current_node ghost"),
         (_broken(lambda c: c[1].pop("mapping")), "conversation 2 ('Only a tool')", 'no "mapping"'),
-        (_broken(lambda c: c[0]["mapping"]["u1"]["message"].update(content="x")), "conversation 1",
-         "node u1: message has no content object"),  # fmt: skip
+        (
+            _broken(lambda c: c[0]["mapping"]["u1"]["message"].update(content="x")),
+            "conversation 1",
+            "node u1: message has no content object",
+        ),  # fmt: skip
         (_broken(lambda c: c[0]["mapping"]["root"].update(parent="a4")), "conversation 1", "no path to the root"),
     ],
 )

@@ -238,7 +238,7 @@ def test_two_writers_on_one_file_lose_nothing(tmp_path) -> None:
         except BaseException as exc:  # surfaced by the assert below
             errors.append(exc)
 
-    threads = [threading.Thread(target=write, args=(s, c.id)) for s, c in zip(stores, chats)]
+    threads = [threading.Thread(target=write, args=(s, c.id)) for s, c in zip(stores, chats, strict=True)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -72,11 +72,19 @@ def list_command(obj: CliContext, limit: int, offset: int) -> None:
         page = store.list_conversations(limit=limit, offset=offset)
         counts = store.message_counts([c.id for c in page])
     if not page:
-        click.echo("no conversations yet; start one with `tui-chat`" if not total else f"no conversations past {offset}")
+        click.echo(
+            "no conversations yet; start one with `tui-chat`" if not total else f"no conversations past {offset}"
+        )
         return
     # User text goes into cells as Text: a plain str would be read as rich markup ("[there]" would vanish).
     table = Table(box=None, header_style="bold")
-    for name, justify in (("ID", "right"), ("Title", "left"), ("Updated", "left"), ("Msgs", "right"), ("Model", "left")):
+    for name, justify in (
+        ("ID", "right"),
+        ("Title", "left"),
+        ("Updated", "left"),
+        ("Msgs", "right"),
+        ("Model", "left"),
+    ):
         table.add_column(name, justify=justify, overflow="fold" if name == "Title" else "ellipsis")
     for conversation in page:
         title = Text(conversation.title)
