@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 from prompt_toolkit.input import create_pipe_input
@@ -20,8 +21,10 @@ from rich.console import Console
 from sessions import Store, memory_database
 from tests.fakes import FakeEngine
 from trainer.home import DataHome
-from tui_chat import commands
+from tui_chat import commands, markdown_stream
 from tui_chat.chat_session import ChatSession
+from tui_chat.cli import CliContext, main
+from tui_chat.markdown_stream import MarkdownStream
 from tui_chat.repl import COPY_FILE, Repl, ReplCompleter
 
 ESC_ENTER = "\x1b\r"  # Alt+Enter as a terminal sends it
@@ -51,7 +54,9 @@ class Harness:
         return self.session.engine  # type: ignore[return-value]
 
     def repl(self, **options) -> Repl:
-        return Repl(self.session, self.home, self.console, model_names=lambda: ["default", "smollm2", "my-run"], **options)
+        return Repl(
+            self.session, self.home, self.console, model_names=lambda: ["default", "smollm2", "my-run"], **options
+        )
 
     def run(self, keys: str) -> str:
         start = len(self.console.file.getvalue())
@@ -137,13 +142,16 @@ def test_new_starts_another_conversation(chat: Harness) -> None:
 
 def test_list_shows_conversations_newest_first_and_marks_the_current_one(chat: Harness) -> None:
     chat.run("alpha question\r/new\rbeta question\r")
-    lines = [line for line in chat.run("/list\r").splitlines() if "question" in line]
+    output = chat.run("/list\r")
+    lines = [line for line in output.splitlines() if line.split()[:1] in (["*"], ["1"], ["2"])]
     assert "beta question" in lines[0] and lines[0].lstrip().startswith("*")
     assert "alpha question" in lines[1] and "*" not in lines[1]
 
 
 def test_open_switches_conversation_and_adopts_its_settings(chat: Harness) -> None:
-    first = chat.store.create_conversation("Old chat", model="my-run", system_prompt="Be terse.", params={"temperature": 0.1})
+    first = chat.store.create_conversation(
+        "Old chat", model="my-run", system_prompt="Be terse.", params={"temperature": 0.1}
+    )
     chat.store.add_message(first.id, "user", "old question")
     chat.store.add_message(first.id, "assistant", "old answer")
     output = chat.run(f"/open {first.id}\rfollow-up\r")
@@ -278,6 +286,16 @@ def test_exclude_toggles_and_takes_on_off(chat: Harness) -> None:
     assert chat.store.get_conversation(conversation_id).exclude_from_training is True
 
 
+def test_export_writes_a_dataset_with_the_export_commands_options(chat: Harness, tmp_path: Path) -> None:
+    chat.replies.append("Paris.")
+    out = tmp_path / "chats.jsonl"
+    output = chat.run(f"capital of France?\r/export --out '{out}'\r")
+    assert '"content": "Paris."' in out.read_text()
+    assert str(out.name) in output
+    assert "error: " in chat.run("/export --format bogus\r")
+    assert "--val-fraction" in chat.run("/export --help\r")
+
+
 def test_quit_and_its_aliases_end_the_loop(chat: Harness) -> None:
     for keys in ("/quit\r", "/exit\r", "/q\r"):
         # Nothing after the command is read: the message would otherwise be sent.
@@ -373,3 +391,96 @@ def test_plain_mode_delete_reads_the_answer_from_the_next_line(home: DataHome) -
     chat.repl(plain=True, input_file=io.StringIO("hello\n/delete\ny\n")).run()
     assert chat.store.count_conversations() == 0
 
+
+# ---- the `repl` command itself (no terminal under CliRunner: plain mode) ------------------------------------
+
+
+def test_repl_command_without_a_terminal_reads_lines_and_applies_its_options(home: DataHome) -> None:
+    store = Store(memory_database())
+    engine = FakeEngine(["Plain **reply**"])
+    opened: list[str] = []
+
+    def open_engine(spec: str, _home: DataHome, **options) -> FakeEngine:
+        opened.append(spec)
+        return engine
+
+    context = CliContext(home, _store=store, open_engine=open_engine)
+    args = ["repl", "--model", "my-run", "--temperature", "0.3", "--system", "Be brief."]
+    result = CliRunner().invoke(main, args, obj=context, input="hello\n/rate +\n")
+    assert result.exit_code == 0, result.output
+    # Replies and command output on stdout; loading and stats lines on stderr, out of a script's way.
+    assert result.stdout == "Plain **reply**\nrated up\n"
+    assert "loaded" in result.stderr and "2 tokens" in result.stderr
+    assert opened == ["my-run"]
+    messages, params = engine.calls[-1]
+    assert messages[0] == {"role": "system", "content": "Be brief."} and params.temperature == 0.3
+    assert store.active_branch(1)[-1].rating == 1
+
+
+def test_repl_command_continues_a_conversation(home: DataHome) -> None:
+    store = Store(memory_database())
+    old = store.create_conversation("Old", model="my-run")
+    store.add_message(old.id, "user", "first question")
+    store.add_message(old.id, "assistant", "first answer")
+    engine = FakeEngine()
+    context = CliContext(home, _store=store, open_engine=lambda spec, _home, **options: engine)
+    result = CliRunner().invoke(main, ["repl", "-c"], obj=context, input="second question\n")
+    assert result.exit_code == 0, result.output
+    assert [m["content"] for m in engine.calls[-1][0]] == ["first question", "first answer", "second question"]
+    assert (
+        CliRunner()
+        .invoke(main, ["repl", "--conversation", "9"], obj=context)
+        .output.startswith("Error: no conversation 9")
+    )
+
+
+# ---- streaming Markdown -------------------------------------------------------------------------------------
+
+
+def _render_streamed(reply: str, step: int = 3, width: int = 80) -> str:
+    console = Console(file=io.StringIO(), width=width)
+    with MarkdownStream(console) as stream:
+        for start in range(0, len(reply), step):
+            stream.feed(reply[start : start + step])
+    return console.file.getvalue()
+
+
+def test_markdown_stream_renders_each_finished_line_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    rendered: list[str] = []
+    real_markdown = markdown_stream.Markdown
+
+    def counting_markdown(source: str, **options):
+        rendered.append(source)
+        return real_markdown(source, **options)
+
+    monkeypatch.setattr(markdown_stream, "Markdown", counting_markdown)
+    lines = [f"Line {i} has **bold** words and then some more words to stream." for i in range(5)]
+    output = _render_streamed("\n".join(lines), step=2)
+    assert rendered == lines  # one render per line, however many deltas it arrived in
+    for i in range(5):
+        assert output.count(f"Line {i} has bold words") == 1
+
+
+def test_markdown_stream_code_fences_keep_their_text_and_tables_render_whole() -> None:
+    reply = (
+        "Here:\n\n```python\n# not a heading\nx = '**not bold**'\n```\n\n"
+        "| name | value |\n|------|-------|\n| a    | 1     |\n\nDone."
+    )
+    output = _render_streamed(reply)
+    assert "# not a heading" in output and "'**not bold**'" in output
+    assert "```" not in output
+    assert "|---" not in output and "name" in output and "value" in output
+    assert output.rstrip().endswith("Done.")
+
+
+def test_markdown_stream_prints_the_last_line_without_a_newline() -> None:
+    assert _render_streamed("no newline at the end").strip() == "no newline at the end"
+
+
+def test_markdown_stream_on_a_terminal_ends_with_the_whole_reply_shown() -> None:
+    console = Console(file=io.StringIO(), width=60, force_terminal=True, color_system=None)
+    with MarkdownStream(console) as stream:
+        for word in "one two three\nfour five".split(" "):
+            stream.feed(word + " ")
+    output = console.file.getvalue()
+    assert "one two three" in output and "four five" in output

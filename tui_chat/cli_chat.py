@@ -195,8 +195,10 @@ def repl_command(ctx: CliContext, **options: Any) -> None:
 
     plain = not (sys.stdin.isatty() and sys.stdout.isatty())
     console = repl_console(plain)
+    # Without a terminal, loading and stats lines go to stderr so stdout holds only replies and command output.
+    status = repl_console(plain, stderr=True) if plain else console
     with user_errors():
         session = open_session(
-            ctx, ctx.store, options, lambda engine: load_with_progress(engine, console, announce=True)
+            ctx, ctx.store, options, lambda engine: load_with_progress(engine, status, announce=True)
         )
-    Repl(session, ctx.home, console, plain=plain).run()
+    Repl(session, ctx.home, console, plain=plain, status_console=status).run()

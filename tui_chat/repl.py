@@ -51,11 +51,11 @@ SHOWN_ON_OPEN = 6  # messages of an opened conversation printed as a reminder
 COPY_FILE = "last-copy.md"  # /copy also writes the text here in the data home (no clipboard over plain ssh)
 
 
-def repl_console(plain: bool) -> Console:
+def repl_console(plain: bool, *, stderr: bool = False) -> Console:
     """Rich output for a terminal; plain text (no colours, no wrapping) for pipes."""
     if plain:
-        return Console(no_color=True, highlight=False, emoji=False, soft_wrap=True, force_terminal=False)
-    return Console(highlight=False)
+        return Console(no_color=True, highlight=False, emoji=False, soft_wrap=True, force_terminal=False, stderr=stderr)
+    return Console(highlight=False, stderr=stderr)
 
 
 def local_model_names(home: DataHome) -> list[str]:
@@ -134,11 +134,13 @@ class Repl:
         prompt_output: Output | None = None,
         input_file: IO[str] | None = None,
         model_names: Callable[[], list[str]] | None = None,
+        status_console: Console | None = None,
     ) -> None:
         self.session = session
         self.store = session.store
         self.home = home
         self.console = console
+        self.status_console = status_console or console  # stats lines (stderr in plain mode: scripts read stdout)
         self.plain = plain
         self.prompt_input = prompt_input
         self.prompt_output = prompt_output
@@ -157,6 +159,8 @@ class Repl:
                 "/help for commands · Ctrl+D to leave",
                 highlight=False,
             )
+            if self.session.conversation_id is not None:  # started with --conversation or --continue
+                self.show_conversation()
         while not self.done:
             try:
                 text = self.read_message()
@@ -256,15 +260,18 @@ class Repl:
                 message = action(on_chunk)
         finally:
             if stats:
-                self.info(_describe(stats[-1], self.session.model))
+                engine = self.session.engine
+                line = _describe(stats[-1], engine.name if engine else self.session.model)
+                self.status_console.print(Text(line, style="dim"), highlight=False)
         return message
 
     # ---- the commands (one per entry of commands.COMMANDS) ---------------------------------------------------
 
     def cmd_help(self, args: str) -> None:
         table = Table.grid(padding=(0, 2))
-        for usage, text in commands.help_lines():
-            table.add_row(Text(usage, style="bold"), Text(text))
+        for command in commands.COMMANDS:
+            also = f" (also {', '.join('/' + alias for alias in command.aliases)})" if command.aliases else ""
+            table.add_row(Text(command.usage, style="bold"), Text(command.help + also))
         table.add_row("", "")
         for keys, text in KEYS:
             table.add_row(Text(keys, style="bold"), Text(text))
@@ -287,13 +294,20 @@ class Repl:
         for conversation in conversations:
             current = "*" if conversation.id == self.session.conversation_id else ""
             updated = datetime.fromtimestamp(conversation.updated_at).strftime("%Y-%m-%d %H:%M")
-            table.add_row(current, str(conversation.id), updated, Text(conversation.model or ""), Text(conversation.title))
+            table.add_row(
+                current, str(conversation.id), updated, Text(conversation.model or ""), Text(conversation.title)
+            )
         self.console.print(table)
 
     def cmd_open(self, args: str) -> None:
         if not args.isdigit():
             raise CommandError("/open ID: ID is a number from /list")
-        conversation = self.session.open(int(args))
+        self.session.open(int(args))
+        self.show_conversation()
+
+    def show_conversation(self) -> None:
+        """The current conversation's title and its last few messages, as a reminder of where it was."""
+        conversation = self.session.conversation()
         branch = self.store.active_branch(conversation.id)
         self.info(f"conversation {conversation.id}: {conversation.title} ({len(branch)} messages)")
         if len(branch) > SHOWN_ON_OPEN:
@@ -307,6 +321,8 @@ class Repl:
                 self.console.print(message.content, markup=False)
             else:
                 self.console.print(Markdown(message.content))
+            if message.status != "complete":
+                self.info(f"({message.status})")
         else:
             self.console.print(f"{message.role} › {message.content}", markup=False, style="bold")
 
