@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 import threading
 
@@ -251,6 +252,33 @@ def test_two_writers_on_one_file_lose_nothing(tmp_path) -> None:
     assert reader.count_conversations() == 2 + 2 * 3 * 20
     for store in (*stores, reader):
         store.close()
+
+
+def _write_from_another_process(path: str, title: str, count: int) -> None:
+    store = Store.open(path)
+    chat = store.create_conversation(title)
+    for n in range(count):
+        with store.transaction():
+            store.add_message(chat.id, "user", f"{title} {n}")
+    store.close()
+
+
+def test_two_app_processes_write_to_one_file(tmp_path) -> None:
+    path = str(tmp_path / "chat.db")
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_write_from_another_process, args=(path, f"p{n}", 150)) for n in range(2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=60)
+    assert [writer.exitcode for writer in writers] == [0, 0]
+    store = Store.open(path)
+    for conversation in store.list_conversations():
+        assert [m.content for m in store.active_branch(conversation.id)] == [
+            f"{conversation.title} {n}" for n in range(150)
+        ]
+    assert store.count_conversations() == 2
+    store.close()
 
 
 def test_two_stores_opening_a_new_file_at_once_migrate_once(tmp_path) -> None:
