@@ -13,7 +13,7 @@ from .store import (
     connect,
     memory_database,
 )
-from .titles import title_from
+from .text import counted, title_from
 
 __all__ = [
     "Conversation",
@@ -26,6 +26,7 @@ __all__ = [
     "StoreError",
     "TrainingRun",
     "connect",
+    "counted",
     "memory_database",
     "title_from",
 ]

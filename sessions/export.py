@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .store import Conversation, Message, Store, StoreError
+from .text import counted
 
 FORMATS = ("messages", "preference", "markdown")
 MANIFEST_VERSION = 1
@@ -130,10 +131,10 @@ class ExportResult:
 
     def summary(self) -> str:
         """One line for the CLI and the chat: what was written where, and what was left out."""
-        noun = {"messages": "conversations", "preference": "preference pairs", "markdown": "transcripts"}[self.format]
+        noun = {"messages": "conversation", "preference": "preference pair", "markdown": "transcript"}[self.format]
         split = f" ({self.records['train']} train, {self.records['val']} val)" if "train" in self.records else ""
         files = ", ".join(str(path) for path in self.paths.values())
-        line = f"exported {self.total} {noun}{split} to {files}"
+        line = f"exported {counted(self.total, noun)}{split} to {files}"
         dropped = [f"{count} {reason.replace('_', '-')}" for reason, count in self.left_out.items() if count]
         if dropped:
             line += f"; left out: {', '.join(dropped)}"
@@ -410,7 +411,7 @@ def _nothing_to_export(records: _Records) -> str:
     if not records.considered:
         return "nothing to export: no conversations match the filters; `tui-chat sessions list` shows what there is"
     return (
-        f"nothing to export: {records.considered} conversations considered, none usable"
+        f"nothing to export: {counted(records.considered, 'conversation')} considered, none usable"
         + (f" (left out: {reasons})" if reasons else "")
         + "; loosen the filters or rate/correct some replies"
     )

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .store import ROLES, NewConversation, NewMessage, Store, StoreError
-from .titles import title_from
+from .text import counted, title_from
 
 CHATGPT_TEXT_TYPES = ("text", "multimodal_text")  # content types whose string parts are conversation text
 CHATGPT_ROLES = ("system", "user", "assistant")  # "tool" messages are skipped
@@ -51,11 +51,14 @@ class ImportResult:
 
     def summary(self) -> str:
         """One line: what was imported from where, and what was skipped."""
-        line = f"imported {self.conversations} conversations ({self.messages} messages) from {self.path}"
+        line = (
+            f"imported {counted(self.conversations, 'conversation')} ({counted(self.messages, 'message')}) "
+            f"from {self.path}"
+        )
         if self.skipped_nodes:
-            line += f"; skipped {self.skipped_nodes} tool, hidden or non-text messages"
+            line += f"; skipped {counted(self.skipped_nodes, 'tool, hidden or non-text message')}"
         if self.skipped_conversations:
-            line += f"; skipped {self.skipped_conversations} conversations with no text"
+            line += f"; skipped {counted(self.skipped_conversations, 'conversation')} with no text"
         return line
 
 

@@ -108,7 +108,7 @@ def test_export_defaults_to_a_private_timestamped_file_in_datasets(invoke, store
     result = invoke("export")
     assert result.exit_code == 0, result.output
     (data,) = home.datasets.glob("messages-*.jsonl")
-    assert str(data) in result.output and "exported 1 conversations" in result.output
+    assert str(data) in result.output and "exported 1 conversation" in result.output
     assert os.stat(data).st_mode & 0o777 == 0o600
     assert json.loads(data.read_text())["messages"][-1] == {"role": "assistant", "content": "answer"}
     assert list(home.datasets.glob("messages-*.manifest.json"))
@@ -137,7 +137,7 @@ def test_export_options(invoke, store: Store, tmp_path: Path) -> None:
 def test_run_export_command_shares_the_options_and_prints_nothing(store, home, tmp_path, capsys) -> None:
     chat(store, "q", "question", "answer")
     summary = run_export_command(store, home, ["--out", str(tmp_path / "x.jsonl"), "--min-rating", "0"])
-    assert summary.startswith("exported 1 conversations to") and "\n" not in summary
+    assert summary.startswith("exported 1 conversation to") and "\n" not in summary
     assert (tmp_path / "x.jsonl").exists()
     with pytest.raises(click.ClickException) as bad:
         run_export_command(store, home, ["--format", "yaml"])
@@ -154,7 +154,7 @@ def test_import_reports_counts_and_refuses_a_bad_file_in_one_line(invoke, store:
         json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
     )
     result = invoke("import", str(good))
-    assert result.exit_code == 0 and "imported 1 conversations (2 messages)" in result.output
+    assert result.exit_code == 0 and "imported 1 conversation (2 messages)" in result.output
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(good.read_text() + "\n{oops\n")
@@ -171,7 +171,7 @@ def test_backup_writes_a_private_copy(invoke, store: Store, tmp_path: Path) -> N
     chat(store, "saved", "hi")
     target = tmp_path / "backup.db"
     result = invoke("backup", str(target))
-    assert result.exit_code == 0 and "backed up 1 conversations" in result.output
+    assert result.exit_code == 0 and "backed up 1 conversation" in result.output
     assert os.stat(target).st_mode & 0o777 == 0o600
     assert Store.open(target).list_conversations()[0].title == "saved"
     again = invoke("backup", str(target))

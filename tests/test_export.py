@@ -150,7 +150,7 @@ def test_exact_duplicates_are_written_once(store: Store, tmp_path: Path) -> None
 def test_nothing_usable_is_an_error_naming_why(store: Store, tmp_path: Path) -> None:
     _, messages = chat(store, "q", "bad")
     store.set_rating(messages[1].id, -1)
-    with pytest.raises(ExportError, match=r"1 conversations considered.*1 thumbs-down"):
+    with pytest.raises(ExportError, match=r"1 conversation considered.*1 thumbs-down"):
         export_messages(store, tmp_path / "d.jsonl")
 
 
@@ -190,7 +190,7 @@ def test_files_are_private_and_hashed_in_the_manifest(store: Store, tmp_path: Pa
         assert os.stat(path).st_mode & 0o777 == 0o600
     assert result.sha256["all"] == hashlib.sha256(result.paths["all"].read_bytes()).hexdigest()
     assert result.manifest_path == tmp_path / "d.manifest.json"
-    assert "exported 1 conversations to" in result.summary()
+    assert "exported 1 conversation to" in result.summary()
 
 
 def test_preference_pairs_from_rated_siblings_and_corrections(store: Store, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from sessions import Message, Store, StoreError
+from sessions import Message, Store, StoreError, counted
 from sessions.export import FORMATS, ExportFilters, export
 from sessions.importers import import_file
 from trainer.home import DataHome
@@ -55,9 +55,12 @@ def _console() -> Console:
 # ---- sessions -----------------------------------------------------------------------------------------------
 
 
-@click.group("sessions")
-def sessions_group() -> None:
-    """List, show, search, rename and delete saved conversations."""
+@click.group("sessions", invoke_without_command=True)
+@click.pass_context
+def sessions_group(ctx: click.Context) -> None:
+    """List, show, search, rename and delete saved conversations (alone: list the newest)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_command)
 
 
 @sessions_group.command("list")
@@ -211,10 +214,11 @@ def delete_command(obj: CliContext, conversation_id: int, yes: bool) -> None:
         count = store.message_counts([conversation_id])[conversation_id]
         if not yes:
             click.confirm(
-                f"Delete conversation {conversation_id} {conversation.title!r} and its {count} messages?", abort=True
+                f"Delete conversation {conversation_id} {conversation.title!r} and its {counted(count, 'message')}?",
+                abort=True,
             )
         store.delete_conversation(conversation_id)
-    click.echo(f"deleted conversation {conversation_id} ({count} messages)")
+    click.echo(f"deleted conversation {conversation_id} ({counted(count, 'message')})")
 
 
 # ---- export, import, backup ---------------------------------------------------------------------------------
@@ -331,4 +335,4 @@ def backup_command(obj: CliContext, path: Path) -> None:
         conversations = store.count_conversations()
     obj.home.secure_file(target)
     size_mb = target.stat().st_size / 1e6
-    click.echo(f"backed up {conversations} conversations to {target} ({size_mb:.1f} MB)")
+    click.echo(f"backed up {counted(conversations, 'conversation')} to {target} ({size_mb:.1f} MB)")

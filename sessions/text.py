@@ -1,4 +1,4 @@
-"""Conversation titles made from text (a chat's first message, an imported conversation)."""
+"""Short texts made for people: conversation titles, counted nouns."""
 
 from __future__ import annotations
 
@@ -11,3 +11,8 @@ def title_from(text: str, limit: int = TITLE_CHARS) -> str:
     if len(line) <= limit:
         return line or "New chat"
     return line[:limit].rsplit(" ", 1)[0] + "…"
+
+
+def counted(count: int, noun: str) -> str:
+    """``1 conversation``, ``2 conversations`` (regular plurals only)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
