@@ -410,7 +410,7 @@ def test_repl_command_without_a_terminal_reads_lines_and_applies_its_options(hom
     assert result.exit_code == 0, result.output
     # Replies and command output on stdout; loading and stats lines on stderr, out of a script's way.
     assert result.stdout == "Plain **reply**\nrated up\n"
-    assert "loaded" in result.stderr and "2 tokens" in result.stderr
+    assert "loading fake model" in result.stderr and "2 tokens" in result.stderr
     assert opened == ["my-run"]
     messages, params = engine.calls[-1]
     assert messages[0] == {"role": "system", "content": "Be brief."} and params.temperature == 0.3

@@ -13,27 +13,27 @@ from .generation import Engine, EngineInfo
 def load_with_progress(engine: Engine, console: Console, *, announce: bool = False) -> EngineInfo:
     """Load ``engine`` (a no-op when it is ready) while showing what it is doing on ``console``.
 
-    ``announce`` adds a line saying what loaded where, and how long it took.
+    ``announce`` adds a line saying what loaded where, and how long it took (on a terminal, where the progress
+    bar vanishes; elsewhere the step lines already say it).
     """
     if engine.ready:
         return engine.info()
-    started = time.perf_counter()
     if not console.is_terminal:
-        info = engine.load(_StepPrinter(console))
-    else:
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task(f"loading {engine.name}", total=None)
+        return engine.load(_StepPrinter(console))
+    started = time.perf_counter()
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"loading {engine.name}", total=None)
 
-            def report(what: str, fraction: float | None) -> None:
-                total = None if fraction is None else 1.0
-                progress.update(task, description=what, total=total, completed=fraction or 0)
+        def report(what: str, fraction: float | None) -> None:
+            total = None if fraction is None else 1.0
+            progress.update(task, description=what, total=total, completed=fraction or 0)
 
-            info = engine.load(report)
+        info = engine.load(report)
     if announce:
         elapsed = time.perf_counter() - started
-        line = f"{info.name} loaded on {info.device} ({info.dtype}, {info.context_limit} tokens of context) in {elapsed:.1f} s"
-        console.print(line, style="dim", markup=False, highlight=False)
+        line = f"{info.name} loaded on {info.device} ({info.dtype}, {info.context_limit} tokens of context)"
+        console.print(f"{line} in {elapsed:.1f} s", style="dim", markup=False, highlight=False)
     return info
 
 
