@@ -54,9 +54,9 @@ async def ready(pilot: Pilot) -> ChatScreen:
     return screen
 
 
-async def idle(pilot: Pilot) -> ChatScreen:
+async def idle(pilot: Pilot, timeout: float = 10.0) -> ChatScreen:
     screen = chat_screen(pilot)
-    await wait_for(pilot, lambda: not screen.generating, what="the reply to finish")
+    await wait_for(pilot, lambda: not screen.generating, timeout=timeout, what="the reply to finish")
     await pilot.pause()
     return screen
 
