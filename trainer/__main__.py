@@ -1,0 +1,110 @@
+"""``python -m trainer sft ...`` (fine-tune) and ``python -m trainer eval ...`` (score a model on conversations).
+
+Exit status: 0 done, 1 an error the user can fix (one line, also an ``error`` event), 130 stopped by a signal with
+a checkpoint saved (``--resume`` continues). Multi-GPU: ``accelerate launch -m trainer sft ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Sequence
+
+from .config import SFTConfig
+from .data import DataError
+from .home import DataHome
+from .models import ModelError
+from .progress import MODES, ProgressReporter
+from .rundir import RunDirError
+from .sft import SettingsError, TrainingStopped, run_sft
+
+USER_ERRORS = (DataError, ModelError, SettingsError, RunDirError)
+_TYPES = {"str": str, "int": int, "float": float}
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per SFTConfig field, its help from the field's metadata."""
+    for f in dataclasses.fields(SFTConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type).replace(" | None", "")
+        help_text = f.metadata["help"]
+        if kind == "bool":
+            parser.add_argument(flag, action="store_true", help=help_text)
+        elif kind == "list[str]":
+            parser.add_argument(flag, action="append", default=[], metavar="PATH", help=help_text)
+        elif f.default is dataclasses.MISSING:
+            parser.add_argument(flag, type=_TYPES[kind], required=True, help=help_text)
+        else:
+            choices = MODES if f.name == "progress" else None
+            parser.add_argument(flag, type=_TYPES[kind], default=f.default, choices=choices, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description="Fine-tune and evaluate chat models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sft = commands.add_parser(
+        "sft", help="fine-tune a model on `messages` JSONL", description="Fine-tune a model on `messages` JSONL."
+    )
+    _add_config_options(sft)
+    ev = commands.add_parser(
+        "eval", help="score a model on conversations", description="Validation loss, perplexity, BLEU and ROUGE-L."
+    )
+    ev.add_argument("--data", required=True, help="conversations to score: `messages` JSONL")
+    ev.add_argument("--model", default="default", help="model spec: default, a run name, a path, a Hub id")
+    ev.add_argument("--home", help="data home (default: TUI_CHAT_HOME or the user dir)")
+    ev.add_argument("--max-length", type=int, default=1024, help="tokens per conversation")
+    ev.add_argument("--micro-batch", type=int, default=4, help="conversations per forward pass")
+    ev.add_argument("--samples", type=int, default=8, help="conversations answered for BLEU / ROUGE-L")
+    ev.add_argument("--max-new-tokens", type=int, default=64, help="tokens per reply")
+    ev.add_argument("--skip-invalid", action="store_true", help="drop invalid lines instead of stopping")
+    ev.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="autocast precision")
+    ev.add_argument("--trust-remote-code", action="store_true", help="allow a Hub model's own code to run")
+    ev.add_argument("--progress", default="bar", choices=MODES, help="bar (for people), json or none")
+    return parser
+
+
+def _eval_command(args: argparse.Namespace, progress: ProgressReporter) -> None:
+    from .evaluate import evaluate_dataset
+
+    progress.info(f"evaluating {args.model} on {args.data}")
+    result = evaluate_dataset(
+        args.model, args.data, models_dir=DataHome.locate(args.home).models, max_length=args.max_length,
+        micro_batch=args.micro_batch, max_samples=args.samples, max_new_tokens=args.max_new_tokens,
+        skip_invalid=args.skip_invalid, precision=args.precision, trust_remote_code=args.trust_remote_code,
+    )
+    progress.emit("eval", stage="eval", samples=len(result.samples), **result.metrics())
+    for sample in result.samples:
+        progress.info(f"> {sample.prompt}\n  reference: {sample.reference}\n  reply:     {sample.reply}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    progress = ProgressReporter(args.progress)
+    try:
+        if args.command == "sft":
+            config = SFTConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SFTConfig)})
+            run_sft(config, progress)
+        else:
+            _eval_command(args, progress)
+    except USER_ERRORS as exc:
+        progress.emit("error", message=str(exc))
+        if progress.mode != "json":
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except TrainingStopped as exc:
+        if progress.mode != "json":
+            print(str(exc), file=sys.stderr)
+        return 130
+    except Exception as exc:
+        # Internal errors are not swallowed: the app still gets its error line, then the traceback follows.
+        progress.emit("error", message=f"internal error: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        progress.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The SFT settings: one dataclass, whose field ``help`` texts are also the command-line help.
+
+``None`` means "chosen for this device / method", see ``SFTConfig.resolved``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+# Fields that do not change what is learned: they may differ between a run and its --resume.
+OPERATIONAL_FIELDS = frozenset(
+    {"out", "home", "resume", "progress", "threads", "save_every", "eval_samples", "max_new_tokens", "no_eval"}
+)
+
+# Learning rates by method, from the teach-a-fact runs on the bundled model (issue 8's measurements): LoRA needs a
+# larger step than full fine-tuning because only the low-rank update moves.
+DEFAULT_LR = {"lora": 3e-4, "full": 5e-5}
+
+
+@dataclass
+class SFTConfig:
+    data: str = field(metadata={"help": "training conversations: `messages` JSONL (a `split` field is honoured)"})
+    model: str = field(default="default", metadata={"help": "base model spec: default, a run name, a path, a Hub id"})
+    out: str | None = field(
+        default=None, metadata={"help": "run directory (default: the data home's models/<model>-sft-<time>)"}
+    )
+    home: str | None = field(default=None, metadata={"help": "data home (default: TUI_CHAT_HOME or the user dir)"})
+    val: str | None = field(default=None, metadata={"help": "validation JSONL (default: the file's split, else a hash split)"})
+    val_fraction: float = field(default=0.1, metadata={"help": "share of unlabelled conversations held out for validation"})
+    extra_data: list[str] = field(
+        default_factory=list,
+        metadata={"help": "more JSONL mixed into training only, e.g. replay conversations (repeatable)"},
+    )
+    skip_invalid: bool = field(default=False, metadata={"help": "drop and count invalid lines instead of stopping"})
+    max_length: int = field(default=1024, metadata={"help": "tokens per conversation; longer ones are cut at a turn"})
+    method: str | None = field(default=None, metadata={"help": "lora or full (default: lora on CPU, full on GPU)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_targets: str = field(
+        default="all-linear", metadata={"help": "LoRA target modules: all-linear or a comma list (q_proj,v_proj)"}
+    )
+    epochs: float = field(default=3.0, metadata={"help": "passes over the training data"})
+    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (overrides --epochs)"})
+    lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: 3e-4 lora, 5e-5 full)"})
+    schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule: cosine, linear or constant"})
+    warmup: float = field(default=0.05, metadata={"help": "warmup: a fraction of the steps (<1) or a step count"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    micro_batch: int = field(default=4, metadata={"help": "conversations per forward pass"})
+    grad_accum: int = field(default=2, metadata={"help": "micro-batches per optimizer step"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations: less memory, ~30%% slower"})
+    precision: str = field(
+        default="auto", metadata={"help": "bf16 (autocast over fp32 weights), fp32, or auto (bf16 where fast)"}
+    )
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (default: torch's, one per core)"})
+    seed: int = field(default=0, metadata={"help": "seed for the split order, batches, LoRA init and dropout"})
+    save_every: int = field(default=50, metadata={"help": "checkpoint every N optimizer steps (0: only on a signal)"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --out from its last checkpoint"})
+    keep_adapter: bool = field(
+        default=False, metadata={"help": "save the LoRA adapter (loads on top of the base) instead of merging it"}
+    )
+    eval_samples: int = field(default=8, metadata={"help": "validation prompts answered for BLEU / ROUGE-L / samples"})
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens per evaluation reply"})
+    no_eval: bool = field(default=False, metadata={"help": "skip the before/after evaluation"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow a Hub model's own code to run"})
+    progress: str = field(default="bar", metadata={"help": "bar (for people), json (one object a line) or none"})
+
+    def resolved(self, device: torch.device) -> "SFTConfig":
+        """A copy with every automatic choice made for ``device``."""
+        method = self.method or ("full" if device.type == "cuda" else "lora")
+        return dataclasses.replace(self, method=method, lr=self.lr if self.lr is not None else DEFAULT_LR[method])
+
+    def learning_fields(self) -> dict[str, Any]:
+        """The settings that decide what is learned (compared on --resume)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in OPERATIONAL_FIELDS}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.learning_fields(), sort_keys=True).encode()).hexdigest()
+
+
+def validate(config: SFTConfig) -> None:
+    """Raise ValueError (one line) for settings that cannot work."""
+    if config.method not in (None, "lora", "full"):
+        raise ValueError(f"unknown --method {config.method!r}; use lora or full")
+    if config.schedule not in ("cosine", "linear", "constant"):
+        raise ValueError(f"unknown --schedule {config.schedule!r}; use cosine, linear or constant")
+    if config.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"unknown --precision {config.precision!r}; use auto, bf16 or fp32")
+    if config.micro_batch < 1 or config.grad_accum < 1:
+        raise ValueError("--micro-batch and --grad-accum must be at least 1")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ValueError("--max-steps must be at least 1")
+    if config.epochs <= 0:
+        raise ValueError("--epochs must be positive")
+    if config.max_length < 16:
+        raise ValueError("--max-length must be at least 16 tokens")
+    if config.resume and not config.out:
+        raise ValueError("--resume needs --out: the run directory to continue")

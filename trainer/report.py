@@ -1,0 +1,92 @@
+"""What a finished run leaves for people: metrics.json, loss.png (from progress.jsonl) and report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .evaluate import EvalResult
+
+
+def read_progress(path: Path) -> list[dict[str, Any]]:
+    """The events of a run's progress.jsonl (a line cut short by a crash is skipped)."""
+    events = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
+def plot_loss(events: list[dict[str, Any]], path: Path) -> Path | None:
+    """Training loss per step, with the validation loss before/after as points. None when there are no steps."""
+    # A resumed run repeats the steps after its last checkpoint: the later record of a step wins.
+    by_step = {e["step"]: e for e in events if e.get("event") == "step"}
+    steps = [by_step[k] for k in sorted(by_step)]
+    if not steps:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render straight to a file
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot([e["step"] for e in steps], [e["loss"] for e in steps], label="train loss", linewidth=1.2)
+    for e in events:
+        if e.get("event") == "eval":
+            x = 0 if e["stage"] == "before" else e.get("step", steps[-1]["step"])
+            ax.scatter([x], [e["val_loss"]], label=f"val loss ({e['stage']})", zorder=3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss per assistant token (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _quote(text: str) -> str:
+    return "<br>".join(text.replace("|", "\\|").splitlines()) or "(empty)"
+
+
+def write_report(
+    path: Path, metrics: dict[str, Any], before: EvalResult | None, after: EvalResult | None, has_plot: bool
+) -> None:
+    """report.md: settings, data counts, before/after metrics and sample replies side by side."""
+    lines = [f"# Fine-tune of {metrics['base_model']}", ""]
+    lines += [f"- method: {metrics['method']}, steps: {metrics['steps']}, epochs: {metrics['epochs']:.2f}"]
+    lines += [f"- training time: {metrics['train_time_s']:.0f} s, {metrics['tokens_per_s']:.0f} tokens/s"]
+    data = metrics["data"]
+    lines += [
+        f"- data: {data['train_conversations']} train / {data['val_conversations']} validation conversations; "
+        f"{data['skipped_invalid']} invalid lines skipped, {data['truncated']} truncated, "
+        f"{data['dropped_too_long']} dropped as too long; {data['real_token_fraction']:.0%} of computed tokens real",
+        "",
+    ]
+    if before and after:
+        lines += ["| | before | after |", "|---|---|---|"]
+        for label, key, fmt in (
+            ("validation loss", "val_loss", "{:.4f}"),
+            ("perplexity", "val_ppl", "{:.2f}"),
+            ("BLEU", "bleu", "{:.1f}"),
+            ("ROUGE-L", "rouge_l", "{:.3f}"),
+        ):
+            lines.append(f"| {label} | {fmt.format(getattr(before, key))} | {fmt.format(getattr(after, key))} |")
+        lines.append("")
+        lines += ["## Sample replies", "", "| prompt | reference | before | after |", "|---|---|---|---|"]
+        for b, a in zip(before.samples, after.samples):
+            lines.append(f"| {_quote(b.prompt)} | {_quote(b.reference)} | {_quote(b.reply)} | {_quote(a.reply)} |")
+        lines.append("")
+    else:
+        lines += ["No validation set: nothing was evaluated.", ""]
+    if has_plot:
+        lines += ["![loss](loss.png)", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")

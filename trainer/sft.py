@@ -1,0 +1,422 @@
+"""Supervised fine-tuning on chat conversations: data -> model -> loop -> evaluate -> save. Reads top to bottom.
+
+One process on a CPU or a GPU, or many under ``accelerate launch`` / ``torchrun`` (data-parallel through
+``accelerate.Accelerator``; FSDP or DeepSpeed when its config file says so). Only the main process writes the run
+dir and reports progress.
+
+Units: a *step* is one optimizer update = ``grad_accum`` micro-batches of ``micro_batch`` conversations on every
+process. The loss is the summed cross-entropy of the step's assistant tokens (all processes, all micro-batches)
+divided by their count, so every assistant token weighs the same however batches and processes split them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import get_scheduler
+
+from . import rundir
+from .batching import Collator, LengthGroupedBatches, padding_efficiency
+from .config import SFTConfig, validate
+from .data import DataError, read_jsonl, split_conversations
+from .evaluate import EvalResult, evaluate
+from .home import DataHome
+from .loss import summed_token_loss
+from .progress import ProgressReporter
+from .render import RenderedSet, render_conversations
+from .report import plot_loss, read_progress, write_metrics, write_report
+
+MAX_GRAD_NORM = 1.0  # gradient clipping: keeps a bad batch from wrecking a small model in one step
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+class TrainingStopped(Exception):
+    """A signal asked the run to stop; a checkpoint was saved and ``--resume`` continues it."""
+
+
+class SettingsError(ValueError):
+    """Settings or a run dir the user chose cannot work; one line naming the fix."""
+
+
+@dataclass
+class TrainingData:
+    train: RenderedSet
+    val: RenderedSet
+    val_conversations: list
+    skipped_invalid: int
+    sha256: str  # of every input file, in order: --resume refuses a run whose data changed
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds training up on ``device``.
+
+    CUDA: on every GPU with bf16 units. CPU: where oneDNN has native bf16 kernels (AVX512-BF16 / AMX). Measured on
+    this project's 2-core AVX512-BF16 machine with the bundled model (LoRA, 4 x 256 tokens): see bench/train.py and
+    the trainer notes; bf16 autocast was ~1.6x faster than fp32 there, so auto picks it. Without native bf16 the
+    emulation is slower than fp32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).name or text).strip("-.") or "model"
+
+
+def default_run_dir(home: DataHome, model_spec: str) -> Path:
+    """``models/<model>-sft-<YYYYmmdd-HHMMSS>`` in the data home: the chat finds it by that name."""
+    return home.models / f"{_slug(model_spec)}-sft-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _sha256_files(paths: list[str]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def load_training_data(config: SFTConfig, tokenizer: Any) -> TrainingData:
+    """Read, validate, split and render every input file."""
+    main = read_jsonl(config.data, skip_invalid=config.skip_invalid)
+    skipped = len(main.skipped)
+    if config.val:
+        val_file = read_jsonl(config.val, skip_invalid=config.skip_invalid)
+        skipped += len(val_file.skipped)
+        train_conversations = main.conversations
+        val_conversations = val_file.conversations
+    else:
+        train_conversations, val_conversations = split_conversations(main.conversations, config.val_fraction)
+    for path in config.extra_data:
+        extra = read_jsonl(path, skip_invalid=config.skip_invalid)
+        skipped += len(extra.skipped)
+        train_conversations = train_conversations + extra.conversations
+    train = render_conversations(tokenizer, train_conversations, config.max_length)
+    if not train.examples:
+        raise DataError(
+            f"{config.data}: no conversation fits in --max-length {config.max_length} tokens; raise --max-length"
+        )
+    val = render_conversations(tokenizer, val_conversations, config.max_length)
+    files = [config.data] + ([config.val] if config.val else []) + list(config.extra_data)
+    return TrainingData(train, val, val_conversations, skipped, _sha256_files(files))
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[dict[str, str]]:
+    """While inside, SIGINT / SIGTERM set ``flag["reason"]`` (checked between steps) instead of killing the run; a
+    second signal interrupts at once. Outside the main thread signals cannot be caught and nothing is installed."""
+    flag: dict[str, str] = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if flag:
+            raise KeyboardInterrupt
+        flag["reason"] = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_resume(run_dir: Path, config: SFTConfig, data_sha: str) -> None:
+    saved = json.loads((run_dir / rundir.TRAIN_CONFIG).read_text())
+    if saved["dataset_sha256"] != data_sha:
+        raise SettingsError(
+            f"the dataset changed since {run_dir} started (sha256 differs); resume with the same files or start a "
+            "new run"
+        )
+    changed = sorted(
+        k for k, v in config.learning_fields().items() if saved["config"].get(k) != v and k != "resume"
+    )
+    if changed:
+        raise SettingsError(
+            f"settings changed since {run_dir} started ({', '.join('--' + k.replace('_', '-') for k in changed)}); "
+            "resume with the same settings or start a new run"
+        )
+
+
+def _save_checkpoint(
+    accelerator: Accelerator, run_dir: Path, step: int, epoch: int, progress: ProgressReporter
+) -> Path:
+    """Weights, optimizer, scheduler and RNG states (accelerate's save_state) plus our step counter, written last
+    so a checkpoint cut short by a crash is recognisably incomplete."""
+    path = run_dir / rundir.CHECKPOINTS / f"step-{step:06d}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        rundir.write_json_atomic(path / rundir.CHECKPOINT_STATE, {"step": step, "epoch": epoch})
+        rundir.prune_checkpoints(run_dir, keep=path)
+        progress.emit("checkpoint", step=step, path=str(path))
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _eval_batches(examples: RenderedSet, micro_batch: int, collate: Collator):
+    """A function giving the validation micro-batches in a fixed, length-grouped order."""
+    sampler = LengthGroupedBatches([len(e) for e in examples.examples], micro_batch, seed=0)
+
+    def batches():
+        for indices in sampler:
+            yield collate([examples.examples[i] for i in indices])
+
+    return batches
+
+
+def _save_model(
+    accelerator: Accelerator, model: Any, tokenizer: Any, run_dir: Path, config: SFTConfig, base_source: str
+) -> None:
+    """The merged model (or, with --keep-adapter, the adapter naming its base), and the tokenizer with its template."""
+    unwrapped = accelerator.unwrap_model(model)
+    if config.method == "lora" and config.keep_adapter:
+        # The loader resolves base_model_name_or_path as a spec: the same one this run started from.
+        base = config.model if not Path(config.model).expanduser().exists() else base_source
+        unwrapped.peft_config["default"].base_model_name_or_path = base
+        final = unwrapped
+        state_dict = None
+    elif config.method == "lora":
+        final = unwrapped.merge_and_unload()
+        state_dict = None
+    else:
+        final = unwrapped
+        state_dict = accelerator.get_state_dict(model)  # gathers FSDP / DeepSpeed shards
+    if hasattr(final, "config"):
+        final.config.use_cache = True  # gradient checkpointing turns the KV cache off; the chat needs it
+    if accelerator.is_main_process:
+        final.save_pretrained(run_dir, state_dict=state_dict)
+        tokenizer.save_pretrained(run_dir)
+
+
+def run_sft(config: SFTConfig, progress: ProgressReporter) -> Path:
+    """Train as ``config`` says and return the finished run dir. Raises DataError, ModelError, SettingsError,
+    RunDirError for problems the user can fix, and TrainingStopped after a signal (with a checkpoint saved)."""
+    from .models import load_model
+
+    try:
+        validate(config)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    home = DataHome.locate(config.home)
+    started = time.time()
+
+    # -- where: one Accelerator per process; autocast is ours (below) so the logits stay bf16 until the loss
+    accelerator = Accelerator(mixed_precision="no")
+    progress.enabled = progress.enabled and accelerator.is_main_process
+    device = accelerator.device
+    config = config.resolved(device)
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast(device))
+    run_dir = Path(config.out).expanduser() if config.out else default_run_dir(home, config.model)
+    if accelerator.is_main_process:
+        home.ensure()
+        rundir.prepare(run_dir, resume=config.resume)
+    accelerator.wait_for_everyone()
+
+    # -- model and data
+    set_seed(config.seed)
+    progress.info(f"loading {config.model}")
+    loaded = load_model(
+        config.model,
+        models_dir=home.models,
+        device=str(device),
+        dtype="float32",  # master weights stay fp32; bf16 is autocast only
+        trust_remote_code=config.trust_remote_code,
+    )
+    model, tokenizer = loaded.model, loaded.tokenizer
+    data = load_training_data(config, tokenizer)
+    if accelerator.is_main_process:
+        if config.resume:
+            _check_resume(run_dir, config, data.sha256)
+        else:
+            rundir.write_json_atomic(
+                run_dir / rundir.TRAIN_CONFIG,
+                {"config": dataclasses.asdict(config), "base_model": loaded.name, "base_source": loaded.source,
+                 "dataset_sha256": data.sha256},
+            )
+        progress.log_to(run_dir / rundir.PROGRESS_LOG)
+    for count, what in (
+        (data.skipped_invalid, "invalid lines skipped"),
+        (data.train.truncated + data.val.truncated, f"conversations cut to --max-length {config.max_length}"),
+        (data.train.dropped_too_long + data.val.dropped_too_long, "conversations dropped: too long"),
+        (data.train.dropped_unrenderable + data.val.dropped_unrenderable, "conversations dropped: template"),
+    ):
+        if count:
+            progress.info(f"{count} {what}")
+
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = "all-linear" if config.lora_targets == "all-linear" else config.lora_targets.split(",")
+        lora = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=targets, task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model.train()
+
+    collate = Collator(tokenizer.pad_token_id)
+    lengths = [len(e) for e in data.train.examples]
+    sampler = LengthGroupedBatches(lengths, config.micro_batch, config.seed)
+    loader = torch.utils.data.DataLoader(data.train.examples, batch_sampler=sampler, collate_fn=collate)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+
+    # -- schedule: steps per epoch counts this process's share of the micro-batches
+    steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    warmup = int(config.warmup) if config.warmup >= 1 else round(config.warmup * total_steps)
+    scheduler = get_scheduler(SCHEDULES[config.schedule], optimizer, warmup, total_steps)
+    # The scheduler is ours, not accelerate-prepared: a prepared one steps once per process per call.
+    accelerator.register_for_checkpointing(scheduler)
+
+    step = 0
+    checkpoint = rundir.latest_checkpoint(run_dir) if config.resume else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        step = json.loads((checkpoint / rundir.CHECKPOINT_STATE).read_text())["step"]
+        progress.info(f"resuming from step {step} ({checkpoint.name})")
+
+    val_batches = _eval_batches(data.val, config.micro_batch, collate)
+    eval_enabled = not config.no_eval and bool(data.val.examples)
+    real_fraction = padding_efficiency(lengths, sampler.batches())
+    progress.emit(
+        "start", run_dir=str(run_dir), model=loaded.name, method=config.method, device=str(device),
+        dtype="bf16 autocast" if bf16 else "fp32", total_steps=total_steps, start_step=step,
+        epochs=total_steps / steps_per_epoch, train_conversations=len(data.train.examples),
+        val_conversations=len(data.val.examples), train_tokens=data.train.n_tokens,
+        assistant_tokens=data.train.n_assistant_tokens, real_token_fraction=round(real_fraction, 4),
+    )
+
+    def run_eval(stage: str) -> EvalResult:
+        progress.info(f"evaluating {stage} training")
+        result = evaluate(
+            accelerator.unwrap_model(model), tokenizer, val_batches, data.val_conversations, device=device,
+            bf16=bf16, max_samples=config.eval_samples, max_new_tokens=config.max_new_tokens,
+        )
+        progress.emit("eval", stage=stage, step=step, samples=len(result.samples), **result.metrics())
+        return result
+
+    # The "before" numbers are kept in the run dir so a resumed run still reports them.
+    before_path = run_dir / "eval_before.json"
+    before = None
+    if eval_enabled:
+        if before_path.exists():
+            before = EvalResult.from_dict(json.loads(before_path.read_text()))
+        else:
+            before = run_eval("before")
+            if accelerator.is_main_process:
+                rundir.write_json_atomic(before_path, dataclasses.asdict(before))
+
+    # -- the loop
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    train_time, train_tokens, first_step, last_loss = 0.0, 0, step, float("nan")
+    with stop_on_signals() as stop:
+        while step < total_steps and not stop:
+            epoch, done_in_epoch = divmod(step, steps_per_epoch)
+            sampler.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(loader, done_in_epoch * config.grad_accum) if done_in_epoch else loader
+            iterator = iter(batches)
+            while step < total_steps and not stop:
+                group = [b for _, b in zip(range(config.grad_accum), iterator)]
+                if not group:
+                    break
+                tick = time.perf_counter()
+                local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in group)
+                n_tokens = accelerator.reduce(torch.tensor(local, device=device), reduction="sum").item()
+                loss_sum = 0.0
+                for i, batch in enumerate(group):
+                    # Gradients sync across processes only on the step's last micro-batch.
+                    sync = contextlib.nullcontext() if i == len(group) - 1 else accelerator.no_sync(model)
+                    with sync:
+                        with autocast():
+                            summed, _ = summed_token_loss(model, batch)
+                        # DDP averages gradients over processes; times num_processes makes it the sum over all
+                        # processes' tokens divided by the step's total assistant tokens.
+                        accelerator.backward(summed * accelerator.num_processes / max(n_tokens, 1))
+                    loss_sum += summed.item()
+                accelerator.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                real_tokens = sum(int(b["attention_mask"].sum()) for b in group) * accelerator.num_processes
+                train_time += time.perf_counter() - tick
+                train_tokens += real_tokens
+                loss_total = accelerator.reduce(torch.tensor(loss_sum, device=device), reduction="sum").item()
+                last_loss = loss_total / max(n_tokens, 1)
+                per_step = train_time / (step - first_step)
+                progress.emit(
+                    "step", step=step, total=total_steps, epoch=round(step / steps_per_epoch, 3),
+                    loss=round(last_loss, 5), lr=scheduler.get_last_lr()[0],
+                    tokens_per_s=round(train_tokens / train_time, 1), eta_s=round(per_step * (total_steps - step), 1),
+                    elapsed_s=round(time.time() - started, 1),
+                )
+                if config.save_every and step % config.save_every == 0 and step < total_steps:
+                    _save_checkpoint(accelerator, run_dir, step, epoch, progress)
+        if stop and step < total_steps:
+            path = _save_checkpoint(accelerator, run_dir, step, step // steps_per_epoch, progress)
+            progress.emit("stopped", step=step, reason=stop["reason"], checkpoint=str(path))
+            raise TrainingStopped(f"stopped by {stop['reason']} at step {step}; --resume continues from {path}")
+
+    # -- evaluate, save, report; COMPLETE is written last
+    after = run_eval("after") if eval_enabled else None
+    _save_model(accelerator, model, tokenizer, run_dir, config, loaded.source)
+    if accelerator.is_main_process:
+        metrics = {
+            "base_model": loaded.name,
+            "method": config.method,
+            "steps": step,
+            "epochs": step / steps_per_epoch,
+            "precision": "bf16 autocast" if bf16 else "fp32",
+            "device": str(device),
+            "processes": accelerator.num_processes,
+            "train_time_s": train_time,
+            "tokens_per_s": train_tokens / train_time if train_time else 0.0,
+            "final_train_loss": last_loss,
+            "data": {
+                "train_conversations": len(data.train.examples),
+                "val_conversations": len(data.val.examples),
+                "train_tokens": data.train.n_tokens,
+                "assistant_tokens": data.train.n_assistant_tokens,
+                "skipped_invalid": data.skipped_invalid,
+                "truncated": data.train.truncated + data.val.truncated,
+                "dropped_too_long": data.train.dropped_too_long + data.val.dropped_too_long,
+                "real_token_fraction": real_fraction,
+                "dataset_sha256": data.sha256,
+            },
+            "before": before.metrics() if before else None,
+            "after": after.metrics() if after else None,
+        }
+        write_metrics(run_dir / "metrics.json", metrics)
+        has_plot = plot_loss(read_progress(run_dir / rundir.PROGRESS_LOG), run_dir / "loss.png") is not None
+        write_report(run_dir / "report.md", metrics, before, after, has_plot)
+        rundir.prune_checkpoints(run_dir, keep=None)
+        before_path.unlink(missing_ok=True)
+        rundir.mark_complete(run_dir, {"steps": step, "base_model": loaded.name})
+        progress.emit("done", run_dir=str(run_dir), elapsed_s=round(time.time() - started, 1), metrics=metrics)
+    accelerator.wait_for_everyone()
+    return run_dir
