@@ -334,20 +334,26 @@ def test_tab_completes_in_the_prompt(chat: Harness) -> None:
     assert chat.store.get_conversation(chat.session.conversation_id).title == "New title"
 
 
-def test_ctrl_c_stops_the_reply_keeps_it_as_stopped_and_stays_in_the_repl(home: DataHome) -> None:
-    chat = Harness(home, replies=[" ".join(f"word{i}" for i in range(400)), "next reply"], delay_s=0.01)
+def _once_streaming(store: Store, action) -> threading.Thread:
+    """A thread that runs ``action`` as soon as the first reply has text in the store (mid-stream)."""
 
-    def press_ctrl_c_once_streaming() -> None:
+    def watch() -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            branch = chat.store.active_branch(1) if chat.store.count_conversations() else []
-            if branch and branch[-1].role == "assistant" and branch[-1].content:
-                os.kill(os.getpid(), signal.SIGINT)  # what the terminal does on Ctrl+C
+            messages = store.messages(1) if store.count_conversations() else []
+            if len(messages) > 1 and messages[1].content:
+                action()
                 return
             time.sleep(0.02)
 
-    presser = threading.Thread(target=press_ctrl_c_once_streaming)
-    presser.start()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    return watcher
+
+
+def test_ctrl_c_stops_the_reply_keeps_it_as_stopped_and_stays_in_the_repl(home: DataHome) -> None:
+    chat = Harness(home, replies=[" ".join(f"word{i}" for i in range(400)), "next reply"], delay_s=0.01)
+    presser = _once_streaming(chat.store, lambda: os.kill(os.getpid(), signal.SIGINT))  # the terminal's Ctrl+C
     output = chat.run("tell me everything\rthanks\r")
     presser.join()
     stopped = chat.store.messages(1)[1]
@@ -360,8 +366,9 @@ def test_ctrl_c_stops_the_reply_keeps_it_as_stopped_and_stays_in_the_repl(home: 
 
 def test_setting_the_stop_event_stops_a_reply(home: DataHome) -> None:
     chat = Harness(home, replies=[" ".join(["tok"] * 500)], delay_s=0.01)
-    threading.Timer(0.3, lambda: chat.session.stop.set()).start()
+    stopper = _once_streaming(chat.store, chat.session.stop.set)
     chat.run("go\r")
+    stopper.join()
     reply = chat.branch()[-1]
     assert reply.status == "stopped" and 0 < len(reply.content.split()) < 500
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import queue
 import signal
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 from sessions import Conversation, Message, Store
 
@@ -109,7 +110,7 @@ class ChatSession:
         return self.params
 
     def configure(
-        self, *, model: str | None = None, system_prompt: str | None = None, params: dict | None = None
+        self, *, model: str | None = None, system_prompt: str | None = None, params: dict[str, Any] | None = None
     ) -> None:
         """Apply command-line overrides (None leaves a value as it is; a ``-`` system prompt clears it).
 
@@ -191,7 +192,7 @@ class ChatSession:
     def _reply(self, engine: Engine, parent_id: int | None, on_chunk: ChunkHandler) -> Message:
         """Generate in a worker thread; hand its chunks to ``on_chunk`` in this thread; Ctrl+C sets ``stop``."""
         assert self.conversation_id is not None
-        self.stop = threading.Event()
+        self.stop.clear()
         chunks: queue.Queue[Chunk | _Finished] = queue.Queue()
 
         def work() -> None:
@@ -210,43 +211,45 @@ class ChatSession:
                 chunks.put(_Finished(None, exc))
 
         worker = threading.Thread(target=work, name="reply", daemon=True)
-        with _sigint_sets(self.stop):
+        with _ctrl_c_sets(self.stop):
             worker.start()
-            while True:
-                try:
-                    item = chunks.get(timeout=DRAIN_POLL_S)
-                except queue.Empty:
-                    continue
-                if isinstance(item, _Finished):
-                    break
-                on_chunk(item)
-        worker.join()
-        if item.error is not None:
-            raise item.error
-        assert item.message is not None
-        return item.message
+            try:
+                finished = _drain(chunks, on_chunk)
+            except BaseException:
+                self.stop.set()  # printing failed (e.g. a closed pipe): end the reply, saved as stopped
+                raise
+            finally:
+                worker.join()
+        if finished.error is not None:
+            raise finished.error
+        assert finished.message is not None
+        return finished.message
 
 
-class _sigint_sets:
-    """While a reply streams, Ctrl+C (SIGINT) sets the stop event instead of raising KeyboardInterrupt.
+def _drain(chunks: queue.Queue, on_chunk: ChunkHandler) -> _Finished:
+    """Hand the worker's chunks to ``on_chunk`` until it says it has finished."""
+    while True:
+        try:
+            item = chunks.get(timeout=DRAIN_POLL_S)
+        except queue.Empty:
+            continue
+        if isinstance(item, _Finished):
+            return item
+        on_chunk(item)
 
-    Only the main thread can own signal handlers; elsewhere (a test's worker) the stop event is set directly.
+
+@contextmanager
+def _ctrl_c_sets(stop: threading.Event) -> Iterator[None]:
+    """While a reply streams, Ctrl+C (SIGINT) sets ``stop`` instead of raising KeyboardInterrupt.
+
+    Only the main thread can own signal handlers; elsewhere (a test's worker thread) ``stop`` is set directly.
     """
-
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop = stop
-        self.installed = False
-        self.previous: object = None
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.stop.set()
-
-    def __enter__(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-            self.installed = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self.installed:
-            # None means a handler set outside Python; the default is the closest we can restore.
-            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.SIG_DFL)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield
+    finally:
+        # None means a handler installed outside Python; the default is the closest we can restore.
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)

@@ -140,7 +140,8 @@ class Repl:
         self.store = session.store
         self.home = home
         self.console = console
-        self.status_console = status_console or console  # stats lines (stderr in plain mode: scripts read stdout)
+        # Stats and error lines: stderr in plain mode, so a script reading stdout gets replies and command output.
+        self.status_console = status_console or console
         self.plain = plain
         self.prompt_input = prompt_input
         self.prompt_output = prompt_output
@@ -234,7 +235,7 @@ class Repl:
             self.error("cancelled")  # Ctrl+C during a model load: nothing half-done is kept
 
     def error(self, line: str) -> None:
-        self.console.print(Text.assemble(("error:", "red"), " ", line), highlight=False)
+        self.status_console.print(Text.assemble(("error:", "red"), " ", line), highlight=False)
 
     def info(self, line: str) -> None:
         self.console.print(Text(line, style="dim"), highlight=False)
