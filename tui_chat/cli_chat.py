@@ -6,6 +6,7 @@ so `tui-chat --help` stays fast.
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -170,6 +171,11 @@ def ask_command(ctx: CliContext, question: str | None, no_save: bool, **options:
         except KeyboardInterrupt:  # Ctrl+C while the model loads (a reply in progress stops through its event)
             errors.print("cancelled")
             sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            # The reader left (`| head`): the reply stopped and was kept. Leave quietly, as Python's docs advise:
+            # point stdout at devnull so the interpreter's final flush does not raise again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
     if stats and stats[-1].dropped_messages:
         errors.print(
             f"note: the {stats[-1].dropped_messages} oldest messages were left out to fit the model's context "
