@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import pytest
@@ -12,7 +13,7 @@ from sessions import Store, memory_database
 from trainer.home import DataHome
 from tui_chat import commands
 from tui_chat.chat_actions import CHAT_ACTIONS
-from tui_chat.screens.chat import CLIPBOARD_FILE, ERROR_LOG
+from tui_chat.screens.chat import CLIPBOARD_FILE, ERROR_LOG, ChatScreen
 from tui_chat.screens.chat_commands import ChatCommands
 from tui_chat.screens.confirm import ConfirmScreen
 from tui_chat.screens.help import HelpScreen
@@ -513,3 +514,20 @@ async def test_theme_is_remembered(home, store):
     async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
         await ready(pilot)
         assert pilot.app.theme == "gruvbox"
+
+
+async def test_keys_typed_right_after_enter_are_kept(home, store, monkeypatch):
+    slow_slash = ChatScreen.run_slash
+
+    async def run_slash(self, text):
+        await asyncio.sleep(0.3)  # the screen is busy while the user goes on typing (or pasting)
+        return await slow_slash(self, text)
+
+    monkeypatch.setattr(ChatScreen, "run_slash", run_slash)
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        screen.prompt.focus()
+        await pilot.press(*"/set temperature 0", "enter", *"next message")
+        await wait_for(pilot, lambda: screen.conversation is not None, what="the command")
+        await pilot.pause()
+        assert screen.prompt.text == "next message"

@@ -389,17 +389,15 @@ class ChatScreen(Screen):
 
     async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
         text = event.text.strip()
-        if not text:
-            return
         if commands.is_command(text):
-            if await self.run_slash(text):
-                self.prompt.clear()
+            if not await self.run_slash(text):
+                self.prompt.restore(event.text)
             return
         if text.startswith("//"):
             text = text[1:]  # "//" escapes a message that starts with a slash
         if not self.can_generate():
+            self.prompt.restore(event.text)
             return
-        self.prompt.clear()
         await self.send(text)
 
     async def run_slash(self, text: str) -> bool:

@@ -14,7 +14,12 @@ NEWLINE_KEYS = ("shift+enter", "ctrl+j", "newline")
 
 
 class PromptInput(TextArea):
-    """Where the user writes. Posts ``PromptInput.Submitted`` on Enter; the screen decides what to do with it."""
+    """Where the user writes. Enter takes the text out of the box at once and posts ``PromptInput.Submitted``.
+
+    Emptying the box in the key handler, not later in the screen's handler, matters: keys typed right after Enter
+    (a fast typist, a paste, tmux send-keys) reach the box before the screen has handled the message, and clearing
+    then would wipe them. The screen hands the text back with ``restore`` when it could not use it.
+    """
 
     @dataclass
     class Submitted(Message):
@@ -32,7 +37,10 @@ class PromptInput(TextArea):
         if event.key == "enter":
             event.stop()
             event.prevent_default()
-            self.post_message(self.Submitted(self, self.text))
+            text = self.text
+            if text.strip():
+                self.clear()
+                self.post_message(self.Submitted(self, text))
             return
         if event.key in NEWLINE_KEYS:
             event.stop()
@@ -40,3 +48,9 @@ class PromptInput(TextArea):
             self.insert("\n")
             return
         await super()._on_key(event)
+
+    def restore(self, text: str) -> None:
+        """Put back a message that could not be sent (or a command to fix), unless the user is typing a new one."""
+        if not self.text:
+            self.load_text(text)
+            self.move_cursor(self.document.end)
