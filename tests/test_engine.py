@@ -223,3 +223,14 @@ def test_bundled_model_streams_chinese_and_emoji_intact(bundled_engine: HFEngine
     )
     assert all("\ufffd" not in delta for delta in deltas)
     assert any(ord(char) > 0x2E80 for char in "".join(deltas))  # CJK or emoji really came through
+
+
+def test_cpu_decoding_uses_the_requested_thread_count(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    path = save_tiny_model(tmp_path / "model")
+    try:
+        engine = HFEngine(str(path), tmp_path, device="cpu", threads=1)
+        assert engine.load().extra["threads"] == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -14,7 +14,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from trainer.chat_template import DEFAULT_CHAT_TEMPLATE
-from trainer.devices import CPU_DEFAULT_DTYPE, pick_device, pick_dtype
+from trainer import devices
+from trainer.devices import CPU_DEFAULT_DTYPE, inference_threads, pick_device, pick_dtype
 from trainer.models import (
     BUNDLED_DIR,
     ModelError,
@@ -49,6 +50,13 @@ def test_devices_and_dtypes() -> None:
         pick_dtype(torch.device("cpu"), "int3")
     with pytest.raises(ValueError, match="choose one of"):
         pick_device("tpu")
+
+
+@pytest.mark.parametrize("cores, expected", [(1, 1), (2, 1), (3, 2)])
+def test_inference_threads_leave_a_core_free(cores: int, expected: int, monkeypatch) -> None:
+    monkeypatch.setattr(devices, "_TORCH_DEFAULT_THREADS", 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert inference_threads() == expected
 
 
 def test_local_directory_loads_with_default_chat_template(tmp_path: Path, models_dir: Path) -> None:

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 DEVICE_CHOICES = ("cuda", "mps", "cpu")
@@ -17,13 +19,31 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
 }
 
-# On CPU, SmolLM2-135M-Instruct, 2 cores shared with other jobs, greedy, 64 new tokens after a short chat prompt
-# (bench/decode.py prints the comparison on every run):
-#   float32  ~11-13 tokens/s
-#   bfloat16 ~15-17 tokens/s (about 1.3x), same greedy text on the bench prompts.
-# Decoding a batch of one is memory-bound: bf16 halves the bytes read per token, which outweighs its slower
-# arithmetic on CPUs without native bf16 units.
+# Measured on this project's dev machine (AMD EPYC, 2 cores with avx512_bf16, shared with other jobs), the bundled
+# SmolLM2-135M-Instruct, greedy, 24 new tokens, generate() in a worker thread like the engine's, runs interleaved and
+# each tagged with the CPU the other jobs used meanwhile; the quietest runs:
+#   1 thread:  float32 16.6 tok/s (others 0.1 core)  bfloat16 21.0 tok/s (others 0.35 core)  -> bf16 ~1.3x
+#   2 threads: float32 10.5 tok/s (others 0.4 core); bfloat16 0.8-8.7 tok/s whenever others used > 0.4 core
+# bf16 halves the bytes read per token (decoding one sequence is memory-bound) and this CPU has bf16 dot products.
+# Greedy answers stay correct in bf16 (Paris, Shakespeare, the same haiku) but longer replies can take other words
+# after a sentence or two: the weights are a de-quantized Q4_1 GGUF, and bf16 is a small change next to that.
+# `python -m bench decode` prints this comparison on every run.
 CPU_DEFAULT_DTYPE = torch.bfloat16
+
+
+# Threads: OpenMP workers spin at every barrier, so when all cores are busy with decoding and anything else wants
+# a core (the chat UI, another program) a worker gets descheduled and the others wait: 2 threads on 2 cores fell
+# to 1-3 tok/s in the runs above while 1 thread kept 15-21. Decoding keeps one core free for everything else.
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()  # physical cores, before anything changes it
+
+
+def inference_threads() -> int:
+    """Intra-op threads for decoding on CPU: torch's default (physical cores) but one core left free, at least 1."""
+    try:
+        available = len(os.sched_getaffinity(0))  # honours taskset and container CPU limits
+    except AttributeError:  # macOS and Windows have no affinity call
+        available = os.cpu_count() or 1
+    return max(1, min(_TORCH_DEFAULT_THREADS, available - 1))
 
 
 def pick_device(requested: str | None = None) -> torch.device:

@@ -18,7 +18,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from trainer.devices import dtype_name
+from trainer.devices import dtype_name, inference_threads
 from trainer.home import DataHome
 from trainer.models import BUNDLED_ALIASES, BUNDLED_NAME, LoadedModel, ModelError, load_model, one_line
 
@@ -111,6 +111,7 @@ class HFEngine:
         device: str | None = None,
         dtype: str | None = None,
         trust_remote_code: bool = False,
+        threads: int | None = None,
     ) -> None:
         self.spec = spec
         self.name = BUNDLED_NAME if spec.strip().lower() in BUNDLED_ALIASES else spec
@@ -118,6 +119,7 @@ class HFEngine:
         self.device = device
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
+        self.threads = threads  # CPU decoding threads; None = trainer.devices.inference_threads()
         self._loaded: LoadedModel | None = None
         self._load_lock = threading.Lock()
         self._generate_lock = threading.Lock()  # one generation at a time: the model holds no per-call state
@@ -142,6 +144,9 @@ class HFEngine:
                     )
                 except ModelError as exc:
                     raise EngineError(str(exc)) from exc
+                if loaded.device.type == "cpu":
+                    # torch's thread count is process-wide: see inference_threads for why decoding uses fewer.
+                    torch.set_num_threads(self.threads or inference_threads())
                 self._stop_ids = _end_of_turn_ids(loaded)
                 self._loaded = loaded
         return self.info()
@@ -160,7 +165,7 @@ class HFEngine:
             device=str(loaded.device),
             dtype=dtype_name(loaded.dtype),
             context_limit=loaded.context_limit,
-            extra={"source": loaded.source},
+            extra={"source": loaded.source, "threads": torch.get_num_threads()},
         )
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
@@ -309,5 +314,6 @@ def _end_of_turn_ids(loaded: LoadedModel) -> list[int]:
 
 
 def open_engine(spec: str, home: DataHome, **options: Any) -> HFEngine:
-    """An unloaded engine for ``spec`` using ``home``'s models dir (``options``: device, dtype, trust_remote_code)."""
+    """An unloaded engine for ``spec`` using ``home``'s models dir (``options``: device, dtype, trust_remote_code,
+    threads)."""
     return HFEngine(spec, home.models, **options)
