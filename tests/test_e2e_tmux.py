@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -33,8 +34,13 @@ class Terminal:
         return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30)
 
     def start(self, command: str, env: dict[str, str]) -> None:
-        exports = " ".join(f"{key}={value}" for key, value in env.items())
-        self.tmux("new-session", "-d", "-s", self.name, "-x", "120", "-y", "40", f"env {exports} {command}")
+        """Run ``command`` in a 120x40 pane. COLUMNS and LINES (set by some test runners) would override the
+        pane's real size, so they are removed."""
+        exports = " ".join(f"{key}={shlex.quote(value)}" for key, value in env.items())
+        self.tmux(
+            "new-session", "-d", "-s", self.name, "-x", "120", "-y", "40",
+            f"env -u COLUMNS -u LINES {exports} {shlex.quote(command)}",
+        )
 
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", self.name).stdout
@@ -58,6 +64,13 @@ class Terminal:
             time.sleep(0.1)
         raise AssertionError(f"{pattern!r} not on screen after {timeout} s; the screen:\n{self.screen()}")
 
+    def wait_gone(self, pattern: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while re.search(pattern, self.screen()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} still on screen after {timeout} s:\n{self.screen()}")
+            time.sleep(0.1)
+
     def close(self) -> None:
         self.tmux("kill-server")
 
@@ -76,16 +89,19 @@ def test_ask_the_bundled_model_then_find_the_chat_in_sessions_list(bundled_home)
 
         terminal.type("/set temperature 0")  # greedy: the answer is known
         terminal.type("/set max_new_tokens 24")
+        terminal.wait_for(r"max_new_tokens 24", timeout=10)  # each command says what it changed...
+        terminal.wait_gone(r"This chat now uses", timeout=15)  # ...in a toast that goes after a few seconds
         terminal.type("What is the capital of France?")
-        saw_streaming = False
+        screens = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            screen = terminal.screen()
-            saw_streaming |= "generating…" in screen  # the reply's header while it streams
-            if re.search(r"smollm2  ·  \d+ tokens", screen):  # the header once the reply is finished
+            screens.append(terminal.screen())
+            if re.search(r"smollm2  ·  \d+ tokens", screens[-1]):  # the reply's header once it is finished
                 break
-            time.sleep(0.1)
-        assert saw_streaming, "the reply should be seen while it streams"
+            time.sleep(0.05)
+        screen = screens[-1]
+        # While it streams, the reply's header says so: seen at least once before the end.
+        assert any("generating…" in earlier for earlier in screens[:-1]), "\n---\n".join(screens[-5:])
         assert "Paris" in screen, screen
 
         terminal.keys("C-q")

@@ -23,6 +23,7 @@ from .tui_state import TuiState
 class ChatApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "tui-chat"
+    NOTIFICATION_TIMEOUT = 3  # seconds; errors set their own, longer
 
     def __init__(self, store: Store, engine: Engine | str, *, home: DataHome, engine_factory: EngineFactory) -> None:
         super().__init__()

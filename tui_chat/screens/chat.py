@@ -712,8 +712,10 @@ class ChatScreen(Screen):
         if params is None:
             return
         conversation = self.ensure_conversation()
+        before = GenerationParams.from_dict(conversation.params).to_dict()
         self.conversation = self.store.update_conversation(conversation.id, params=params.to_dict())
-        self.notify("Generation settings saved for this conversation.")
+        changed = [f"{name} {value}" for name, value in params.to_dict().items() if before[name] != value]
+        self.notify(f"This chat now uses {', '.join(changed)}." if changed else "Settings unchanged.")
 
     def action_switch_model(self) -> None:
         current = self.engine.name if self.engine else None
