@@ -211,7 +211,7 @@ def test_interrupted_conversion_leaves_nothing_behind(models_dir: Path, monkeypa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", interrupted)
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", interrupted)
     with pytest.raises(KeyboardInterrupt):
         ensure_bundled(models_dir)
     assert list(models_dir.iterdir()) == []
@@ -244,3 +244,13 @@ def test_bundled_model_converts_once_then_loads_fast(bundled_models_dir: Path) -
     assert loaded.tokenizer.eos_token == "<|im_end|>"
     assert "SmolLM" in loaded.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert os.stat(target).st_mode & 0o077 == 0  # private like the rest of the data home
+
+
+def test_conversion_failing_to_write_is_one_clear_line(models_dir: Path, monkeypatch) -> None:
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", disk_full)
+    with pytest.raises(ModelError, match="No space left on device.*free some disk space"):
+        ensure_bundled(models_dir)
+    assert list(models_dir.iterdir()) == []

@@ -205,9 +205,12 @@ def ensure_bundled(models_dir: Path, progress: Progress | None = None) -> Path:
     if target.exists():
         raise ModelError(f"{target} is not a complete model; delete that directory and the model will be rebuilt")
     gguf = bundled_gguf()
-    models_dir.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_conversions(models_dir)
-    temp = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_DIR}{_TEMP_MARK}{os.getpid()}-", dir=models_dir))
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_conversions(models_dir)
+        temp = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_DIR}{_TEMP_MARK}{os.getpid()}-", dir=models_dir))
+    except OSError as exc:
+        raise ModelError(f"cannot write the bundled model into {models_dir}: {one_line(exc)}") from exc
     try:
         with _quiet_transformers():
             _report(progress, "converting the bundled model (first run only): tokenizer", 0.0)
@@ -233,8 +236,13 @@ def ensure_bundled(models_dir: Path, progress: Progress | None = None) -> Path:
                 if _model_kind(target) != "model":
                     raise
                 shutil.rmtree(temp, ignore_errors=True)  # another process finished the same conversion first
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(temp, ignore_errors=True)
+        if isinstance(exc, OSError):  # disk full, permissions: the user can fix these
+            raise ModelError(
+                f"converting the bundled model into {models_dir} failed: {one_line(exc)}; "
+                "free some disk space (it needs ~540 MB) or fix the folder's permissions"
+            ) from exc
         raise
     _report(progress, "converted the bundled model", 1.0)
     return target
