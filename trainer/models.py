@@ -273,7 +273,12 @@ def _load_pretrained(resolved: ResolvedSpec, dtype: torch.dtype, trust_remote_co
     def both(local_files_only: bool) -> tuple[Any, Any]:
         options = {"trust_remote_code": trust_remote_code, "local_files_only": local_files_only}
         tokenizer = AutoTokenizer.from_pretrained(resolved.location, **options)
-        model = AutoModelForCausalLM.from_pretrained(resolved.location, dtype=dtype, **options)
+        # transformers does not pass local_files_only on to its PEFT-adapter probe, which then retries the
+        # network for ~15 s when the Hub is unreachable; adapter_kwargs hands it over.
+        adapter_kwargs = {"local_files_only": local_files_only}
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.location, dtype=dtype, adapter_kwargs=adapter_kwargs, **options
+        )
         return model, tokenizer
 
     if resolved.kind != "hub":
