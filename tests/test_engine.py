@@ -28,7 +28,9 @@ def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> HFEngine:
     return engine
 
 
-def run(engine: HFEngine, messages: list[dict], params: GenerationParams, stop=None) -> tuple[list[str], GenerationStats]:
+def run(
+    engine: HFEngine, messages: list[dict], params: GenerationParams, stop=None
+) -> tuple[list[str], GenerationStats]:
     chunks = list(engine.stream(messages, params, stop))
     assert all(isinstance(c, TextDelta) for c in chunks[:-1])
     assert isinstance(chunks[-1], GenerationStats)

@@ -13,8 +13,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from trainer.chat_template import DEFAULT_CHAT_TEMPLATE
 from trainer import devices
+from trainer.chat_template import DEFAULT_CHAT_TEMPLATE
 from trainer.devices import CPU_DEFAULT_DTYPE, inference_threads, pick_device, pick_dtype
 from trainer.models import (
     BUNDLED_DIR,

@@ -56,7 +56,12 @@ def save_tiny_model(path: Path, *, arch: str = "llama", context: int = 256, seed
         model = LlamaForCausalLM(config)
     elif arch == "gpt2":
         config = GPT2Config(
-            vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=context, eos_token_id=eos,
+            vocab_size=len(tokenizer),
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=context,
+            eos_token_id=eos,
             bos_token_id=tokenizer.bos_token_id,
         )
         model = GPT2LMHeadModel(config)
