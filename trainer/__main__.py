@@ -40,11 +40,13 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=_TYPES[kind], default=f.default, choices=choices, help=help_text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(sft_prog: str | None = None) -> argparse.ArgumentParser:
+    """The `python -m trainer` parser; ``sft_prog`` renames the sft command in its usage line (`tui-chat train`)."""
     parser = argparse.ArgumentParser(prog="python -m trainer", description="Fine-tune and evaluate chat models.")
     commands = parser.add_subparsers(dest="command", required=True)
     sft = commands.add_parser(
-        "sft", help="fine-tune a model on `messages` JSONL", description="Fine-tune a model on `messages` JSONL."
+        "sft", help="fine-tune a model on `messages` JSONL", description="Fine-tune a model on `messages` JSONL.",
+        **({"prog": sft_prog} if sft_prog else {}),
     )
     _add_config_options(sft)
     ev = commands.add_parser(
@@ -78,9 +80,9 @@ def _eval_command(args: argparse.Namespace, progress: ProgressReporter) -> None:
         progress.info(f"> {sample.prompt}\n  reference: {sample.reference}\n  reply:     {sample.reply}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Run a command; returns the exit status. ``prog`` names the sft command in help (`tui-chat train`)."""
+    args = build_parser(prog).parse_args(argv)
     progress = ProgressReporter(args.progress)
     try:
         if args.command == "sft":

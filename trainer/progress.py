@@ -106,7 +106,6 @@ class ProgressReporter:
             self.close()
             self.console.print(f"done in {record['elapsed_s']:.0f} s: {record['run_dir']}")
         elif event == "error":
-            self.close()
-            self.console.print(f"[red]error:[/] {record['message']}")
+            self.close()  # the message itself goes to stderr, from the command's error handler
         elif event == "info":
             self.console.print(record["message"])

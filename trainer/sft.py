@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 import signal
 import threading
@@ -30,9 +31,9 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from . import rundir
-from .batching import Collator, LengthGroupedBatches, padding_efficiency
+from .batching import IGNORE_INDEX, Collator, LengthGroupedBatches, padding_efficiency
 from .config import SFTConfig, validate
-from .data import DataError, read_jsonl, split_conversations
+from .data import Conversation, DataError, read_jsonl, split_conversations
 from .evaluate import EvalResult, evaluate
 from .home import DataHome
 from .loss import summed_token_loss
@@ -53,27 +54,46 @@ class SettingsError(ValueError):
 
 
 @dataclass
+class TrainingFiles:
+    """The validated conversations of every input file, before rendering."""
+
+    train: list[Conversation]
+    val: list[Conversation]
+    skipped_invalid: int
+    sha256: str  # of every input file, in order: --resume refuses a run whose data changed
+
+
+@dataclass
 class TrainingData:
     train: RenderedSet
     val: RenderedSet
-    val_conversations: list
-    skipped_invalid: int
-    sha256: str  # of every input file, in order: --resume refuses a run whose data changed
+    val_conversations: list[Conversation]
+    files: TrainingFiles
 
 
 def bf16_is_fast(device: torch.device) -> bool:
     """Whether bf16 autocast speeds training up on ``device``.
 
-    CUDA: on every GPU with bf16 units. CPU: where oneDNN has native bf16 kernels (AVX512-BF16 / AMX). Measured on
-    this project's 2-core AVX512-BF16 machine with the bundled model (LoRA, 4 x 256 tokens): see bench/train.py and
-    the trainer notes; bf16 autocast was ~1.6x faster than fp32 there, so auto picks it. Without native bf16 the
-    emulation is slower than fp32.
+    CUDA: on every GPU with bf16 units. CPU: where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); measured on
+    this project's 2-core AVX512-BF16 machine with the bundled model (LoRA, 4 x 256 tokens), bf16 autocast trained
+    ~1.6x faster than fp32 (see bench/train.py). Without native bf16 the emulation is slower than fp32.
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
+
+
+def default_cpu_threads() -> int:
+    """One thread per core but one, left for the chat that runs beside training.
+
+    Measured here (bundled model, LoRA, bf16 autocast, 4 x 256 tokens, 2 cores busy with other jobs): 1 thread
+    70 tokens/s, 2 threads 22 tokens/s. OpenMP threads that find their core taken spin at every barrier, so
+    oversubscribing costs far more than one idle core.
+    """
+    cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 def _slug(text: str) -> str:
@@ -85,36 +105,35 @@ def default_run_dir(home: DataHome, model_spec: str) -> Path:
     return home.models / f"{_slug(model_spec)}-sft-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _sha256_files(paths: list[str]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()
-
-
-def load_training_data(config: SFTConfig, tokenizer: Any) -> TrainingData:
-    """Read, validate, split and render every input file."""
+def read_training_files(config: SFTConfig) -> TrainingFiles:
+    """Read and validate every input file and split train / validation (before any model is loaded)."""
     main = read_jsonl(config.data, skip_invalid=config.skip_invalid)
     skipped = len(main.skipped)
+    digest = hashlib.sha256(main.sha256.encode())
     if config.val:
         val_file = read_jsonl(config.val, skip_invalid=config.skip_invalid)
         skipped += len(val_file.skipped)
-        train_conversations = main.conversations
-        val_conversations = val_file.conversations
+        digest.update(val_file.sha256.encode())
+        train, val = main.conversations, val_file.conversations
     else:
-        train_conversations, val_conversations = split_conversations(main.conversations, config.val_fraction)
+        train, val = split_conversations(main.conversations, config.val_fraction)
     for path in config.extra_data:
         extra = read_jsonl(path, skip_invalid=config.skip_invalid)
         skipped += len(extra.skipped)
-        train_conversations = train_conversations + extra.conversations
-    train = render_conversations(tokenizer, train_conversations, config.max_length)
+        digest.update(extra.sha256.encode())
+        train = train + extra.conversations
+    return TrainingFiles(train, val, skipped, digest.hexdigest())
+
+
+def render_training_data(config: SFTConfig, files: TrainingFiles, tokenizer: Any) -> TrainingData:
+    """Render both splits with the model's chat template."""
+    train = render_conversations(tokenizer, files.train, config.max_length)
     if not train.examples:
         raise DataError(
             f"{config.data}: no conversation fits in --max-length {config.max_length} tokens; raise --max-length"
         )
-    val = render_conversations(tokenizer, val_conversations, config.max_length)
-    files = [config.data] + ([config.val] if config.val else []) + list(config.extra_data)
-    return TrainingData(train, val, val_conversations, skipped, _sha256_files(files))
+    val = render_conversations(tokenizer, files.val, config.max_length)
+    return TrainingData(train, val, files.val, files)
 
 
 @contextlib.contextmanager
@@ -171,6 +190,29 @@ def _save_checkpoint(
     return path
 
 
+def backward_step(
+    accelerator: Accelerator, model: torch.nn.Module, group: list[dict[str, torch.Tensor]], autocast: Any
+) -> tuple[float, int]:
+    """Accumulate the gradients of one optimizer step's micro-batches; returns (summed loss, assistant tokens),
+    both over every process. The gradient is that of the mean loss per assistant token of the whole step."""
+    device = accelerator.device
+    local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in group)
+    n_tokens = int(accelerator.reduce(torch.tensor(local, device=device), reduction="sum").item())
+    loss_sum = 0.0
+    for i, batch in enumerate(group):
+        # Gradients sync across processes only on the step's last micro-batch.
+        sync = contextlib.nullcontext() if i == len(group) - 1 else accelerator.no_sync(model)
+        with sync:
+            with autocast():
+                summed, _ = summed_token_loss(model, batch)
+            # DDP averages gradients over processes; times num_processes makes it the sum over all processes'
+            # tokens divided by the step's total assistant tokens.
+            accelerator.backward(summed * accelerator.num_processes / max(n_tokens, 1))
+        loss_sum += summed.item()
+    total = accelerator.reduce(torch.tensor(loss_sum, device=device), reduction="sum").item()
+    return total, n_tokens
+
+
 def _eval_batches(examples: RenderedSet, micro_batch: int, collate: Collator):
     """A function giving the validation micro-batches in a fixed, length-grouped order."""
     sampler = LengthGroupedBatches([len(e) for e in examples.examples], micro_batch, seed=0)
@@ -202,23 +244,35 @@ def _save_model(
     if hasattr(final, "config"):
         final.config.use_cache = True  # gradient checkpointing turns the KV cache off; the chat needs it
     if accelerator.is_main_process:
-        final.save_pretrained(run_dir, state_dict=state_dict)
-        tokenizer.save_pretrained(run_dir)
+        from .models import _quiet_transformers  # no tqdm "Writing model shards" bar under our progress
+
+        with _quiet_transformers():
+            final.save_pretrained(run_dir, state_dict=state_dict)
+            tokenizer.save_pretrained(run_dir)
 
 
 def run_sft(config: SFTConfig, progress: ProgressReporter) -> Path:
     """Train as ``config`` says and return the finished run dir. Raises DataError, ModelError, SettingsError,
     RunDirError for problems the user can fix, and TrainingStopped after a signal (with a checkpoint saved)."""
-    from .models import load_model
-
     try:
         validate(config)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads or default_cpu_threads())
+    try:
+        with stop_on_signals() as stop:
+            return _run(config, progress, stop)
+    finally:
+        torch.set_num_threads(threads)  # a caller in the same process (tests, `tui-chat train`) gets its own back
+
+
+def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) -> Path:
+    from .models import load_model
+
     home = DataHome.locate(config.home)
     started = time.time()
+    files = read_training_files(config)  # bad data fails here, before a model is loaded
 
     # -- where: one Accelerator per process; autocast is ours (below) so the logits stay bf16 until the loss
     accelerator = Accelerator(mixed_precision="no")
@@ -230,6 +284,13 @@ def run_sft(config: SFTConfig, progress: ProgressReporter) -> Path:
     if accelerator.is_main_process:
         home.ensure()
         rundir.prepare(run_dir, resume=config.resume)
+        if config.resume:
+            _check_resume(run_dir, config, files.sha256)
+        else:
+            rundir.write_json_atomic(
+                run_dir / rundir.TRAIN_CONFIG,
+                {"config": dataclasses.asdict(config), "model": config.model, "dataset_sha256": files.sha256},
+            )
     accelerator.wait_for_everyone()
 
     # -- model and data
@@ -243,19 +304,11 @@ def run_sft(config: SFTConfig, progress: ProgressReporter) -> Path:
         trust_remote_code=config.trust_remote_code,
     )
     model, tokenizer = loaded.model, loaded.tokenizer
-    data = load_training_data(config, tokenizer)
+    data = render_training_data(config, files, tokenizer)
     if accelerator.is_main_process:
-        if config.resume:
-            _check_resume(run_dir, config, data.sha256)
-        else:
-            rundir.write_json_atomic(
-                run_dir / rundir.TRAIN_CONFIG,
-                {"config": dataclasses.asdict(config), "base_model": loaded.name, "base_source": loaded.source,
-                 "dataset_sha256": data.sha256},
-            )
         progress.log_to(run_dir / rundir.PROGRESS_LOG)
     for count, what in (
-        (data.skipped_invalid, "invalid lines skipped"),
+        (files.skipped_invalid, "invalid lines skipped"),
         (data.train.truncated + data.val.truncated, f"conversations cut to --max-length {config.max_length}"),
         (data.train.dropped_too_long + data.val.dropped_too_long, "conversations dropped: too long"),
         (data.train.dropped_unrenderable + data.val.dropped_unrenderable, "conversations dropped: template"),
@@ -280,7 +333,12 @@ def run_sft(config: SFTConfig, progress: ProgressReporter) -> Path:
     collate = Collator(tokenizer.pad_token_id)
     lengths = [len(e) for e in data.train.examples]
     sampler = LengthGroupedBatches(lengths, config.micro_batch, config.seed)
-    loader = torch.utils.data.DataLoader(data.train.examples, batch_sampler=sampler, collate_fn=collate)
+    # The loader's own generator: starting an iteration draws a seed from it, and drawing from the global RNG
+    # instead would shift LoRA dropout on a resumed run (which starts iterating mid-epoch).
+    loader = torch.utils.data.DataLoader(
+        data.train.examples, batch_sampler=sampler, collate_fn=collate,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -334,53 +392,39 @@ def run_sft(config: SFTConfig, progress: ProgressReporter) -> Path:
     # -- the loop
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     train_time, train_tokens, first_step, last_loss = 0.0, 0, step, float("nan")
-    with stop_on_signals() as stop:
+    while step < total_steps and not stop:
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, done_in_epoch * config.grad_accum) if done_in_epoch else loader
+        iterator = iter(batches)
         while step < total_steps and not stop:
-            epoch, done_in_epoch = divmod(step, steps_per_epoch)
-            sampler.set_epoch(epoch)
-            batches = accelerator.skip_first_batches(loader, done_in_epoch * config.grad_accum) if done_in_epoch else loader
-            iterator = iter(batches)
-            while step < total_steps and not stop:
-                group = [b for _, b in zip(range(config.grad_accum), iterator)]
-                if not group:
-                    break
-                tick = time.perf_counter()
-                local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in group)
-                n_tokens = accelerator.reduce(torch.tensor(local, device=device), reduction="sum").item()
-                loss_sum = 0.0
-                for i, batch in enumerate(group):
-                    # Gradients sync across processes only on the step's last micro-batch.
-                    sync = contextlib.nullcontext() if i == len(group) - 1 else accelerator.no_sync(model)
-                    with sync:
-                        with autocast():
-                            summed, _ = summed_token_loss(model, batch)
-                        # DDP averages gradients over processes; times num_processes makes it the sum over all
-                        # processes' tokens divided by the step's total assistant tokens.
-                        accelerator.backward(summed * accelerator.num_processes / max(n_tokens, 1))
-                    loss_sum += summed.item()
-                accelerator.clip_grad_norm_(trainable, MAX_GRAD_NORM)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                real_tokens = sum(int(b["attention_mask"].sum()) for b in group) * accelerator.num_processes
-                train_time += time.perf_counter() - tick
-                train_tokens += real_tokens
-                loss_total = accelerator.reduce(torch.tensor(loss_sum, device=device), reduction="sum").item()
-                last_loss = loss_total / max(n_tokens, 1)
-                per_step = train_time / (step - first_step)
-                progress.emit(
-                    "step", step=step, total=total_steps, epoch=round(step / steps_per_epoch, 3),
-                    loss=round(last_loss, 5), lr=scheduler.get_last_lr()[0],
-                    tokens_per_s=round(train_tokens / train_time, 1), eta_s=round(per_step * (total_steps - step), 1),
-                    elapsed_s=round(time.time() - started, 1),
-                )
-                if config.save_every and step % config.save_every == 0 and step < total_steps:
-                    _save_checkpoint(accelerator, run_dir, step, epoch, progress)
-        if stop and step < total_steps:
-            path = _save_checkpoint(accelerator, run_dir, step, step // steps_per_epoch, progress)
-            progress.emit("stopped", step=step, reason=stop["reason"], checkpoint=str(path))
-            raise TrainingStopped(f"stopped by {stop['reason']} at step {step}; --resume continues from {path}")
+            group = [b for _, b in zip(range(config.grad_accum), iterator)]
+            if not group:
+                break
+            tick = time.perf_counter()
+            loss_sum, n_tokens = backward_step(accelerator, model, group, autocast)
+            accelerator.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            real_tokens = sum(int(b["attention_mask"].sum()) for b in group) * accelerator.num_processes
+            train_time += time.perf_counter() - tick
+            train_tokens += real_tokens
+            last_loss = loss_sum / max(n_tokens, 1)
+            per_step = train_time / (step - first_step)
+            progress.emit(
+                "step", step=step, total=total_steps, epoch=round(step / steps_per_epoch, 3),
+                loss=round(last_loss, 5), lr=scheduler.get_last_lr()[0],
+                tokens_per_s=round(train_tokens / train_time, 1), eta_s=round(per_step * (total_steps - step), 1),
+                elapsed_s=round(time.time() - started, 1),
+            )
+            if config.save_every and step % config.save_every == 0 and step < total_steps:
+                _save_checkpoint(accelerator, run_dir, step, epoch, progress)
+    if stop and step < total_steps:
+        path = _save_checkpoint(accelerator, run_dir, step, step // steps_per_epoch, progress)
+        progress.emit("stopped", step=step, reason=stop["reason"], checkpoint=str(path))
+        raise TrainingStopped(f"stopped by {stop['reason']} at step {step}; --resume continues from {path}")
 
     # -- evaluate, save, report; COMPLETE is written last
     after = run_eval("after") if eval_enabled else None
@@ -402,11 +446,11 @@ def run_sft(config: SFTConfig, progress: ProgressReporter) -> Path:
                 "val_conversations": len(data.val.examples),
                 "train_tokens": data.train.n_tokens,
                 "assistant_tokens": data.train.n_assistant_tokens,
-                "skipped_invalid": data.skipped_invalid,
+                "skipped_invalid": files.skipped_invalid,
                 "truncated": data.train.truncated + data.val.truncated,
                 "dropped_too_long": data.train.dropped_too_long + data.val.dropped_too_long,
                 "real_token_fraction": real_fraction,
-                "dataset_sha256": data.sha256,
+                "dataset_sha256": files.sha256,
             },
             "before": before.metrics() if before else None,
             "after": after.metrics() if after else None,
