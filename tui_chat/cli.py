@@ -104,3 +104,7 @@ main.add_command(sessions_group)
 main.add_command(export_command)
 main.add_command(import_command)
 main.add_command(backup_command)
+
+from .cli_train import train_command  # noqa: E402
+
+main.add_command(train_command)
