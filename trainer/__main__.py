@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from typing import Sequence
 
-from .config import SFTConfig
+from .config import SFTConfig, add_config_options
 from .data import DataError
 from .home import DataHome
 from .models import ModelError
@@ -20,24 +20,6 @@ from .rundir import RunDirError
 from .sft import SettingsError, TrainingStopped, run_sft
 
 USER_ERRORS = (DataError, ModelError, SettingsError, RunDirError)
-_TYPES = {"str": str, "int": int, "float": float}
-
-
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per SFTConfig field, its help from the field's metadata."""
-    for f in dataclasses.fields(SFTConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type).replace(" | None", "")
-        help_text = f.metadata["help"]
-        if kind == "bool":
-            parser.add_argument(flag, action="store_true", help=help_text)
-        elif kind == "list[str]":
-            parser.add_argument(flag, action="append", default=[], metavar="PATH", help=help_text)
-        elif f.default is dataclasses.MISSING:
-            parser.add_argument(flag, type=_TYPES[kind], required=True, help=help_text)
-        else:
-            choices = MODES if f.name == "progress" else None
-            parser.add_argument(flag, type=_TYPES[kind], default=f.default, choices=choices, help=help_text)
 
 
 def build_parser(sft_prog: str | None = None) -> argparse.ArgumentParser:
@@ -48,7 +30,7 @@ def build_parser(sft_prog: str | None = None) -> argparse.ArgumentParser:
         "sft", help="fine-tune a model on `messages` JSONL", description="Fine-tune a model on `messages` JSONL.",
         **({"prog": sft_prog} if sft_prog else {}),
     )
-    _add_config_options(sft)
+    add_config_options(sft)
     ev = commands.add_parser(
         "eval", help="score a model on conversations", description="Validation loss, perplexity, BLEU and ROUGE-L."
     )

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from .progress import MODES
 
 # Fields that do not change what is learned: they may differ between a run and its --resume.
 OPERATIONAL_FIELDS = frozenset(
@@ -21,6 +24,7 @@ OPERATIONAL_FIELDS = frozenset(
 # Learning rates by method, from the teach-a-fact runs on the bundled model (issue 8's measurements): LoRA needs a
 # larger step than full fine-tuning because only the low-rank update moves.
 DEFAULT_LR = {"lora": 3e-4, "full": 5e-5}
+_OPTION_TYPES = {"str": str, "int": int, "float": float}
 
 
 @dataclass
@@ -82,6 +86,28 @@ class SFTConfig:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.learning_fields(), sort_keys=True).encode()).hexdigest()
+
+
+def add_config_options(parser: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> None:
+    """One option per SFTConfig field (but those named in ``skip``), its help from the field's metadata.
+
+    `python -m trainer sft` takes them all; the chat's `/train` skips the ones it sets itself (data, out, ...).
+    """
+    for f in dataclasses.fields(SFTConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type).replace(" | None", "")
+        help_text = f.metadata["help"]
+        if kind == "bool":
+            parser.add_argument(flag, action="store_true", help=help_text)
+        elif kind == "list[str]":
+            parser.add_argument(flag, action="append", default=[], metavar="PATH", help=help_text)
+        elif f.default is dataclasses.MISSING:
+            parser.add_argument(flag, type=_OPTION_TYPES[kind], required=True, help=help_text)
+        else:
+            choices = MODES if f.name == "progress" else None
+            parser.add_argument(flag, type=_OPTION_TYPES[kind], default=f.default, choices=choices, help=help_text)
 
 
 def validate(config: SFTConfig) -> None:
