@@ -24,7 +24,7 @@ from tui_chat.widgets.conversation_list import PAGE_SIZE
 from tui_chat.widgets.message_view import MessageView
 
 from .fakes import FakeEngine
-from .tui_helpers import SIZE, build_app, chat_screen, idle, notifications, ready, send, wait_for
+from .tui_helpers import SIZE, GatedEngine, build_app, chat_screen, idle, notifications, ready, send, wait_for
 
 LONG_REPLY = " ".join(f"word{i}" for i in range(200))
 
@@ -76,30 +76,30 @@ async def test_ctrl_j_and_shift_enter_add_lines_enter_sends(home, store):
 
 
 async def test_reply_streams_into_the_view_before_it_finishes(home, store):
-    engine = FakeEngine([LONG_REPLY], delay_s=0.01)
+    engine = GatedEngine(LONG_REPLY, before=20)
     async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
         await send(pilot, "count")
         markdown = lambda: screen.chat.views()[-1].query_one(Markdown)  # noqa: E731
-        await wait_for(pilot, lambda: "word5 " in markdown().source, what="streamed text")
-        assert screen.generating, "text should show while the reply is still streaming"
-        partial = markdown().source
-        assert LONG_REPLY.startswith(partial) and len(partial) < len(LONG_REPLY)
+        await wait_for(pilot, lambda: "word19" in markdown().source, what="the first 20 words on screen")
+        assert screen.generating
+        assert markdown().source == " ".join(LONG_REPLY.split()[:20])
+        engine.gate.set()
         await idle(pilot)
         assert markdown().source == LONG_REPLY
 
 
 async def test_escape_stops_the_reply_and_keeps_the_partial_text(home, store):
-    engine = FakeEngine([LONG_REPLY], delay_s=0.02)
+    engine = GatedEngine(LONG_REPLY, before=20)
     async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
         await send(pilot, "count")
-        await wait_for(pilot, lambda: "word3 " in screen.chat.views()[-1].text, what="some streamed text")
+        await wait_for(pilot, lambda: "word19" in screen.chat.views()[-1].text, what="some streamed text")
         await pilot.press("escape")
         await idle(pilot)
         reply = store.active_branch(store.latest_conversation().id)[-1]
         assert reply.status == "stopped"
-        assert reply.content and LONG_REPLY.startswith(reply.content) and reply.content != LONG_REPLY
+        assert reply.content == " ".join(LONG_REPLY.split()[:20])
         view = screen.chat.views()[-1]
         assert view.text == reply.content
         assert "stopped" in header(view)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from textual.pilot import Pilot
 
 from sessions import Store, memory_database
 from trainer.home import DataHome
 from tui_chat.app import ChatApp, make_app
-from tui_chat.generation import Engine
+from tui_chat.generation import Chunk, Engine, GenerationParams
 from tui_chat.screens.chat import ChatScreen
 
 from .fakes import FakeEngine
@@ -31,6 +32,28 @@ def build_app(
         home=home,
         engine_factory=factory or (lambda spec: FakeEngine(name=spec)),
     )
+
+
+class GatedEngine(FakeEngine):
+    """Streams the first ``before`` words of its reply, then waits for ``gate`` (or Stop) before the rest: a test
+    can look at the screen mid-reply without racing the engine."""
+
+    def __init__(self, reply: str, before: int) -> None:
+        super().__init__([reply])
+        self.before = before
+        self.gate = threading.Event()
+
+    def stream(
+        self, messages: list[dict[str, str]], params: GenerationParams, stop: threading.Event | None = None
+    ) -> Iterator[Chunk]:
+        for index, chunk in enumerate(super().stream(messages, params, stop)):
+            stopped = lambda: stop is not None and stop.is_set()  # noqa: E731
+            if index == self.before:
+                while not self.gate.wait(0.01) and not stopped():
+                    pass
+                if stopped():
+                    continue  # the held word is never sent; the fake then ends with its stats
+            yield chunk
 
 
 def chat_screen(pilot: Pilot) -> ChatScreen:

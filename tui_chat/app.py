@@ -6,6 +6,7 @@ theme; the chat screen does the rest.
 
 from __future__ import annotations
 
+import gc
 from typing import Iterable
 
 from textual.app import App, SystemCommand
@@ -20,6 +21,13 @@ from .screens.chat import ChatScreen
 from .tui_state import TuiState
 
 
+# Textual allocates many short-lived objects per frame. At CPython's default threshold (700 allocations) the cycle
+# collector ran ~170 times a second while a reply streamed and took a third of the UI thread's time, with pauses
+# up to ~300 ms (bench/tui_stream.py, on a busy 2-core machine); at 20,000 it runs a few times a second and
+# pauses ~30 ms. The old thresholds come back when the app ends: tests run many apps in one process.
+GC_THRESHOLDS = (20_000, 50, 100)
+
+
 class ChatApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "tui-chat"
@@ -32,14 +40,19 @@ class ChatApp(App):
         self.home = home
         self.engine_factory = engine_factory
         self.state = TuiState.load(home)
+        self._gc_thresholds = gc.get_threshold()
 
     def get_default_screen(self) -> Screen:
         return ChatScreen(self.store, self.home, self.engine, self.engine_factory, self.state)
 
     def on_mount(self) -> None:
+        gc.set_threshold(*GC_THRESHOLDS)
         if self.state.theme in self.available_themes:
             self.theme = self.state.theme
         self.theme_changed_signal.subscribe(self, self._remember_theme)
+
+    def on_unmount(self) -> None:
+        gc.set_threshold(*self._gc_thresholds)
 
     def _remember_theme(self, theme: Theme) -> None:
         self.state.theme = theme.name

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from textual.message import Message
 
@@ -30,10 +31,36 @@ class ModelLoadFailed(Message):
     error: str  # one line for the user
 
 
+class PendingText:
+    """Text a worker has produced and the UI has not yet shown, shared between the two threads.
+
+    The worker adds each delta and posts a ``ReplyChunk`` only when the buffer was empty; the UI takes everything
+    at once. So a fast engine never floods the message queue (one message per UI wake-up, not per token), and no
+    text ever waits for the next token: whenever the buffer holds text, a message to fetch it is on its way.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: list[str] = []
+
+    def add(self, text: str) -> bool:
+        """Append ``text``; True when the buffer was empty (the caller then posts a message)."""
+        with self._lock:
+            was_empty = not self._parts
+            self._parts.append(text)
+            return was_empty
+
+    def take(self) -> str:
+        with self._lock:
+            text = "".join(self._parts)
+            self._parts.clear()
+            return text
+
+
 @dataclass
 class ReplyChunk(Message):
     job: int  # which generation it belongs to (a late chunk of an abandoned one is ignored)
-    text: str
+    pending: PendingText = field(repr=False)  # take the text from here
 
 
 @dataclass

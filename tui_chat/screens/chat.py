@@ -36,6 +36,7 @@ from ..chat_messages import (
     ModelLoaded,
     ModelLoadFailed,
     ModelLoadProgress,
+    PendingText,
     ReplyChunk,
     ReplyFailed,
     ReplyFinished,
@@ -74,6 +75,7 @@ class ReplyJob:
     params: GenerationParams
     engine: Engine
     stop: threading.Event
+    pending: PendingText  # text streamed but not yet shown
 
 
 def user_error_types() -> tuple[type[Exception], ...]:
@@ -321,9 +323,6 @@ class ChatScreen(Screen):
 
     # ---- conversations ---------------------------------------------------------------------------------------
 
-    def _views(self, messages: list[sessions.Message], positions: dict[int, tuple[int, int]]) -> list[MessageView]:
-        return [MessageView(m, version=positions.get(m.id, (1, 1))) for m in messages]
-
     async def open_conversation(self, conversation_id: int, message_id: int | None = None) -> None:
         """Show a conversation's active branch; with ``message_id`` (a search hit), the branch through it."""
         conversation = self.store.get_conversation(conversation_id)
@@ -331,18 +330,17 @@ class ChatScreen(Screen):
         if message_id is not None and message_id not in {m.id for m in branch}:
             branch = self.store.switch_branch(message_id)
         positions = version_positions(self.store.messages(conversation_id))
-        await self.chat.show(self._views(branch, positions), conversation.system_prompt)
+        reveal = next((index for index, m in enumerate(branch) if m.id == message_id), None)
+        await self.chat.show(branch, positions, conversation.system_prompt, reveal=reveal)
         self.conversation, self.branch = conversation, branch
         self._conversation_changed()
         self.count_context()
-        if message_id is not None:
-            found = next((view for view in self.chat.views() if view.message_id == message_id), None)
-            if found is not None:
-                self.chat.focus()
-                self.chat.select_view(found)
+        if reveal is not None:
+            self.chat.focus()
+            self.chat.select_message(branch[reveal].id)
 
     async def show_new_chat(self) -> None:
-        await self.chat.show([], None)
+        await self.chat.show([], {}, None)
         self.conversation, self.branch = None, []
         self._conversation_changed()
         self.status.show_context(None, None)
@@ -427,17 +425,19 @@ class ChatScreen(Screen):
         view.start_stream()
         self._streaming = view
         self.generating = True
-        self.generate(ReplyJob(self._job, self.conversation.id, parent_id, self.params, self.engine, self._stop))
+        job = ReplyJob(self._job, self.conversation.id, parent_id, self.params, self.engine, self._stop, PendingText())
+        self.generate(job)
 
     @work(thread=True, exclusive=True, group="generation")
     def generate(self, job: ReplyJob) -> None:
-        """Stream one reply into the store, posting each text delta; never touches a widget."""
+        """Stream one reply into the store, handing its text to the UI as it comes; never touches a widget."""
         stats: GenerationStats | None = None
 
         def on_chunk(chunk: TextDelta | GenerationStats) -> None:
             nonlocal stats
             if isinstance(chunk, TextDelta):
-                self.post_message(ReplyChunk(job.number, chunk.text))
+                if job.pending.add(chunk.text):
+                    self.post_message(ReplyChunk(job.number, job.pending))
             else:
                 stats = chunk
 
@@ -460,8 +460,9 @@ class ChatScreen(Screen):
         return message if message.role == "assistant" and message.parent_id == job.parent_id else None
 
     async def on_reply_chunk(self, message: ReplyChunk) -> None:
-        if message.job == self._job and self._streaming is not None:
-            await self._streaming.append(message.text)
+        text = message.pending.take()
+        if message.job == self._job and self._streaming is not None and text:
+            await self._streaming.append(text)
 
     async def on_reply_finished(self, message: ReplyFinished) -> None:
         if message.job != self._job or self._streaming is None:
@@ -469,6 +470,7 @@ class ChatScreen(Screen):
         view, self._streaming = self._streaming, None
         positions = version_positions(self.store.messages(message.reply.conversation_id))
         await view.finish(message.reply, positions.get(message.reply.id, (1, 1)))
+        self.chat.set_positions(positions)
         self.branch.append(message.reply)
         self.generating = False
         if message.stats is not None:
@@ -521,11 +523,13 @@ class ChatScreen(Screen):
         """The branch changed from ``index`` on (a version flipped, a message edited): redraw only that part."""
         assert self.conversation is not None
         positions = version_positions(self.store.messages(self.conversation.id))
-        await self.chat.remove_from(index)
-        for view in self._views(branch[index:], positions):
-            await self.chat.add(view)
-        for view, message in zip(self.chat.views(), branch):
-            view.set_version(positions.get(message.id, (1, 1)))
+        if index < self.chat.offset:  # the change starts above the messages shown: show the branch from there
+            await self.chat.show(branch, positions, self.conversation.system_prompt, reveal=index)
+        else:
+            self.chat.set_positions(positions)
+            await self.chat.remove_from(index)
+            for message in branch[index:]:
+                await self.chat.add(self.chat.view_of(message))
         self.branch = branch
 
     # ---- actions (keys, palette, slash commands) -------------------------------------------------------------
@@ -613,7 +617,7 @@ class ChatScreen(Screen):
         index = [m.id for m in self.branch].index(target.id)
         await self._show_branch_from(index, self.store.switch_branch(siblings[place].id))
         if self.chat.has_focus:
-            self.chat.selected = index
+            self.chat.select_message(siblings[place].id)
 
     def action_edit_last(self) -> None:
         if not self.can_generate():

@@ -1,11 +1,15 @@
 """One message of the active branch: a header line (who, which version, rating, status, speed) over its text.
 
 Replies render as Markdown (code blocks highlighted). While a reply streams, text is appended through Textual's
-Markdown stream, which batches fragments so a fast model never makes the widget re-parse the whole reply per token;
-when it ends, the reply gets one full render from the stored text.
+Markdown stream, which batches fragments and re-parses only from the last block, so a fast model never makes the
+widget re-parse the whole reply per token. When it ends, the stored text gets one full render if the incremental
+one could differ from it (``needs_full_render``); otherwise what streamed is already exactly that render, and
+re-mounting every block of a long reply would freeze the window for nothing (bench/tui_stream.py measures it).
 """
 
 from __future__ import annotations
+
+import re
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -14,6 +18,10 @@ from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
 import sessions
+
+# A link reference definition ("[1]: https://...") changes how text above it renders; a parse that restarts at the
+# last block cannot know that, so such a reply gets a full render at the end.
+_REFERENCE_DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:\s", re.MULTILINE)
 
 ROLE_LABELS = {"user": "You", "system": "System"}
 STATUS_LABELS = {"streaming": "generating…", "stopped": "stopped", "failed": "failed", "interrupted": "interrupted"}
@@ -50,6 +58,11 @@ def header_text(
         text.append("  ·  ", style="dim")
         text.append(part, style=style)
     return text
+
+
+def needs_full_render(streamed: str, final: str) -> bool:
+    """Whether the Markdown rendered incrementally from ``streamed`` may differ from a full render of ``final``."""
+    return streamed != final or bool(_REFERENCE_DEFINITION.search(final))
 
 
 def note_text(message: sessions.Message | None, error: str | None) -> Text | None:
@@ -145,11 +158,13 @@ class MessageView(Vertical):
             self._stream = None
 
     async def finish(self, message: sessions.Message, version: tuple[int, int]) -> None:
-        """End the stream, then render the stored reply once in full (the stream parses incrementally)."""
+        """End the stream; render the stored reply in full when the streamed render may differ from it."""
         await self._end_stream()
         self.message = message
         self.version = version
-        await self.query_one(".message-body", Markdown).update(message.content)
+        body = self.query_one(".message-body", Markdown)
+        if needs_full_render(body.source, message.content):
+            await body.update(message.content)
         self._refresh_header()
 
     async def fail(self, message: sessions.Message | None, error: str) -> None:
