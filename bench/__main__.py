@@ -12,6 +12,7 @@ import time
 BENCHMARKS = [
     "decode",
     "store",
+    "tui_stream",
 ]
 
 
