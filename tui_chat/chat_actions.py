@@ -46,12 +46,13 @@ CHAT_ACTIONS: tuple[ChatAction, ...] = (
 
 # Keys handled by widgets rather than the screen, listed on the help screen.
 INPUT_KEYS: tuple[tuple[str, str], ...] = (
-    ("Enter", "send the message (text starting with / runs a command; // sends a literal /)"),
-    ("Shift+Enter, Ctrl+J", "new line in the message"),
-    ("Tab, Shift+Tab", "move between the search box, the conversations, the messages and the input"),
-    ("Up, Down (messages)", "select a message: copy, rate, correct and versions then act on it"),
-    ("Ctrl+P", "command palette: every action, and the theme"),
-    ("Ctrl+Q", "quit"),
+    ("Enter", "Send the message (text starting with / runs a command; // sends a literal /)"),
+    ("Shift+Enter, Ctrl+J", "New line in the message"),
+    ("Tab, Shift+Tab", "Move between the search box, the conversations, the messages and the input"),
+    ("Up, Down (messages)", "Select a message: copy, rate, correct and versions then act on it"),
+    ("Home (messages)", "Show the whole conversation from its first message"),
+    ("Ctrl+P", "Command palette: every action, and the theme"),
+    ("Ctrl+Q", "Quit"),
 )
 
 

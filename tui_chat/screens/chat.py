@@ -531,6 +531,7 @@ class ChatScreen(Screen):
             for message in branch[index:]:
                 await self.chat.add(self.chat.view_of(message))
         self.branch = branch
+        self.count_context()
 
     # ---- actions (keys, palette, slash commands) -------------------------------------------------------------
 

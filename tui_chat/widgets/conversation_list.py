@@ -16,7 +16,7 @@ import sessions
 
 PAGE_SIZE = 100  # conversations per query
 LOAD_AHEAD = 20  # rows before the end at which the next page is fetched
-TITLE_WIDTH = 30  # characters: the sidebar's width less its padding and scrollbar
+TITLE_WIDTH = 28  # characters: the sidebar (34) less its border, padding and scrollbar
 
 
 def ago(timestamp: float, now: float | None = None) -> str:
@@ -51,6 +51,11 @@ def option_id(conversation_id: int) -> str:
     return f"conversation-{conversation_id}"
 
 
+def rows(conversations: list[sessions.Conversation]) -> list[Option | None]:
+    """An option per conversation, each followed by a divider line (``None``)."""
+    return [row for c in conversations for row in (Option(conversation_prompt(c), id=option_id(c.id)), None)]
+
+
 class ConversationList(OptionList):
     def __init__(self, store: sessions.Store, *, id: str | None = None) -> None:
         super().__init__(id=id, compact=True)
@@ -66,7 +71,7 @@ class ConversationList(OptionList):
         self._loaded_ids = {conversation.id for conversation in conversations}
         self._offset = len(conversations)
         self._exhausted = len(conversations) < count
-        self.set_options([Option(conversation_prompt(c), id=option_id(c.id)) for c in conversations])
+        self.set_options(rows(conversations))
         self.highlight_conversation(active_id)
 
     def load_more(self) -> int:
@@ -79,7 +84,7 @@ class ConversationList(OptionList):
         # Another window may have moved a conversation to the top since the last page: skip rows already shown.
         fresh = [c for c in page if c.id not in self._loaded_ids]
         self._loaded_ids.update(c.id for c in fresh)
-        self.add_options([Option(conversation_prompt(c), id=option_id(c.id)) for c in fresh])
+        self.add_options(rows(fresh))
         return len(fresh)
 
     @property

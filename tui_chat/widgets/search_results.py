@@ -12,12 +12,13 @@ import sessions
 
 from .conversation_list import one_line
 
+ROLE_LABELS = {"user": "You", "assistant": "Reply", "system": "System"}
 _MATCH = re.compile(r"\[([^\[\]]*)\]")  # Store.search marks the matched words [like this]
 
 
 def hit_prompt(hit: sessions.SearchHit) -> Text:
     text = Text(one_line(hit.title), style="bold")
-    text.append(f"\n{'You' if hit.role == 'user' else hit.role}: ", style="dim")
+    text.append(f"\n{ROLE_LABELS.get(hit.role, hit.role)}: ", style="dim")
     snippet = " ".join(hit.snippet.split())
     position = 0
     for match in _MATCH.finditer(snippet):
@@ -36,7 +37,7 @@ class SearchResults(OptionList):
     def show_hits(self, hits: list[sessions.SearchHit], query: str) -> None:
         self.hits = hits
         if hits:
-            self.set_options([Option(hit_prompt(hit)) for hit in hits])
+            self.set_options([row for hit in hits for row in (Option(hit_prompt(hit)), None)])
             self.highlighted = 0
         else:
             self.set_options([Option(Text(f"No message matches “{query}”", style="dim italic"), disabled=True)])
