@@ -1,0 +1,159 @@
+"""How long a training run will take on this device, and where it runs beside the chat's own model.
+
+Speed comes from measurements, newest first: a finished run of the same base model, method and device in the store;
+else another model's run there, scaled by model size; else (CPU only) the reference measured on tui-chat's own test
+machine. The preview says which one it used. A model's size is read from its safetensors headers (no weights load).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from sessions import TrainingRun
+
+GIB = 1024**3
+TRAINER_NICE = 10  # niceness added to the trainer on CPU: the chat's replies win the cores when both want them
+
+# Measured through `/train` on tui-chat's test machine (2 CPU cores shared with other jobs, AVX512-BF16), the bundled
+# SmolLM2-135M-Instruct (134.5M parameters), bf16 autocast, 1 training thread, 4 x 2 conversations a step:
+# tokens/s over the training steps, and the rest of the run (start-up, loading, evaluation before and after, saving).
+REFERENCE_PARAMETERS = 134_515_008
+REFERENCE_TOKENS_PER_S = {"lora": 170.0, "full": 120.0}
+REFERENCE_OVERHEAD_S = 90.0
+STARTUP_S = 15.0  # of the overhead, the part no model size changes: starting Python, importing torch and transformers
+REFERENCE_WHERE = "a rough figure from tui-chat's 2-core test machine, scaled by model size"
+
+# Training memory per parameter on a GPU (fp32 master weights; bf16 is autocast only): full fine-tuning holds the
+# weights, their gradients and two AdamW moments (4 + 4 + 8 bytes); LoRA holds the frozen weights and tiny adapters.
+BYTES_PER_PARAMETER = {"full": 16, "lora": 4}
+ACTIVATION_SHARE = 0.25  # activations and workspace, on top of the above (micro-batch 4 x 1024 tokens)
+MIN_WORKSPACE = GIB  # CUDA context and allocator slack
+
+
+@dataclass(frozen=True)
+class SpeedEstimate:
+    tokens_per_s: float
+    overhead_s: float  # seconds outside the training steps: start-up, loading, evaluation, saving
+    source: str  # where the numbers come from, said in the preview
+
+    def seconds(self, tokens: int) -> float:
+        return tokens / self.tokens_per_s + self.overhead_s
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """Where the trainer runs and what the preview says about sharing it with the chat."""
+
+    device: str  # "cpu", "cuda" or "mps"
+    notes: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)  # for the trainer process (CUDA_VISIBLE_DEVICES="" -> CPU)
+    nice: int = 0  # niceness added to the trainer process
+
+
+def count_parameters(model_dir: Path) -> int | None:
+    """Parameters in a saved model, from its safetensors headers (tied weights are stored once); None when unknown
+    (no safetensors, an adapter, a Hub id)."""
+    files = sorted(Path(model_dir).glob("*.safetensors")) if Path(model_dir).is_dir() else []
+    if not files or (Path(model_dir) / "adapter_config.json").is_file():
+        return None
+    total = 0
+    try:
+        for path in files:
+            with path.open("rb") as handle:
+                (length,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(length))
+            total += sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    except (OSError, ValueError, KeyError, struct.error):
+        return None
+    return total or None
+
+
+def training_memory(parameters: int, method: str) -> int:
+    """Bytes of GPU memory a run needs, roughly."""
+    return int(parameters * BYTES_PER_PARAMETER[method] * (1 + ACTIVATION_SHARE)) + MIN_WORKSPACE
+
+
+def plan_device(
+    available: str,
+    method: str | None,
+    parameters: int | None,
+    *,
+    cpu_count: int,
+    threads: int | None = None,
+    gpu_memory: tuple[int, int] | None = None,
+) -> DevicePlan:
+    """Decide where the trainer runs. ``available``: the best device here ("cuda", "mps", "cpu"); ``method``: the
+    one asked for (None: the trainer's default for the device); ``gpu_memory``: (free, total) bytes on the GPU now,
+    the chat's own model included in what is used."""
+    if available == "cuda" and gpu_memory is not None:
+        free, _ = gpu_memory
+        if parameters is None:
+            return DevicePlan("cuda", (f"GPU: {free / GIB:.1f} GiB free; the base model's size is unknown, so "
+                                       "whether training fits beside the chat's model is not checked",))
+        need = training_memory(parameters, method or "full")
+        if need <= free:
+            return DevicePlan("cuda", (f"GPU: training needs ~{need / GIB:.1f} GiB and {free / GIB:.1f} GiB is free "
+                                       "beside the chat's model: both fit",))
+        cpu = plan_device("cpu", method, parameters, cpu_count=cpu_count, threads=threads)
+        note = (f"GPU: training needs ~{need / GIB:.1f} GiB but only {free / GIB:.1f} GiB is free beside the chat's "
+                "model, so it runs on the CPU instead (slower); to train on the GPU, free memory (close other GPU "
+                "programs, or /model a smaller model) and /train again")
+        return DevicePlan("cpu", (note, *cpu.notes), {"CUDA_VISIBLE_DEVICES": ""}, cpu.nice)
+    if available == "cpu":
+        used = threads or max(1, cpu_count - 1)  # the trainer's default: one core left for the chat
+        return DevicePlan("cpu", (f"CPU: training uses {used} of {cpu_count} cores at low priority; it shares them "
+                                  "with the chat, so replies come slower while it runs",), nice=TRAINER_NICE)
+    return DevicePlan(available, (f"{available.upper()}: training shares the device with the chat's model",))
+
+
+def _device_type(metrics: dict) -> str:
+    return str(metrics.get("device", "")).split(":", 1)[0]
+
+
+def estimate_speed(
+    runs: Sequence[TrainingRun], *, base_name: str, method: str, device: str, parameters: int | None
+) -> SpeedEstimate | None:
+    """Training speed on ``device`` from the newest comparable finished run, else the CPU reference; None when
+    nothing comparable was ever measured (a GPU before its first run)."""
+    comparable = [
+        run for run in runs
+        if run.status == "finished" and run.metrics.get("tokens_per_s") and run.metrics.get("method") == method
+        and _device_type(run.metrics) == device
+    ]
+    for run in comparable:
+        if run.base_model == base_name:
+            return SpeedEstimate(run.metrics["tokens_per_s"], _overhead(run.metrics), f"measured in run {run.name}")
+    for run in comparable:
+        theirs = run.params.get("base_parameters")
+        if theirs and parameters:
+            scale = theirs / parameters  # speed goes down as the model grows
+            return SpeedEstimate(
+                run.metrics["tokens_per_s"] * scale,
+                _scaled_overhead(_overhead(run.metrics), scale),
+                f"scaled by model size from run {run.name} ({run.base_model})",
+            )
+    if device == "cpu":
+        scale = REFERENCE_PARAMETERS / parameters if parameters else 1.0
+        return SpeedEstimate(
+            REFERENCE_TOKENS_PER_S[method] * scale, _scaled_overhead(REFERENCE_OVERHEAD_S, scale),
+            REFERENCE_WHERE + ("" if parameters else " (this model's size is unknown)") +
+            "; your first run measures this machine",
+        )
+    return None
+
+
+def _overhead(metrics: dict) -> float:
+    """Seconds of a finished run outside its training steps (``wall_s``: launch to done)."""
+    wall, training = metrics.get("wall_s") or metrics.get("elapsed_s"), metrics.get("train_time_s")
+    return max(0.0, wall - training) if wall and training else STARTUP_S
+
+
+def _scaled_overhead(overhead: float, speed_scale: float) -> float:
+    """Start-up costs the same for every model; loading, evaluating and saving grow with its size."""
+    fixed = min(overhead, STARTUP_S)
+    return fixed + (overhead - fixed) / speed_scale
