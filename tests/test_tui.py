@@ -20,8 +20,10 @@ from tui_chat.screens.help import HelpScreen
 from tui_chat.screens.model_picker import ModelPickerScreen
 from tui_chat.screens.params_editor import ParamsEditorScreen
 from tui_chat.screens.text_editor import TextEditorScreen
+from tui_chat.chat_messages import PendingText
+from tui_chat.widgets.chat_view import PAGE_SIZE as CHAT_PAGE
 from tui_chat.widgets.conversation_list import PAGE_SIZE
-from tui_chat.widgets.message_view import MessageView
+from tui_chat.widgets.message_view import MessageView, needs_full_render
 
 from .fakes import FakeEngine
 from .tui_helpers import SIZE, GatedEngine, build_app, chat_screen, idle, notifications, ready, send, wait_for
@@ -531,3 +533,64 @@ async def test_keys_typed_right_after_enter_are_kept(home, store, monkeypatch):
         await wait_for(pilot, lambda: screen.conversation is not None, what="the command")
         await pilot.pause()
         assert screen.prompt.text == "next message"
+
+
+async def test_long_conversations_mount_a_page_and_load_earlier_on_scroll(home, store):
+    conversation = store.create_conversation("long")
+    with store.transaction():
+        for number in range(60):
+            text = f"message {number}" + "\n\nmore" * 5  # a page of these is taller than the window
+            store.add_message(conversation.id, "user" if number % 2 == 0 else "assistant", text)
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        chat = screen.chat
+        first = lambda: chat.views()[0].text.split("\n")[0]  # noqa: E731
+        assert len(chat.views()) == CHAT_PAGE and len(chat.hidden) == 60 - CHAT_PAGE
+        assert first() == f"message {60 - CHAT_PAGE}"
+        chat.scroll_home(animate=False)  # reaching the top mounts the page before
+        await wait_for(pilot, lambda: len(chat.views()) == 2 * CHAT_PAGE, what="the earlier page")
+        assert first() == f"message {60 - 2 * CHAT_PAGE}"
+        chat.focus()
+        await pilot.press("home")  # the whole conversation, its first message selected
+        await pilot.pause()
+        assert len(chat.views()) == 60 and chat.selected_view().text.startswith("message 0\n")
+
+
+async def test_short_messages_fill_the_window_from_earlier_pages(home, store):
+    conversation = store.create_conversation("short lines")
+    with store.transaction():
+        for number in range(100):
+            store.add_message(conversation.id, "user" if number % 2 == 0 else "assistant", f"line {number}")
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        chat = screen.chat
+        await wait_for(pilot, lambda: chat.virtual_size.height > chat.scrollable_content_region.height)
+        assert CHAT_PAGE < len(chat.views()) < 100
+
+
+async def test_a_search_hit_far_back_is_shown(home, store):
+    conversation = store.create_conversation("long")
+    with store.transaction():
+        for number in range(40):
+            text = "the needle" if number == 3 else f"message {number}"
+            store.add_message(conversation.id, "user" if number % 2 == 0 else "assistant", text)
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await pilot.press("ctrl+f", *"needle", "enter", "enter")
+        await pilot.pause()
+        assert screen.chat.selected_view().text == "the needle"
+
+
+def test_full_render_only_when_the_streamed_render_may_differ():
+    assert not needs_full_render("Some **bold** text\n\n- a list", "Some **bold** text\n\n- a list")
+    assert needs_full_render("partial", "partial and more")
+    assert needs_full_render("See [the docs][1].\n\n[1]: https://example.com", "See [the docs][1].\n\n[1]: https://example.com")
+
+
+def test_pending_text_asks_for_one_message_until_taken():
+    pending = PendingText()
+    assert pending.add("a") is True  # the first text of a batch: post a message
+    assert pending.add("b") is False  # one is already on its way
+    assert pending.take() == "ab"
+    assert pending.take() == ""
+    assert pending.add("c") is True

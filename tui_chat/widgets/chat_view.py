@@ -72,6 +72,13 @@ class ChatView(VerticalScroll, can_focus=True):
             intro = self._intro(system_prompt, bool(branch))
             await self.mount_all([*intro, *self._earlier_marker(), *views])
         self.anchor()
+        self.call_after_refresh(self._fill_viewport)
+
+    async def _fill_viewport(self) -> None:
+        """Short messages may not fill the window: mount earlier pages until they do (or none are left)."""
+        if self.hidden and self.virtual_size.height <= self.scrollable_content_region.height:
+            await self.show_earlier()
+            self.call_after_refresh(self._fill_viewport)
 
     def view_of(self, message: sessions.Message) -> MessageView:
         return MessageView(message, version=self._positions.get(message.id, (1, 1)))
