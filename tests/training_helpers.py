@@ -28,7 +28,7 @@ def tiny_home(root: Path) -> DataHome:
 def add_chat(store: Store, turns: list[tuple[str, str]], *, model: str = "tiny", rating: int = 0,
              excluded: bool = False, status: str = "complete") -> int:
     """A conversation of (question, answer) turns; ``rating`` and ``status`` apply to its last reply."""
-    conversation = store.create_conversation(model=model)
+    conversation = store.create_conversation(turns[0][0], model=model)
     for index, (question, answer) in enumerate(turns):
         store.add_message(conversation.id, "user", question)
         reply = store.add_message(conversation.id, "assistant", answer, model=model,

@@ -108,3 +108,7 @@ main.add_command(backup_command)
 from .cli_train import train_command  # noqa: E402
 
 main.add_command(train_command)
+
+from .cli_models import models_group  # noqa: E402
+
+main.add_command(models_group)
