@@ -60,8 +60,8 @@ def generate_reply(
 
     A reply under a message that already has replies becomes a sibling (``/retry``). ``on_chunk`` sees every
     chunk as it arrives (front ends print from it). Returns the finalised message: ``complete`` for eos/length,
-    ``stopped`` when ``stop`` was set. An EngineError marks it ``failed`` (with the error) and is re-raised; an
-    interrupt (Ctrl+C in `ask`) keeps the partial text as ``stopped`` and is re-raised.
+    ``stopped`` when ``stop`` was set. An error marks it ``failed`` (with the error) and is re-raised; an interrupt
+    (Ctrl+C in `ask`) keeps the partial text as ``stopped`` and is re-raised.
     """
     if parent_id is None:
         parent_id = store.get_conversation(conversation_id).tip_id
@@ -92,8 +92,12 @@ def generate_reply(
     except EngineError as exc:
         store.update_message(reply.id, content="".join(text), status="failed", error=str(exc))
         raise
+    except Exception as exc:
+        # A bug, not the user's doing: the reply failed (the caller reports it); keep what the user already saw.
+        store.update_message(reply.id, content="".join(text), status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
     except BaseException:
-        # KeyboardInterrupt (and anything unexpected): keep what the user already saw, then let it propagate.
+        # KeyboardInterrupt (Ctrl+C in `ask`): keep what the user already saw as stopped, then let it propagate.
         store.update_message(reply.id, content="".join(text), status="stopped")
         raise
     if stats is None:
