@@ -20,8 +20,8 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from textual.await_complete import AwaitComplete
 from textual.widgets import Markdown
@@ -30,7 +30,13 @@ from sessions import Store, memory_database
 from trainer.home import DataHome
 from tui_chat.app import make_app
 from tui_chat.chat_messages import PendingText
-from tui_chat.generation import Chunk, EngineInfo, GenerationParams, GenerationStats, TextDelta
+from tui_chat.generation import (
+    Chunk,
+    EngineInfo,
+    GenerationParams,
+    GenerationStats,
+    TextDelta,
+)
 from tui_chat.widgets.message_view import MessageView
 
 TOKENS_PER_S = 500

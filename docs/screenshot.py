@@ -16,11 +16,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sessions import Store, memory_database  # noqa: E402
-from tests.fakes import FakeEngine  # noqa: E402
-from trainer.home import DataHome  # noqa: E402
-from tui_chat.app import make_app  # noqa: E402
-from tui_chat.generation import EngineInfo  # noqa: E402
+from sessions import Store, memory_database
+from tests.fakes import FakeEngine
+from trainer.home import DataHome
+from tui_chat.app import make_app
+from tui_chat.generation import EngineInfo
 
 OUT = ROOT / "docs" / "screenshot.svg"
 SIZE = (120, 38)

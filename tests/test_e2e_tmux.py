@@ -31,7 +31,7 @@ class Terminal:
         self.name = name
 
     def tmux(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30)
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30, check=False)
 
     def start(self, command: str, env: dict[str, str]) -> None:
         """Run ``command`` in a 120x40 pane. COLUMNS and LINES (set by some test runners) would override the
@@ -114,7 +114,7 @@ def test_ask_the_bundled_model_then_find_the_chat_in_sessions_list(bundled_home)
 
     listing = subprocess.run(
         [str(TUI_CHAT), "--home", str(bundled_home.root), "sessions", "list"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, check=False,
     )
     assert listing.returncode == 0, listing.stderr
     assert "What is the capital of France?" in listing.stdout

@@ -13,6 +13,7 @@ from sessions import Store, memory_database
 from trainer.home import DataHome
 from tui_chat import commands
 from tui_chat.chat_actions import CHAT_ACTIONS
+from tui_chat.chat_messages import PendingText
 from tui_chat.screens.chat import CLIPBOARD_FILE, ERROR_LOG, ChatScreen
 from tui_chat.screens.chat_commands import ChatCommands
 from tui_chat.screens.confirm import ConfirmScreen
@@ -20,13 +21,21 @@ from tui_chat.screens.help import HelpScreen
 from tui_chat.screens.model_picker import ModelPickerScreen
 from tui_chat.screens.params_editor import ParamsEditorScreen
 from tui_chat.screens.text_editor import TextEditorScreen
-from tui_chat.chat_messages import PendingText
 from tui_chat.widgets.chat_view import PAGE_SIZE as CHAT_PAGE
 from tui_chat.widgets.conversation_list import PAGE_SIZE
 from tui_chat.widgets.message_view import MessageView, needs_full_render
 
 from .fakes import FakeEngine
-from .tui_helpers import SIZE, GatedEngine, build_app, chat_screen, idle, notifications, ready, send, wait_for
+from .tui_helpers import (
+    SIZE,
+    GatedEngine,
+    build_app,
+    idle,
+    notifications,
+    ready,
+    send,
+    wait_for,
+)
 
 LONG_REPLY = " ".join(f"word{i}" for i in range(200))
 
@@ -82,7 +91,7 @@ async def test_reply_streams_into_the_view_before_it_finishes(home, store):
     async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
         await send(pilot, "count")
-        markdown = lambda: screen.chat.views()[-1].query_one(Markdown)  # noqa: E731
+        markdown = lambda: screen.chat.views()[-1].query_one(Markdown)
         await wait_for(pilot, lambda: "word19" in markdown().source, what="the first 20 words on screen")
         assert screen.generating
         assert markdown().source == " ".join(LONG_REPLY.split()[:20])
@@ -291,7 +300,7 @@ async def test_model_switcher_loads_the_typed_spec(home, store):
 
 
 async def test_a_model_that_fails_to_load_keeps_the_current_one(home, store):
-    factory = lambda spec: FakeEngine(name=spec, load_error=f"no model called {spec}")  # noqa: E731
+    factory = lambda spec: FakeEngine(name=spec, load_error=f"no model called {spec}")
     async with build_app(home=home, store=store, factory=factory).run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
         await send(pilot, "/model nonsense")
@@ -343,6 +352,7 @@ async def test_unexpected_errors_go_to_the_log_not_the_screen(home, store):
         await send(pilot, "hi")
         await idle(pilot)
         assert pilot.app.is_running
+        assert "failed" in header(screen.chat.views()[-1])
         message = next(n for n in notifications(pilot) if "tensor shapes" in n)
         assert str(home.root / ERROR_LOG) in message
         assert "Traceback" in (home.root / ERROR_LOG).read_text()
@@ -544,7 +554,7 @@ async def test_long_conversations_mount_a_page_and_load_earlier_on_scroll(home, 
     async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
         chat = screen.chat
-        first = lambda: chat.views()[0].text.split("\n")[0]  # noqa: E731
+        first = lambda: chat.views()[0].text.split("\n")[0]
         assert len(chat.views()) == CHAT_PAGE and len(chat.hidden) == 60 - CHAT_PAGE
         assert first() == f"message {60 - CHAT_PAGE}"
         chat.scroll_home(animate=False)  # reaching the top mounts the page before

@@ -13,7 +13,7 @@ from .tui_helpers import SIZE, build_app, idle, ready, send, wait_for
 @pytest.mark.slow
 async def test_bundled_model_answers_in_the_chat(bundled_home):
     store = Store(memory_database())
-    factory = lambda spec: open_engine(spec, bundled_home)  # noqa: E731
+    factory = lambda spec: open_engine(spec, bundled_home)
     app = build_app("default", home=bundled_home, store=store, factory=factory)
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from textual.pilot import Pilot
 
@@ -47,7 +47,7 @@ class GatedEngine(FakeEngine):
         self, messages: list[dict[str, str]], params: GenerationParams, stop: threading.Event | None = None
     ) -> Iterator[Chunk]:
         for index, chunk in enumerate(super().stream(messages, params, stop)):
-            stopped = lambda: stop is not None and stop.is_set()  # noqa: E731
+            stopped = lambda: stop is not None and stop.is_set()
             if index == self.before:
                 while not self.gate.wait(0.01) and not stopped():
                     pass

@@ -7,7 +7,7 @@ theme; the chat screen does the rest.
 from __future__ import annotations
 
 import gc
-from typing import Iterable
+from collections.abc import Iterable
 
 from textual.app import App, SystemCommand
 from textual.screen import Screen
@@ -19,7 +19,6 @@ from trainer.home import DataHome
 from .generation import Engine, EngineFactory
 from .screens.chat import ChatScreen
 from .tui_state import TuiState
-
 
 # Textual allocates many short-lived objects per frame. At CPython's default threshold (700 allocations) the cycle
 # collector ran ~170 times a second while a reply streamed and took a third of the UI thread's time, with pauses

@@ -22,7 +22,7 @@ class TuiState:
     theme: str | None = None
 
     @classmethod
-    def load(cls, home: DataHome) -> "TuiState":
+    def load(cls, home: DataHome) -> TuiState:
         """The saved state, or a fresh one when the file is missing or unreadable (it is only a convenience)."""
         try:
             values = json.loads((home.root / STATE_FILE).read_text())

@@ -12,14 +12,14 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterable
 
 from textual import work
 from textual.app import ComposeResult, SystemCommand
-from textual.notifications import SeverityLevel
 from textual.containers import Horizontal, Vertical
+from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Header
@@ -41,7 +41,15 @@ from ..chat_messages import (
     ReplyFailed,
     ReplyFinished,
 )
-from ..generation import Engine, EngineError, EngineFactory, EngineInfo, GenerationParams, GenerationStats, TextDelta
+from ..generation import (
+    Engine,
+    EngineError,
+    EngineFactory,
+    EngineInfo,
+    GenerationParams,
+    GenerationStats,
+    TextDelta,
+)
 from ..replies import add_user_message, conversation_messages, generate_reply
 from ..tui_state import TuiState
 from ..versions import version_positions
@@ -50,6 +58,8 @@ from ..widgets.message_view import MessageView
 from ..widgets.prompt_input import PromptInput
 from ..widgets.sidebar import Sidebar
 from ..widgets.status_line import StatusLine
+from ..training.summary import metrics_text
+from ..widgets.training_panel import TrainingPanel
 from .chat_commands import ChatCommands
 from .confirm import ConfirmScreen
 from .export_dialog import ExportDialogScreen
@@ -125,6 +135,7 @@ class ChatScreen(Screen):
             yield Sidebar(self.store, id="sidebar")
             with Vertical(id="main"):
                 yield ChatView(id="chat")
+                yield TrainingPanel(self.store, self.home, id="training")
                 yield PromptInput(placeholder=LOADING_PLACEHOLDER, id="prompt")
                 yield StatusLine(id="status")
         yield Footer()
@@ -144,6 +155,10 @@ class ChatScreen(Screen):
     @property
     def status(self) -> StatusLine:
         return self.query_one(StatusLine)
+
+    @property
+    def training(self) -> TrainingPanel:
+        return self.query_one(TrainingPanel)
 
     async def on_mount(self) -> None:
         self.sidebar.conversations.reload()
@@ -282,10 +297,7 @@ class ChatScreen(Screen):
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:
         self.loading_model = None
-        self.status.show_failure(f"model {message.spec} failed to load: {message.error}")
-        if self.engine_info is not None:
-            self.status.show_ready(self.engine_info)
-            self.status.show_failure(f"model {message.spec} failed to load: {message.error}")
+        self.status.show_failure(f"model {message.spec} failed to load: {message.error}")  # (still on the old one)
         self._update_placeholder()
         self.notify(message.error, title=f"Model {message.spec} failed to load", severity="error", timeout=10)
 
@@ -300,10 +312,18 @@ class ChatScreen(Screen):
         from trainer.models import list_local_models
 
         descriptions = {"bundled": "the bundled SmolLM2-135M-Instruct", "model": "a model", "adapter": "an adapter"}
+        runs = {run.name: run for run in self.store.list_training_runs()}
         choices = []
         for model in list_local_models(self.home.models):
             note = "" if model.ready else " (converted on first use)"
-            choices.append((model.name, f"{descriptions.get(model.kind, model.kind)} · {model.path}{note}"))
+            what = descriptions.get(model.kind, model.kind)
+            run = runs.get(model.name)
+            if run is not None:  # a run trained here: say what from, on what, and how it measured
+                measured = metrics_text(run.metrics)
+                what = f"trained from {run.base_model} on {len(run.conversation_ids)} conversations" + (
+                    f" · {measured}" if measured else ""
+                )
+            choices.append((model.name, f"{what} · {model.path}{note}"))
         return choices
 
     @work(thread=True, exclusive=True, group="context")
@@ -674,14 +694,11 @@ class ChatScreen(Screen):
         self.notify("Correction saved." if text else "Correction cleared.")
 
     def action_copy(self) -> None:
-        view = self.chat.selected_view()
-        if view is None:
-            reply = self.target_reply()
-            view = self.chat.view_for(reply) if reply is not None else None
-        if view is None:
+        view, reply = self.chat.selected_view(), self.target_reply()
+        if view is None and reply is None:
             self.notify("Nothing to copy yet.")
             return
-        text = view.text
+        text = view.text if view is not None else reply.content
         self.app.copy_to_clipboard(text)
         # OSC 52 reaches the clipboard only where the terminal allows it (not macOS Terminal, not tmux by default),
         # and nothing reports back: so the text also goes to a file the user can open.
@@ -729,6 +746,14 @@ class ChatScreen(Screen):
     def _model_chosen(self, spec: str | None) -> None:
         if spec:
             self.switch_model(spec)
+
+    def on_training_panel_switch_model(self, message: TrainingPanel.SwitchModel) -> None:
+        self.switch_model(message.name)
+
+    @property
+    def current_model(self) -> str:
+        """The model a new `/train` starts from: the one in use, else the one loading or remembered."""
+        return self.engine.name if self.engine else self.loading_model or self.state.model or "default"
 
     def action_export(self) -> None:
         from ..cli_sessions import run_export_command

@@ -10,7 +10,9 @@ import shlex
 from typing import TYPE_CHECKING
 
 from ..commands import CommandError
+from ..training.summary import finish_summary, progress_line
 from .help import HelpScreen
+from .runs_list import RunsScreen
 
 if TYPE_CHECKING:
     from .chat import ChatScreen
@@ -20,7 +22,7 @@ SWITCH = {"on": True, "yes": True, "off": False, "no": False}
 
 
 class ChatCommands:
-    def __init__(self, screen: "ChatScreen") -> None:
+    def __init__(self, screen: ChatScreen) -> None:
         self.screen = screen
 
     async def cmd_help(self, args: str) -> None:
@@ -130,6 +132,28 @@ class ChatCommands:
         except ValueError as exc:
             raise CommandError(f"/export: {exc}") from exc
         self.screen.export(argv)
+
+    async def cmd_train(self, args: str) -> None:
+        try:
+            argv = shlex.split(args)
+        except ValueError as exc:
+            raise CommandError(f"/train: {exc}") from exc
+        self.screen.training.train(argv, self.screen.current_model)
+
+    async def cmd_runs(self, args: str) -> None:
+        training = self.screen.training
+        await training.poll()
+        action, _, name = args.partition(" ")
+        if action == "cancel":
+            training.cancel(training.watch.find(name.strip() or None))
+            return
+        if args:
+            run = training.watch.find(args)
+            progress = training.watch.progress_of(run)
+            self.screen.notify(progress_line(run.name, progress) if progress else finish_summary(run), timeout=10)
+            return
+        runs = [(run, training.watch.progress_of(run)) for run in self.screen.store.list_training_runs()]
+        self.screen.app.push_screen(RunsScreen(runs), self.screen._model_chosen)
 
     async def cmd_quit(self, args: str) -> None:
         self.screen.app.exit()

@@ -205,9 +205,3 @@ class ChatView(VerticalScroll, can_focus=True):
         if isinstance(node, MessageView):
             self.focus()
             self.select_view(node)
-
-    def view_for(self, message: sessions.Message) -> MessageView | None:
-        for view in self.views():
-            if view.message_id == message.id:
-                return view
-        return None

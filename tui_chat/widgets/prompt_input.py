@@ -23,11 +23,11 @@ class PromptInput(TextArea):
 
     @dataclass
     class Submitted(Message):
-        prompt_input: "PromptInput"
+        prompt_input: PromptInput
         text: str
 
         @property
-        def control(self) -> "PromptInput":
+        def control(self) -> PromptInput:
             return self.prompt_input
 
     def __init__(self, *, placeholder: str = "", id: str | None = None) -> None:
