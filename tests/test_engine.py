@@ -1,8 +1,8 @@
-"""HFEngine: streaming, Stop, context fitting, UTF-8 safety and error surfacing, on tiny models and the real one."""
+"""HFEngine: streaming, Stop, context fitting, UTF-8 safety, error surfacing, the decode loop against transformers'
+generate, prompt caching across turns and the compiled step, on tiny models and the real one."""
 
 from __future__ import annotations
 
-import queue
 import statistics
 import threading
 import time
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from trainer.home import DataHome
-from tui_chat.engine import HFEngine, TextDeltaStreamer, open_engine
+from tui_chat.engine import HFEngine, TextDeltas, open_engine
 from tui_chat.generation import EngineError, GenerationParams, GenerationStats, TextDelta
 
 from .tiny_models import save_tiny_model, tiny_tokenizer
@@ -84,17 +84,18 @@ def test_abandoning_a_stream_ends_its_thread_and_frees_the_engine(tiny_engine: H
     assert isinstance(next(stream), TextDelta)
     with pytest.raises(EngineError, match="already being generated"):
         next(tiny_engine.stream(ask("hello"), GREEDY))
-    stream.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("generate-")]
+    stream.close()  # returns once the decode thread has ended the reply
+    assert tiny_engine._generate_lock.acquire(blocking=False)
+    tiny_engine._generate_lock.release()
     _, stats = run(tiny_engine, ask("hello"), GREEDY)
     assert stats.finish_reason == "length"
 
 
 def test_errors_in_the_generation_thread_surface_as_engine_error(tiny_engine: HFEngine, monkeypatch) -> None:
-    def broken(**kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError("kernel exploded\nsecond line")
 
-    monkeypatch.setattr(tiny_engine.loaded.model, "generate", broken)
+    monkeypatch.setattr(tiny_engine.loaded.model, "forward", broken)
     with pytest.raises(EngineError, match="generation failed: kernel exploded$"):
         list(tiny_engine.stream(ask("hi"), GREEDY))
     monkeypatch.undo()
@@ -138,13 +139,9 @@ def test_reply_never_runs_past_the_context(tiny_engine: HFEngine) -> None:
 
 
 def _stream_ids(tokenizer, ids: list[int]) -> list[str]:
-    deltas: queue.Queue = queue.Queue()
-    streamer = TextDeltaStreamer(tokenizer, deltas)
-    streamer.put(tokenizer("prompt", return_tensors="pt")["input_ids"])  # generate() passes the prompt first
-    for token in ids:
-        streamer.put(torch.tensor([token]))
-    streamer.end()
-    return [deltas.get() for _ in range(deltas.qsize())]
+    text = TextDeltas(tokenizer)
+    deltas = [text.add(token) for token in ids] + [text.finish()]
+    return [delta for delta in deltas if delta]
 
 
 def test_streamer_never_splits_utf8_and_drops_special_tokens() -> None:

@@ -1,10 +1,13 @@
-"""Where a model runs and in which precision: cuda > mps > cpu, bf16 on CUDA, the measured best on CPU.
+"""Where a model runs and how: cuda > mps > cpu, the dtype, weight quantization and compiling, each the measured best
+for the device.
 
-``--device`` / ``--dtype`` override both; bad values are a ValueError with one line naming the choices.
+``--device`` / ``--dtype`` / ``--quantize`` / ``--compile`` override them; bad values are a ValueError with one line
+naming the choices.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
@@ -19,16 +22,23 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
 }
 
-# Measured on this project's dev machine (AMD EPYC, 2 cores with avx512_bf16, shared with other jobs), the bundled
-# SmolLM2-135M-Instruct, greedy, 24 new tokens, generate() in a worker thread like the engine's, runs interleaved and
-# each tagged with the CPU the other jobs used meanwhile; the quietest runs:
-#   1 thread:  float32 16.6 tok/s (others 0.1 core)  bfloat16 21.0 tok/s (others 0.35 core)  -> bf16 ~1.3x
-#   2 threads: float32 10.5 tok/s (others 0.4 core); bfloat16 0.8-8.7 tok/s whenever others used > 0.4 core
-# bf16 halves the bytes read per token (decoding one sequence is memory-bound) and this CPU has bf16 dot products.
-# Greedy answers stay correct in bf16 (Paris, Shakespeare, the same haiku) but longer replies can take other words
-# after a sentence or two: the weights are a de-quantized Q4_1 GGUF, and bf16 is a small change next to that.
-# `python -m bench decode` prints this comparison on every run.
+# CPU defaults, measured on this project's dev machine (AMD EPYC, 2 cores with AVX-512, shared with other jobs), the
+# bundled SmolLM2-135M-Instruct, one decoding thread. The machine was never quiet (load 4-8 on 2 cores), so the
+# comparisons below use tokens per CPU-second of the decoding process (what a quiet core would give), side by side:
+#   HF generate, eager:               float32 ~12, bfloat16 ~11 tok/cpu-s
+#   engine loop, bfloat16:            ~11 eager, ~12 with torch.compile (static cache)        -> compile: +5-10%
+#   engine loop, bfloat16 + int4:     ~27 eager (dynamic cache), ~21 compiled (static 512)     -> int4: ~2x
+# Per token, int4 matmuls (the 210 layer projections) take ~8 ms of CPU against ~45 ms in bfloat16; what is left is
+# the bfloat16 output projection (~8 ms), attention and per-op overhead. torch.compile barely helps on CPU (the time
+# is in those kernels, not in Python) and costs 30 s (inductor's cache warm) to 2+ minutes to compile, so CPU decodes
+# eager by default (--compile turns it on). bfloat16 activations are what the int4 kernel needs (float32 ones were
+# 10x slower), and greedy answers stay right: bf16 alone left 6 of 8 test answers identical to float32's and the
+# other two diverging late in the sentence; bf16 + int4 kept every answer's opening (8-17 tokens) and its facts
+# (Paris, Shakespeare, 12 x 12), then some word choices differ. `python -m bench decode` re-measures all of it.
 CPU_DEFAULT_DTYPE = torch.bfloat16
+CPU_DEFAULT_QUANTIZATION = "int4"
+CPU_COMPILES = False
+QUANTIZE_CHOICES = ("none", "int4")
 
 
 # Threads: OpenMP workers spin at every barrier, so when all cores are busy with decoding and anything else wants
@@ -76,6 +86,32 @@ def pick_dtype(device: torch.device, requested: str | None = None) -> torch.dtyp
     if device.type == "mps":
         return torch.float16
     return CPU_DEFAULT_DTYPE
+
+
+def pick_quantization(device: torch.device, dtype: torch.dtype, requested: str | None = None) -> str:
+    """``none`` or ``int4`` (weight-only, see ``tui_chat.quantize``): the requested one, else int4 on CPU in bfloat16
+    (when torchao is installed), else none."""
+    if requested and requested != "auto":
+        if requested not in QUANTIZE_CHOICES:
+            raise ValueError(f"unknown quantization {requested!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
+        if requested == "int4":
+            if device.type != "cpu":
+                raise ValueError(f"--quantize int4 runs on CPU only; use --quantize none on {device.type}")
+            if dtype != torch.bfloat16:
+                raise ValueError("--quantize int4 needs bfloat16 activations; add --dtype bfloat16 or --quantize none")
+            if importlib.util.find_spec("torchao") is None:
+                raise ValueError("--quantize int4 needs torchao: `pip install torchao`, or use --quantize none")
+        return requested
+    if device.type == "cpu" and dtype == torch.bfloat16 and importlib.util.find_spec("torchao") is not None:
+        return CPU_DEFAULT_QUANTIZATION
+    return "none"
+
+
+def pick_compile(device: torch.device, requested: bool | None = None) -> bool:
+    """Whether to ``torch.compile`` the decode step: as requested, else on CUDA only (see CPU_COMPILES)."""
+    if requested is not None:
+        return requested
+    return device.type == "cuda" or (device.type == "cpu" and CPU_COMPILES)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -1,9 +1,11 @@
 """The real engine: a transformers causal LM behind the ``Engine`` contract of ``generation.py``.
 
-``generate`` runs in a thread; a streamer of our own turns token ids into text deltas that never split a UTF-8
-character and never contain special tokens, and a ``StoppingCriteria`` reads the caller's stop event after every
-token, so Stop returns within one forward pass. The conversation is fitted into the context window first: the
-system prompt stays, the oldest turns go, and the stats say how many.
+Replies are decoded by ``decoding.Decoder`` (prefill, then one forward pass per token, the KV cache kept across turns
+so a conversation's history is not encoded again) on one long-lived thread per engine, so compiled CUDA graphs,
+which belong to the thread that recorded them, are recorded once. Token ids become text deltas that never split a
+UTF-8 character and never contain special tokens; the caller's stop event is read after every token, so Stop returns
+within one forward pass. The conversation is fitted into the context window first: the system prompt stays, the
+oldest turns go, and the stats say how many.
 """
 
 from __future__ import annotations
@@ -11,86 +13,62 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import GenerationConfig
 
-from trainer.devices import dtype_name, inference_threads
+from trainer.devices import dtype_name, inference_threads, pick_compile, pick_quantization
 from trainer.home import DataHome
 from trainer.models import BUNDLED_ALIASES, BUNDLED_NAME, LoadedModel, ModelError, load_model, one_line
 
+from .decoding import Decoder, Sampler
 from .generation import Chunk, EngineError, EngineInfo, GenerationParams, GenerationStats, ProgressCallback, TextDelta
+from .quantize import quantize_int4
 
 # Tokens that end an assistant turn in the common chat formats, added to the model's own eos ids when the
 # vocabulary has them as single tokens (a base model's default template ends turns with its eos token).
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>")
 
 
-class TextDeltaStreamer(BaseStreamer):
-    """Receives token ids from ``generate`` and queues text deltas.
+class TextDeltas:
+    """Turns token ids, one at a time, into text deltas.
 
     Incremental detokenization: decode a short window of already-emitted tokens plus the new ones and emit only the
     text past the window. A delta ending in U+FFFD is an incomplete UTF-8 sequence (a character split across
-    tokens): it is held back until the next token completes it.
+    tokens): it is held back until the next token completes it. Special tokens decode to nothing.
     """
 
-    def __init__(self, tokenizer: Any, deltas: queue.Queue) -> None:
+    def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        self.deltas = deltas
         self.ids: list[int] = []
         self.prefix_offset = 0  # start of the decode window
         self.read_offset = 0  # tokens before this have been emitted as text
-        self.first_token_at: float | None = None
-        self.last_id: int | None = None
-        self._prompt_seen = False
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate() first passes the prompt ids
-            self._prompt_seen = True
-            return
-        new = value.reshape(-1).tolist()
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-        self.ids.extend(new)
-        self.last_id = new[-1]
-        self._emit(final=False)
+    def add(self, token: int) -> str:
+        """The text ``token`` completes ("" while a character is still incomplete)."""
+        self.ids.append(token)
+        return self._emit(final=False)
 
-    def end(self) -> None:
-        self._emit(final=True)
+    def finish(self) -> str:
+        """Text still held back at the end; a character left incomplete (cut by the token limit or Stop) is dropped."""
+        return self._emit(final=True)
 
-    def _emit(self, final: bool) -> None:
+    def _emit(self, final: bool) -> str:
         before = self._decode(self.ids[self.prefix_offset : self.read_offset])
         text = self._decode(self.ids[self.prefix_offset :])
         if final:
-            # A character still incomplete when generation ends (cut by max_new_tokens or Stop) is dropped.
             text = text.rstrip("\ufffd")
         if len(text) > len(before) and not text.endswith("\ufffd"):
-            self.deltas.put(text[len(before) :])
             self.prefix_offset = self.read_offset
             self.read_offset = len(self.ids)
-
-    @property
-    def new_tokens(self) -> int:
-        return len(self.ids)
-
-
-class StopOnEvent(StoppingCriteria):
-    """Ends generation after the current token once any of ``events`` is set."""
-
-    def __init__(self, *events: threading.Event | None) -> None:
-        self.events = [event for event in events if event is not None]
-        self.triggered = False
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        self.triggered = any(event.is_set() for event in self.events)
-        return torch.full((input_ids.shape[0],), self.triggered, dtype=torch.bool, device=input_ids.device)
+            return text[len(before) :]
+        return ""
 
 
 _DONE = object()
@@ -113,6 +91,8 @@ class HFEngine:
         dtype: str | None = None,
         trust_remote_code: bool = False,
         threads: int | None = None,
+        compile: bool | None = None,
+        quantize: str | None = None,
     ) -> None:
         self.spec = spec
         self.name = BUNDLED_NAME if spec.strip().lower() in BUNDLED_ALIASES else spec
@@ -121,9 +101,14 @@ class HFEngine:
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
         self.threads = threads  # CPU decoding threads; None = trainer.devices.inference_threads()
+        self.compile = compile  # torch.compile the decode step; None = trainer.devices.pick_compile
+        self.quantize = quantize  # "none" | "int4"; None = trainer.devices.pick_quantization
+        self.quantization = "none"  # what load() applied
         self._loaded: LoadedModel | None = None
+        self._decoder: Decoder | None = None
         self._load_lock = threading.Lock()
-        self._generate_lock = threading.Lock()  # one generation at a time: the model holds no per-call state
+        self._generate_lock = threading.Lock()  # one reply at a time: the model's KV cache is shared
+        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
         self._stop_ids: list[int] = []
 
     @property
@@ -131,7 +116,10 @@ class HFEngine:
         return self._loaded is not None
 
     def load(self, progress: ProgressCallback | None = None) -> EngineInfo:
-        """Load (converting the bundled model on first use); idempotent and safe to call from a worker thread."""
+        """Load (converting the bundled model on first use); idempotent and safe to call from a worker thread.
+
+        With compiling on, the decode step compiles in a background thread afterwards; replies don't wait for it.
+        """
         with self._load_lock:
             if self._loaded is None:
                 try:
@@ -143,14 +131,32 @@ class HFEngine:
                         trust_remote_code=self.trust_remote_code,
                         progress=progress,
                     )
-                except ModelError as exc:
+                    quantization = pick_quantization(loaded.device, loaded.dtype, self.quantize)
+                except (ModelError, ValueError) as exc:
                     raise EngineError(str(exc)) from exc
                 if loaded.device.type == "cpu":
                     # torch's thread count is process-wide: see inference_threads for why decoding uses fewer.
                     torch.set_num_threads(self.threads or inference_threads())
+                if quantization == "int4":
+                    if progress is not None:
+                        progress(f"quantizing {self.name} to int4", None)
+                    if quantize_int4(loaded.model) == 0:
+                        quantization = "none"  # no layer fits (e.g. GPT-2's Conv1D projections)
+                self.quantization = quantization
                 self._stop_ids = _end_of_turn_ids(loaded)
+                compile = pick_compile(loaded.device, self.compile)
+                self._decoder = Decoder(loaded.model, loaded.device, loaded.context_limit, compile=compile)
+                threading.Thread(target=self._serve, name=f"decode-{self.name}", daemon=True).start()
+                self._decoder.warm_up()
                 self._loaded = loaded
         return self.info()
+
+    @property
+    def decoder(self) -> Decoder:
+        """The decode loop (its prompt cache and compile state), for benchmarks and tests."""
+        if self._decoder is None:
+            raise EngineError(f"model {self.name} is not loaded yet; call load() first")
+        return self._decoder
 
     @property
     def loaded(self) -> LoadedModel:
@@ -161,12 +167,18 @@ class HFEngine:
 
     def info(self) -> EngineInfo:
         loaded = self.loaded
+        decoder = self.decoder
         return EngineInfo(
             name=self.name,
             device=str(loaded.device),
             dtype=dtype_name(loaded.dtype),
             context_limit=loaded.context_limit,
-            extra={"source": loaded.source, "threads": torch.get_num_threads()},
+            extra={
+                "source": loaded.source,
+                "threads": torch.get_num_threads(),
+                "quantize": self.quantization,
+                "compile": decoder.compile_state,
+            },
         )
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
@@ -214,7 +226,8 @@ class HFEngine:
         return best[0], best[1]
 
     def generation_config(self, params: GenerationParams, max_new_tokens: int) -> GenerationConfig:
-        """The ``generate`` settings for ``params``: greedy at temperature 0, the model's end-of-turn tokens."""
+        """transformers ``generate`` settings that decode what ``stream`` decodes for ``params`` (greedy at temperature
+        0, the model's end-of-turn tokens): the reference the tests and benchmarks compare the engine with."""
         loaded = self.loaded
         sampling = params.temperature > 0
         return GenerationConfig(
@@ -229,6 +242,11 @@ class HFEngine:
             bos_token_id=loaded.model.generation_config.bos_token_id,
         )
 
+    def _serve(self) -> None:
+        """The decode thread: runs one reply job after another for the engine's lifetime."""
+        while True:
+            self._jobs.get()()
+
     def stream(
         self, messages: list[dict[str, str]], params: GenerationParams, stop: threading.Event | None = None
     ) -> Iterator[Chunk]:
@@ -237,65 +255,83 @@ class HFEngine:
         params = params.validated()
         if not self._generate_lock.acquire(blocking=False):
             raise EngineError("a reply is already being generated; stop it before starting another")
-        abandoned = threading.Event()  # set when the caller stops iterating before the end
         try:
             started = time.perf_counter()
             ids, dropped = self.fit_context(messages, params.max_new_tokens)
             max_new = min(params.max_new_tokens, loaded.context_limit - len(ids))
-            deltas: queue.Queue = queue.Queue()
-            streamer = TextDeltaStreamer(loaded.tokenizer, deltas)
-            stopper = StopOnEvent(stop, abandoned)
-            config = self.generation_config(params, max_new)
-            input_ids = torch.tensor([ids], device=loaded.device)
-
-            def generate() -> None:
-                try:
-                    if params.seed is not None:
-                        torch.manual_seed(params.seed)
-                    with torch.inference_mode():
-                        loaded.model.generate(
-                            input_ids=input_ids,
-                            attention_mask=torch.ones_like(input_ids),
-                            generation_config=config,
-                            streamer=streamer,
-                            stopping_criteria=StoppingCriteriaList([stopper]),
-                        )
-                except BaseException as exc:  # handed to the caller's thread, raised there as EngineError
-                    deltas.put(_Failure(exc))
-                finally:
-                    deltas.put(_DONE)
-
-            worker = threading.Thread(target=generate, name=f"generate-{self.name}", daemon=True)
-            worker.start()
+            reply = _Reply(stop)
+            self._jobs.put(lambda: self._decode(reply, ids, max_new, params))
             try:
                 while True:
-                    item = deltas.get()
+                    item = reply.deltas.get()
                     if item is _DONE:
                         break
                     if isinstance(item, _Failure):
                         raise EngineError(f"generation failed: {one_line(item.error)}") from item.error
                     yield TextDelta(item)
             finally:
-                abandoned.set()  # no-op after a normal end; ends generation if the caller stopped iterating
-                worker.join()
+                reply.abandoned.set()  # no-op after a normal end; ends decoding if the caller stopped iterating
+                reply.finished.wait()
             finished = time.perf_counter()
-            if stopper.triggered and stop is not None and stop.is_set():
-                reason = "stopped"
-            elif streamer.last_id in self._stop_ids:
-                reason = "eos"
-            else:
-                reason = "length"
             yield GenerationStats(
                 prompt_tokens=len(ids),
-                new_tokens=streamer.new_tokens,
-                ttft_s=(streamer.first_token_at or finished) - started,
+                new_tokens=reply.new_tokens,
+                ttft_s=(reply.first_token_at or finished) - started,
                 duration_s=finished - started,
-                finish_reason=reason,
+                finish_reason=reply.finish_reason,
                 dropped_messages=dropped,
                 context_limit=loaded.context_limit,
             )
         finally:
             self._generate_lock.release()
+
+    def _decode(self, reply: "_Reply", ids: list[int], max_new: int, params: GenerationParams) -> None:
+        """One reply, on the decode thread: tokens -> text deltas into ``reply.deltas``, then _DONE."""
+        loaded = self.loaded
+        try:
+            text = TextDeltas(loaded.tokenizer)
+            choose = Sampler(params, ids, max_new, loaded.device)
+            tokens = self.decoder.tokens(ids, max_new, choose)
+            try:
+                for token in tokens:
+                    if reply.first_token_at is None:
+                        reply.first_token_at = time.perf_counter()
+                    reply.new_tokens += 1
+                    if token in self._stop_ids:
+                        reply.finish_reason = "eos"
+                        break
+                    delta = text.add(token)
+                    if delta:
+                        reply.deltas.put(delta)
+                    if reply.should_stop():
+                        reply.finish_reason = "stopped"
+                        break
+            finally:
+                tokens.close()
+            delta = text.finish()
+            if delta:
+                reply.deltas.put(delta)
+        except BaseException as exc:  # handed to the caller's thread, raised there as EngineError
+            reply.deltas.put(_Failure(exc))
+        finally:
+            reply.deltas.put(_DONE)
+            reply.finished.set()
+
+
+class _Reply:
+    """What the decode thread and the streaming caller share for one reply."""
+
+    def __init__(self, stop: threading.Event | None) -> None:
+        self.stop = stop
+        self.abandoned = threading.Event()  # the caller stopped iterating before the end
+        self.finished = threading.Event()
+        self.deltas: queue.Queue = queue.Queue()
+        self.first_token_at: float | None = None
+        self.new_tokens = 0
+        self.finish_reason = "length"
+
+    def should_stop(self) -> bool:
+        return self.abandoned.is_set() or (self.stop is not None and self.stop.is_set())
 
 
 def _end_of_turn_ids(loaded: LoadedModel) -> list[int]:
@@ -316,5 +352,5 @@ def _end_of_turn_ids(loaded: LoadedModel) -> list[int]:
 
 def open_engine(spec: str, home: DataHome, **options: Any) -> HFEngine:
     """An unloaded engine for ``spec`` using ``home``'s models dir (``options``: device, dtype, trust_remote_code,
-    threads)."""
+    threads, compile, quantize)."""
     return HFEngine(spec, home.models, **options)
