@@ -40,6 +40,11 @@ COMMANDS: tuple[SlashCommand, ...] = (
     SlashCommand("copy", "/copy", "copy the last reply to the clipboard (and to a file in the data home)"),
     SlashCommand("exclude", "/exclude [on|off]", "leave this conversation out of training (toggles)"),
     SlashCommand("export", "/export [OPTIONS]", "export sessions as a dataset (same options as `tui-chat export`)"),
+    SlashCommand(
+        "train", "/train [OPTIONS]",
+        "fine-tune the model on your conversations in the background (preview first; /train --help for options)",
+    ),
+    SlashCommand("runs", "/runs [RUN | cancel [RUN]]", "list training runs, show one, or stop one"),
     SlashCommand("quit", "/quit", "leave", ("exit", "q")),
 )
 

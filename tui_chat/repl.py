@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import sys
+import time
 from datetime import datetime
 from typing import IO, Callable, Iterable
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import run_in_terminal
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory
@@ -26,7 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from sessions import Message, StoreError
+from sessions import Message, StoreError, TrainingRun
 from trainer.home import DataHome
 
 from . import commands
@@ -34,6 +36,8 @@ from .chat_session import ChatError, ChatSession
 from .commands import CommandError
 from .generation import Chunk, EngineError, GenerationParams, GenerationStats, TextDelta
 from .markdown_stream import MarkdownStream, PlainStream
+from .training.monitor import RunWatch
+from .training.summary import finish_summary, progress_line, run_line
 
 KEYS = (
     ("Enter", "send"),
@@ -49,6 +53,7 @@ ARGUMENT_CHOICES = {"/rate": ["+", "-", "0"], "/exclude": ["on", "off"]}
 LIST_DEFAULT = 10  # conversations shown by /list
 SHOWN_ON_OPEN = 6  # messages of an opened conversation printed as a reminder
 COPY_FILE = "last-copy.md"  # /copy also writes the text here in the data home (no clipboard over plain ssh)
+RUNS_POLL_S = 0.5  # how often the bottom bar reads a training run's log while the prompt waits
 
 
 def repl_console(plain: bool, *, stderr: bool = False) -> Console:
@@ -149,6 +154,8 @@ class Repl:
         self.done = False
         self._prompt: PromptSession | None = None
         self._model_names = model_names or (lambda: local_model_names(home))
+        self.runs = RunWatch(self.store)  # training runs followed: progress in the bottom bar, a summary at the end
+        self._runs_polled_at = 0.0
 
     # ---- the loop --------------------------------------------------------------------------------------------
 
@@ -162,7 +169,9 @@ class Repl:
             )
             if self.session.conversation_id is not None:  # started with --conversation or --continue
                 self.show_conversation()
+        self.catch_up_runs()
         while not self.done:
+            self.tell_ended_runs(self.runs.poll())
             try:
                 text = self.read_message()
             except KeyboardInterrupt:
@@ -199,12 +208,40 @@ class Repl:
                 bottom_toolbar=self._toolbar,
                 input=self.prompt_input,
                 output=self.prompt_output,
+                refresh_interval=RUNS_POLL_S,  # redraws the bottom bar: a training run's progress moves on its own
             )
         return self._prompt
 
     def _toolbar(self) -> str:
         where = f"conversation {self.session.conversation_id}" if self.session.conversation_id else "new conversation"
-        return f" {self.session.model} · {where} │ {TOOLBAR_KEYS}"
+        line = f" {self.session.model} · {where} │ {TOOLBAR_KEYS}"
+        training = self._training_lines()
+        return "\n".join([*training, line])
+
+    def _training_lines(self) -> list[str]:
+        """One progress line per run being followed; a run that ended is told above the prompt."""
+        now = time.monotonic()
+        if now - self._runs_polled_at >= RUNS_POLL_S:
+            self._runs_polled_at = now
+            ended = self.runs.poll()
+            if ended:
+                run_in_terminal(lambda: self.tell_ended_runs(ended))
+        return [" " + progress_line(monitor.name, monitor.progress) for monitor in self.runs.active]
+
+    # ---- training runs ---------------------------------------------------------------------------------------
+
+    def catch_up_runs(self) -> None:
+        """At start: tell how the runs that went on while the REPL was closed ended; follow those still going."""
+        for run in self.runs.catch_up():
+            self.tell_ended_runs([run], while_away=True)
+        for monitor in self.runs.active:
+            self.info(f"{monitor.name} is still training (the bottom bar shows its progress; /runs lists runs)")
+
+    def tell_ended_runs(self, runs: list[TrainingRun], *, while_away: bool = False) -> None:
+        for run in runs:
+            style = {"finished": "bold green", "failed": "red"}.get(run.status, "yellow")
+            prefix = "while you were away: " if while_away else ""
+            self.console.print(Text(prefix + finish_summary(run), style=style), highlight=False)
 
     def ask(self, question: str, default: str = "") -> str:
         """A one-off answer (a confirmation, a correction); empty on Ctrl+C or Ctrl+D."""
@@ -430,6 +467,59 @@ class Repl:
             self.info(run_export_command(self.store, self.home, argv))
         except click.ClickException as exc:
             raise CommandError(exc.format_message()) from None
+
+    def cmd_train(self, args: str) -> None:
+        # Imported on use: the trainer's settings import torch.
+        from .training.launch import start_training
+        from .training.options import train_help, wants_help
+        from .training.plan import plan_training
+
+        argv = commands.parse(f"/train {args}").argv()
+        if wants_help(argv):
+            self.console.print(train_help(), markup=False, highlight=False)
+            return
+        self.info("exporting a snapshot of your conversations and counting tokens…")
+        plan = plan_training(self.store, self.home, argv, current_model=self.session.model)
+        for line in plan.preview_lines():
+            self.console.print(line, markup=False, highlight=False)
+        if not plan.options.yes:
+            answer = self.ask("start training? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                plan.discard()
+                self.info("not started")
+                return
+        monitor = start_training(self.store, self.home, plan)
+        self.runs.follow(monitor)
+        self.info(
+            f"training {monitor.name} in the background: keep chatting. The bottom bar shows its progress, /runs "
+            f"lists runs, /runs cancel stops it. Log: {monitor.log_path}"
+        )
+
+    def cmd_runs(self, args: str) -> None:
+        self.tell_ended_runs(self.runs.poll())
+        action, _, name = args.partition(" ")
+        if action == "cancel":
+            from .training.launch import cancel_run
+
+            run = cancel_run(self.store, self.runs.find(name.strip() or None))
+            self.info(
+                f"stopping {run.name}: it finishes its current step and saves a checkpoint "
+                "(/runs cancel again stops it at once, without one)"
+            )
+            return
+        if args:
+            run = self.runs.find(args)
+            progress = self.runs.progress_of(run)
+            self.info(progress_line(run.name, progress) if progress else finish_summary(run))
+            self.info(f"base {run.base_model} · {len(run.conversation_ids)} conversations · dataset "
+                      f"{run.dataset_path} · log {run.log_path}")
+            return
+        runs = self.store.list_training_runs()
+        if not runs:
+            self.info("no training runs yet: /train starts one")
+            return
+        for run in runs:
+            self.console.print(run_line(run, self.runs.progress_of(run)), markup=False, highlight=False)
 
     def cmd_quit(self, args: str) -> None:
         self.done = True
