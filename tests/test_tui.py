@@ -604,3 +604,21 @@ def test_pending_text_asks_for_one_message_until_taken():
     assert pending.take() == "ab"
     assert pending.take() == ""
     assert pending.add("c") is True
+
+
+async def test_slash_commands_are_hinted_and_tab_completes(home, store):
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        hints = screen.query_one("#command-hints")
+        screen.prompt.focus()
+        await pilot.press("/", "r", "e")
+        assert hints.display
+        shown = str(hints.render())
+        assert "/rename TITLE" in shown and "/retry" in shown and "/rate" not in shown
+        await pilot.press("n", "tab")
+        assert screen.prompt.text == "/rename "
+        assert not hints.display  # an argument is being typed
+        assert screen.prompt.has_focus, "Tab completed instead of moving the focus"
+        screen.prompt.load_text("hello")
+        await pilot.press("tab")
+        assert not screen.prompt.has_focus  # outside a command, Tab moves on as usual

@@ -22,7 +22,7 @@ from textual.containers import Horizontal, Vertical
 from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Header
+from textual.widgets import Footer, Header, TextArea
 
 import sessions
 from sessions import Conversation, Store, StoreError
@@ -54,6 +54,7 @@ from ..replies import add_user_message, conversation_messages, generate_reply
 from ..tui_state import TuiState
 from ..versions import version_positions
 from ..widgets.chat_view import ChatView
+from ..widgets.command_hints import CommandHints
 from ..widgets.message_view import MessageView
 from ..widgets.prompt_input import PromptInput
 from ..widgets.sidebar import Sidebar
@@ -100,6 +101,7 @@ def user_error_types() -> tuple[type[Exception], ...]:
 
 class ChatScreen(Screen):
     BINDINGS = chat_bindings()
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]  # a narrow terminal gets a narrower sidebar
 
     generating: reactive[bool] = reactive(False, bindings=True)
 
@@ -136,6 +138,7 @@ class ChatScreen(Screen):
             with Vertical(id="main"):
                 yield ChatView(id="chat")
                 yield TrainingPanel(self.store, self.home, id="training")
+                yield CommandHints(id="command-hints")
                 yield PromptInput(placeholder=LOADING_PLACEHOLDER, id="prompt")
                 yield StatusLine(id="status")
         yield Footer()
@@ -161,6 +164,7 @@ class ChatScreen(Screen):
         return self.query_one(TrainingPanel)
 
     async def on_mount(self) -> None:
+        self.query_one(CommandHints).display = False
         self.sidebar.conversations.reload()
         resume = self._resume_target()
         if resume is not None:
@@ -404,6 +408,10 @@ class ChatScreen(Screen):
                 self.prompt.focus()
 
     # ---- sending and generating ------------------------------------------------------------------------------
+
+    def on_text_area_changed(self, event: TextArea.Changed) -> None:
+        if event.text_area is self.prompt:
+            self.query_one(CommandHints).show_for(self.prompt.text)
 
     async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
         text = event.text.strip()

@@ -16,7 +16,7 @@ import sessions
 
 PAGE_SIZE = 100  # conversations per query
 LOAD_AHEAD = 20  # rows before the end at which the next page is fetched
-TITLE_WIDTH = 28  # characters: the sidebar (34) less its border, padding and scrollbar
+TITLE_WIDTH = 28  # characters: the sidebar (34 wide) less its border, padding and scrollbar; narrower, it wraps
 
 
 def ago(timestamp: float, now: float | None = None) -> str:

@@ -8,13 +8,16 @@ from textual import events
 from textual.message import Message
 from textual.widgets import TextArea
 
+from .command_hints import completion
+
 # Terminals send Ctrl+J as a bare line feed; Textual names it "ctrl+j" (alias "newline"). Shift+Enter arrives as
 # its own key only where the terminal reports it (kitty keyboard protocol); Ctrl+J works everywhere.
 NEWLINE_KEYS = ("shift+enter", "ctrl+j", "newline")
 
 
 class PromptInput(TextArea):
-    """Where the user writes. Enter takes the text out of the box at once and posts ``PromptInput.Submitted``.
+    """Where the user writes. Enter takes the text out of the box at once and posts ``PromptInput.Submitted``;
+    Tab completes a slash command's name.
 
     Emptying the box in the key handler, not later in the screen's handler, matters: keys typed right after Enter
     (a fast typist, a paste, tmux send-keys) reach the box before the screen has handled the message, and clearing
@@ -41,6 +44,12 @@ class PromptInput(TextArea):
             if text.strip():
                 self.clear()
                 self.post_message(self.Submitted(self, text))
+            return
+        if event.key == "tab" and (completed := completion(self.text)) is not None:
+            event.stop()
+            event.prevent_default()
+            self.load_text(completed)
+            self.move_cursor(self.document.end)
             return
         if event.key in NEWLINE_KEYS:
             event.stop()
