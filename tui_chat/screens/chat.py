@@ -283,8 +283,7 @@ class ChatScreen(Screen):
         self._update_placeholder()
 
     def on_model_load_progress(self, message: ModelLoadProgress) -> None:
-        percent = f" {message.fraction:.0%}" if message.fraction is not None else ""
-        self.status.show_loading(f"{self.loading_model or 'model'}: {message.what}{percent}", message.fraction)
+        self.status.show_loading(f"{self.loading_model or 'model'}: {message.what}", message.fraction)  # bar: %
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         switched = self.engine is not None
