@@ -12,6 +12,7 @@ import time
 BENCHMARKS = [
     "decode",
     "store",
+    "train",
     "tui_stream",
 ]
 

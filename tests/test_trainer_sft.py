@@ -60,7 +60,8 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_full_fine_tune_learns_and_writes_a_complete_run_dir(tiny_dir: Path, data: Path, tmp_path: Path) -> None:
-    run_dir = run_sft(make_config(tiny_dir, data, tmp_path / "run", method="full", lr=3e-3, epochs=6), ProgressReporter("none"))
+    config = make_config(tiny_dir, data, tmp_path / "run", method="full", lr=3e-3, epochs=6)
+    run_dir = run_sft(config, ProgressReporter("none"))
     steps = [e for e in events(run_dir) if e["event"] == "step"]
     assert len(steps) == 18  # 22 train conversations / (4 x 2) = 3 steps per epoch, 6 epochs
     assert steps[-1]["loss"] < steps[0]["loss"] - 0.5
@@ -82,7 +83,8 @@ def test_loss_is_normalised_over_the_whole_accumulation_step(tiny_dir: Path) -> 
     weighs the same (a per-micro-batch mean would weigh the short conversation's tokens more)."""
     tokenizer = ensure_chat_template(tiny_tokenizer())
     records = chat_lines(3, seed=3)
-    examples = render_conversations(tokenizer, [Conversation(tuple(r["messages"]), "x") for r in records], None).examples
+    conversations = [Conversation(tuple(r["messages"]), "x") for r in records]
+    examples = render_conversations(tokenizer, conversations, None).examples
     assert len({e.n_assistant for e in examples}) > 1
     collate = Collator(tokenizer.pad_token_id)
     accelerator = Accelerator(cpu=True)
@@ -109,7 +111,8 @@ def test_lora_merge_reproduces_the_adapter_model(tiny_dir: Path) -> None:
 
 
 def test_lora_run_saves_merged_model_or_adapter(tiny_dir: Path, data: Path, tmp_path: Path) -> None:
-    merged = run_sft(make_config(tiny_dir, data, tmp_path / "merged", max_steps=2, no_eval=True), ProgressReporter("none"))
+    config = make_config(tiny_dir, data, tmp_path / "merged", max_steps=2, no_eval=True)
+    merged = run_sft(config, ProgressReporter("none"))
     assert (merged / "config.json").is_file() and not (merged / "adapter_config.json").exists()
     adapter = run_sft(
         make_config(tiny_dir, data, tmp_path / "adapter", max_steps=2, no_eval=True, keep_adapter=True),
@@ -235,3 +238,12 @@ def test_tui_chat_train_forwards_to_the_trainer(tiny_dir: Path, data: Path, tmp_
     assert result.exit_code == 0, result.output
     assert rundir.is_complete(tmp_path / "mine")
     assert (home / "models").is_dir()  # --home from the group reached the trainer
+
+
+def test_a_bad_model_spec_leaves_no_run_dir(data: Path, tmp_path: Path) -> None:
+    from trainer.models import ModelError
+
+    config = make_config(tmp_path / "no-such-model", data, tmp_path / "run")
+    with pytest.raises(ModelError):
+        run_sft(config, ProgressReporter("none"))
+    assert not (tmp_path / "run").exists()

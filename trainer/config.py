@@ -35,8 +35,12 @@ class SFTConfig:
         default=None, metadata={"help": "run directory (default: the data home's models/<model>-sft-<time>)"}
     )
     home: str | None = field(default=None, metadata={"help": "data home (default: TUI_CHAT_HOME or the user dir)"})
-    val: str | None = field(default=None, metadata={"help": "validation JSONL (default: the file's split, else a hash split)"})
-    val_fraction: float = field(default=0.1, metadata={"help": "share of unlabelled conversations held out for validation"})
+    val: str | None = field(
+        default=None, metadata={"help": "validation JSONL (default: the file's split, else a hash split)"}
+    )
+    val_fraction: float = field(
+        default=0.1, metadata={"help": "share of unlabelled conversations held out for validation"}
+    )
     extra_data: list[str] = field(
         default_factory=list,
         metadata={"help": "more JSONL mixed into training only, e.g. replay conversations (repeatable)"},
@@ -59,7 +63,9 @@ class SFTConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     micro_batch: int = field(default=4, metadata={"help": "conversations per forward pass"})
     grad_accum: int = field(default=2, metadata={"help": "micro-batches per optimizer step"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations: less memory, ~30%% slower"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations: less memory, ~30%% slower"}
+    )
     precision: str = field(
         default="auto", metadata={"help": "bf16 (autocast over fp32 weights), fp32, or auto (bf16 where fast)"}
     )

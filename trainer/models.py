@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -147,19 +148,26 @@ def list_local_models(models_dir: Path) -> list[LocalModel]:
 @contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silence transformers' own progress bars and warnings while loading: progress goes through ``progress``,
-    and a chat screen or a piped ``ask`` must not get tqdm bars on its terminal."""
+    and a chat screen or a piped ``ask`` must not get tqdm bars on its terminal. Loading also imports torchao when it
+    is installed, which warns about CUDA-only kernels a CPU build cannot load (and torch about its enums)."""
     from transformers.utils import logging as transformers_logging
 
     bars_were_on = transformers_logging.is_progress_bar_enabled()
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
+    import_loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    import_levels = [logger.level for logger in import_loggers]
+    for logger in import_loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
         transformers_logging.set_verbosity(verbosity)
         if bars_were_on:
             transformers_logging.enable_progress_bar()
+        for logger, level in zip(import_loggers, import_levels):
+            logger.setLevel(level)
 
 
 def _report(progress: Progress | None, what: str, fraction: float | None) -> None:

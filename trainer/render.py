@@ -98,7 +98,9 @@ def _encode(tokenizer: Any, full: str, spans: list[tuple[int, int]], max_length:
     return RenderedExample(list(ids[:cut]), mask[:cut], truncated=True)
 
 
-def render_conversation(tokenizer: Any, messages: Sequence[dict], max_length: int | None = None) -> RenderedExample | None:
+def render_conversation(
+    tokenizer: Any, messages: Sequence[dict], max_length: int | None = None
+) -> RenderedExample | None:
     """Tokenize one conversation with its assistant mask. Over ``max_length`` tokens it is cut after the last
     assistant turn that fits; ``None`` when no assistant turn fits (or none can be located)."""
     full, spans = assistant_spans(tokenizer, messages)

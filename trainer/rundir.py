@@ -52,8 +52,8 @@ def mark_complete(path: Path, summary: dict[str, Any]) -> None:
     write_json_atomic(Path(path) / COMPLETE, {"completed_at": time.time(), **summary})
 
 
-def prepare(path: Path, *, resume: bool) -> None:
-    """Check that ``path`` can hold a new run (or, with ``resume``, an unfinished one) and create it."""
+def check(path: Path, *, resume: bool) -> None:
+    """Raise RunDirError unless ``path`` can hold a new run (or, with ``resume``, holds an unfinished one)."""
     path = Path(path)
     if is_complete(path):
         raise RunDirError(f"{path} holds a finished run; choose another --out")
@@ -65,7 +65,6 @@ def prepare(path: Path, *, resume: bool) -> None:
         raise RunDirError(f"{path} holds an unfinished run; pass --resume to continue it, or choose another --out")
     if path.exists() and any(path.iterdir()):
         raise RunDirError(f"{path} exists and is not empty; choose another --out")
-    path.mkdir(parents=True, exist_ok=True)
 
 
 def latest_checkpoint(path: Path) -> Path | None:

@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import re
 import signal
 import threading
@@ -34,6 +33,7 @@ from . import rundir
 from .batching import IGNORE_INDEX, Collator, LengthGroupedBatches, padding_efficiency
 from .config import SFTConfig, validate
 from .data import Conversation, DataError, read_jsonl, split_conversations
+from .devices import inference_threads
 from .evaluate import EvalResult, evaluate
 from .home import DataHome
 from .loss import summed_token_loss
@@ -86,17 +86,6 @@ def bf16_is_fast(device: torch.device) -> bool:
     if device.type == "cpu":
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
-
-
-def default_cpu_threads() -> int:
-    """One thread per core but one, left for the chat that runs beside training.
-
-    Measured here (bundled model, LoRA, bf16 autocast, 4 x 256 tokens, 2 cores busy with other jobs): 1 thread
-    70 tokens/s, 2 threads 22 tokens/s. OpenMP threads that find their core taken spin at every barrier, so
-    oversubscribing costs far more than one idle core.
-    """
-    cores = os.cpu_count() or 1
-    return max(1, cores - 1)
 
 
 def _slug(text: str) -> str:
@@ -278,7 +267,10 @@ def run_sft(config: SFTConfig, progress: ProgressReporter) -> Path:
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
     threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads or default_cpu_threads())
+    # One core left for the chat beside training, as for decoding. Measured here (bundled model, LoRA, bf16
+    # autocast, 4 x 256 tokens, 2 cores busy with other jobs): 1 thread 70 tokens/s, 2 threads 22: OpenMP threads
+    # that find their core taken spin at every barrier, so oversubscribing costs far more than an idle core.
+    torch.set_num_threads(config.threads or inference_threads())
     try:
         with stop_on_signals() as stop:
             return _run(config, progress, stop)
@@ -301,16 +293,9 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
     bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast(device))
     run_dir = Path(config.out).expanduser() if config.out else default_run_dir(home, config.model)
     if accelerator.is_main_process:
-        home.ensure()
-        rundir.prepare(run_dir, resume=config.resume)
+        rundir.check(run_dir, resume=config.resume)
         if config.resume:
             _check_resume(run_dir, config, files.sha256)
-        else:
-            rundir.write_json_atomic(
-                run_dir / rundir.TRAIN_CONFIG,
-                {"config": dataclasses.asdict(config), "model": config.model, "dataset_sha256": files.sha256},
-            )
-    accelerator.wait_for_everyone()
 
     # -- model and data
     set_seed(config.seed)
@@ -328,7 +313,16 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
     model, tokenizer = loaded.model, loaded.tokenizer
     data = render_training_data(config, files, tokenizer)
     if accelerator.is_main_process:
+        # The run dir appears only once model and data are known good: a typo in --model leaves nothing behind.
+        if not config.resume:
+            home.ensure()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            rundir.write_json_atomic(
+                run_dir / rundir.TRAIN_CONFIG,
+                {"config": dataclasses.asdict(config), "model": config.model, "dataset_sha256": files.sha256},
+            )
         progress.log_to(run_dir / rundir.PROGRESS_LOG)
+    accelerator.wait_for_everyone()
     for count, what in (
         (files.skipped_invalid, "invalid lines skipped"),
         (data.train.truncated + data.val.truncated, f"conversations cut to --max-length {config.max_length}"),
@@ -415,7 +409,7 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
 
     # -- the loop
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    train_time, train_tokens, first_step, last_loss = 0.0, 0, step, float("nan")
+    train_time, train_cpu, train_tokens, first_step, last_loss = 0.0, 0.0, 0, step, float("nan")
     while step < total_steps and not stop:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch)
@@ -425,7 +419,7 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
             group = [b for _, b in zip(range(config.grad_accum), iterator)]
             if not group:
                 break
-            tick = time.perf_counter()
+            tick, cpu_tick = time.perf_counter(), time.process_time()
             loss_sum, n_tokens = backward_step(accelerator, model, group, autocast)
             accelerator.clip_grad_norm_(trainable, MAX_GRAD_NORM)
             optimizer.step()
@@ -434,6 +428,7 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
             step += 1
             real_tokens = sum(int(b["attention_mask"].sum()) for b in group) * accelerator.num_processes
             train_time += time.perf_counter() - tick
+            train_cpu += time.process_time() - cpu_tick  # CPU s of this process, all threads: shows contention
             train_tokens += real_tokens
             last_loss = loss_sum / max(n_tokens, 1)
             per_step = train_time / (step - first_step)
@@ -462,8 +457,11 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
             "precision": "bf16 autocast" if bf16 else "fp32",
             "device": str(device),
             "processes": accelerator.num_processes,
+            "threads": torch.get_num_threads() if device.type == "cpu" else None,
+            "parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
             "train_time_s": train_time,
             "tokens_per_s": train_tokens / train_time if train_time else 0.0,
+            "train_cpu_s": train_cpu,
             "final_train_loss": last_loss,
             "data": {
                 "train_conversations": len(data.train.examples),
