@@ -27,6 +27,7 @@ REFERENCE_TOKENS_PER_S = {"lora": 170.0, "full": 120.0}
 REFERENCE_OVERHEAD_S = 90.0
 STARTUP_S = 15.0  # of the overhead, the part no model size changes: starting Python, importing torch and transformers
 REFERENCE_WHERE = "a rough figure from tui-chat's 2-core test machine, scaled by model size"
+MAX_SPEEDUP = 10.0  # a much smaller model is not that much faster: start-up, the tokenizer and the loop cost too
 
 # Training memory per parameter on a GPU (fp32 master weights; bf16 is autocast only): full fine-tuning holds the
 # weights, their gradients and two AdamW moments (4 + 4 + 8 bytes); LoRA holds the frozen weights and tiny adapters.
@@ -131,14 +132,14 @@ def estimate_speed(
     for run in comparable:
         theirs = run.params.get("base_parameters")
         if theirs and parameters:
-            scale = theirs / parameters  # speed goes down as the model grows
+            scale = min(MAX_SPEEDUP, theirs / parameters)  # speed goes down as the model grows
             return SpeedEstimate(
                 run.metrics["tokens_per_s"] * scale,
                 _scaled_overhead(_overhead(run.metrics), scale),
                 f"scaled by model size from run {run.name} ({run.base_model})",
             )
     if device == "cpu":
-        scale = REFERENCE_PARAMETERS / parameters if parameters else 1.0
+        scale = min(MAX_SPEEDUP, REFERENCE_PARAMETERS / parameters) if parameters else 1.0
         return SpeedEstimate(
             REFERENCE_TOKENS_PER_S[method] * scale, _scaled_overhead(REFERENCE_OVERHEAD_S, scale),
             REFERENCE_WHERE + ("" if parameters else " (this model's size is unknown)") +

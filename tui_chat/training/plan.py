@@ -126,9 +126,9 @@ class TrainingPlan:
             method += f" (rank {config.lora_r}, alpha {config.lora_alpha})"
         steps = f"{counted(self.total_steps, 'step')} of {config.micro_batch} x {config.grad_accum} conversations"
         passes = f"{self.epochs:.3g} epoch" + ("" if self.epochs == 1 else "s")
-        extras = [arg for arg in self.options.trainer_args if arg.startswith("--")]
         text = f"{method}, {passes} = {steps}, learning rate {self.lr:g}, max {config.max_length} tokens a conversation"
-        return text + (f" (options: {' '.join(self.options.trainer_args)})" if extras else "")
+        extras = _other_options(self.options.trainer_args)
+        return text + (f"; also {' '.join(extras)}" if extras else "")
 
     def _time_text(self) -> str:
         if self.speed is None:
@@ -144,6 +144,23 @@ class TrainingPlan:
         shutil.rmtree(self.snapshot_dir, ignore_errors=True)
 
 
+# Options the settings line already spells out.
+DESCRIBED = frozenset({"--method", "--epochs", "--max-steps", "--lr", "--lora-r", "--lora-alpha", "--max-length",
+                       "--micro-batch", "--grad-accum"})
+
+
+def _other_options(args: Sequence[str]) -> list[str]:
+    """The trainer options the settings line does not already describe, as given."""
+    shown: list[str] = []
+    skipping = False
+    for arg in args:
+        if arg.startswith("--"):
+            skipping = arg in DESCRIBED
+        if not skipping:
+            shown.append(arg)
+    return shown
+
+
 def _parameters_text(n: int) -> str:
     if n >= 1e9:
         return f"{n / 1e9:.1f}B"
@@ -157,7 +174,7 @@ def _left_out_text(data: DataPreview) -> str:
         (left.get("thumbs_down", 0), "reply", "rated thumbs-down (cut there, with what followed)"),
         (left.get("unfinished", 0), "unfinished reply", "(stopped or failed; cut there)"),
         (left.get("below_min_rating", 0), "reply", "below the minimum rating"),
-        (left.get("no_assistant_turn", 0), "conversation", "with no usable reply"),
+        (left.get("no_assistant_turn", 0), "conversation", "left with no reply to learn from"),
         (left.get("duplicates", 0), "duplicate conversation", ""),
         (data.over_long or 0, "conversation", "too long (not even its first reply fits in --max-length)"),
     ]

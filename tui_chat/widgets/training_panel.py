@@ -28,22 +28,23 @@ from ..training.summary import duration, finish_summary
 POLL_S = 0.5  # how often the runs' logs are read
 
 
-class RunRow(Horizontal):
-    """One run: live progress while it trains, its summary once it ended."""
+class RunRow(Vertical):
+    """One run: live progress while it trains (two lines), its summary once it ended."""
 
     DEFAULT_CSS = """
     RunRow {
         height: auto;
         padding: 0 1;
-        & > .run-name { width: auto; max-width: 36; text-style: bold; margin: 0 1 0 0; }
-        & > .run-progress { width: 32; }
-        & > .run-loss { width: 24; height: 1; margin: 0 1; }
-        & > .run-stats { width: 1fr; color: $text-muted; }
-        & > .run-summary { width: 1fr; height: auto; }
-        & > Button { margin: 0 0 0 1; }
-        &.-finished > .run-summary { color: $success; }
-        &.-failed > .run-summary { color: $error; }
-        &.-cancelled > .run-summary { color: $warning; }
+        & .run-line { height: auto; }
+        & .run-name { width: 1fr; text-style: bold; }
+        & .run-progress { width: 30; }
+        & .run-loss { width: 24; height: 1; margin: 0 1 0 0; }
+        & .run-stats { width: 1fr; color: $text-muted; }
+        & .run-summary { width: 1fr; height: auto; }
+        & Button { margin: 0 0 0 1; }
+        &.-finished .run-summary { color: $success; }
+        &.-failed .run-summary { color: $error; }
+        &.-cancelled .run-summary { color: $warning; }
     }
     """
 
@@ -53,11 +54,13 @@ class RunRow(Horizontal):
         self.run = monitor.run
 
     def compose(self) -> ComposeResult:
-        yield Label(self.run.name, classes="run-name")
-        yield ProgressBar(total=None, show_eta=False, classes="run-progress")
-        yield Sparkline([], classes="run-loss")
-        yield Static("", classes="run-stats")
-        yield Button("Cancel", variant="error", compact=True, classes="run-cancel")
+        with Horizontal(classes="run-line"):
+            yield Label(f"training {self.run.name}", classes="run-name")
+            yield ProgressBar(total=None, show_eta=False, classes="run-progress")
+            yield Button("Cancel", variant="error", compact=True, classes="run-cancel")
+        with Horizontal(classes="run-line"):
+            yield Sparkline([], classes="run-loss")
+            yield Static("", classes="run-stats")
 
     def on_mount(self) -> None:
         self.show_progress()
@@ -68,7 +71,7 @@ class RunRow(Horizontal):
         if progress.total:
             bar.update(total=progress.total, progress=progress.step)
         self.query_one(Sparkline).data = progress.losses[-60:]
-        parts = []
+        parts = [f"step {progress.step}/{progress.total}"] if progress.total else []
         if progress.losses:
             parts.append(f"loss {progress.losses[-1]:.3f}")
         if progress.tokens_per_s:
@@ -82,11 +85,12 @@ class RunRow(Horizontal):
     async def show_end(self, run: TrainingRun) -> None:
         self.run = run
         await self.remove_children()
-        self.add_class(f"-{run.status}")
-        await self.mount(Static(finish_summary(run), classes="run-summary", markup=False))
+        widgets = [Static(finish_summary(run), classes="run-summary", markup=False)]
         if run.status == "finished":
-            await self.mount(Button("Chat with it", variant="success", compact=True, classes="run-switch"))
-        await self.mount(Button("Dismiss", compact=True, classes="run-dismiss"))
+            widgets.append(Button("Chat with it", variant="success", compact=True, classes="run-switch"))
+        widgets.append(Button("Dismiss", compact=True, classes="run-dismiss"))
+        await self.mount(Horizontal(*widgets, classes="run-line"))
+        self.add_class(f"-{run.status}")  # last: the row says it ended once its buttons are there
 
 
 class TrainingPanel(Vertical):
