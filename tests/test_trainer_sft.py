@@ -28,6 +28,8 @@ from trainer.render import render_conversations
 from trainer.rundir import RunDirError
 from trainer.sft import SettingsError, TrainingStopped, backward_step, run_sft
 from tui_chat.cli import main as cli_main
+from tui_chat.engine import HFEngine
+from tui_chat.generation import GenerationParams, GenerationStats, TextDelta
 
 from .tiny_models import save_tiny_model, tiny_tokenizer
 from .trainer_helpers import chat_lines, write_jsonl
@@ -76,6 +78,11 @@ def test_full_fine_tune_learns_and_writes_a_complete_run_dir(tiny_dir: Path, dat
     assert "| perplexity |" in (run_dir / "report.md").read_text()
     loaded = load_model(str(run_dir), models_dir=tmp_path / "home" / "models", device="cpu")
     assert loaded.tokenizer.chat_template == ensure_chat_template(tiny_tokenizer()).chat_template
+    # The chat's engine loads the run and replies.
+    engine = HFEngine(str(run_dir), tmp_path / "home" / "models", device="cpu")
+    engine.load()
+    chunks = list(engine.stream([{"role": "user", "content": "hello"}], GenerationParams(max_new_tokens=4)))
+    assert chunks and all(isinstance(c, (TextDelta, GenerationStats)) for c in chunks)
 
 
 def test_loss_is_normalised_over_the_whole_accumulation_step(tiny_dir: Path) -> None:
@@ -247,3 +254,26 @@ def test_a_bad_model_spec_leaves_no_run_dir(data: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelError):
         run_sft(config, ProgressReporter("none"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(tiny_dir: Path, data: Path, tmp_path: Path) -> None:
+    """`torchrun` / `accelerate launch` run data-parallel: each process takes half the batches, one writes."""
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "trainer", "sft",
+        "--data", str(data), "--model", str(tiny_dir), "--out", str(tmp_path / "run"), "--home", str(tmp_path),
+        "--threads", "1", "--epochs", "2", "--save-every", "2", "--eval-samples", "1", "--max-new-tokens", "4",
+        "--progress", "json",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in lines].count("start") == 1  # only the main process reports
+    done = lines[-1]
+    assert done["event"] == "done" and done["metrics"]["processes"] == 2
+    # 22 conversations = 6 micro-batches of 4: 3 per process, 2 optimizer steps per epoch each.
+    assert done["metrics"]["steps"] == 4
+    assert rundir.is_complete(tmp_path / "run")

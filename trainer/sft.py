@@ -286,7 +286,11 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
     files = read_training_files(config)  # bad data fails here, before a model is loaded
 
     # -- where: one Accelerator per process; autocast is ours (below) so the logits stay bf16 until the loss
-    accelerator = Accelerator(mixed_precision="no")
+    # cpu=True where there is no accelerator: it is what lets `torchrun` / `accelerate launch` run several CPU
+    # processes (gloo); without it each process would train alone.
+    accelerator = Accelerator(
+        mixed_precision="no", cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    )
     progress.enabled = progress.enabled and accelerator.is_main_process
     device = accelerator.device
     config = config.resolved(device)
