@@ -18,6 +18,7 @@ from trainer.home import DataHome
 from tui_chat.training.errors import TrainingError
 from tui_chat.training.estimate import (
     GIB,
+    REFERENCE_OVERHEAD_S,
     REFERENCE_PARAMETERS,
     REFERENCE_TOKENS_PER_S,
     count_parameters,
@@ -145,7 +146,8 @@ def test_speed_comes_from_the_newest_comparable_run_then_scaled_then_the_referen
     def finished(name: str, base: str, tokens_per_s: float, parameters: int) -> None:
         run = store.create_training_run(name, base_model=base, params={"base_parameters": parameters})
         store.update_training_run(run.id, status="finished", metrics={
-            "method": "lora", "device": "cpu", "tokens_per_s": tokens_per_s, "train_time_s": 100.0, "wall_s": 160.0})
+            "method": "lora", "device": "cpu", "tokens_per_s": tokens_per_s, "train_time_s": 100.0, "wall_s": 160.0,
+            "after": {"val_ppl": 3.0}})
 
     assert estimate_speed([], base_name="x", method="lora", device="cuda", parameters=None) is None
     reference = estimate_speed([], base_name="x", method="lora", device="cpu", parameters=REFERENCE_PARAMETERS * 2)
@@ -158,6 +160,9 @@ def test_speed_comes_from_the_newest_comparable_run_then_scaled_then_the_referen
     same = estimate_speed(store.list_training_runs(), base_name="small", method="lora", device="cpu", parameters=100)
     assert (same.tokens_per_s, same.overhead_s, same.source) == (300.0, 60.0, "measured in run small-run")
     assert same.seconds(3000) == 70.0
+    quick = estimate_speed(store.list_training_runs(), base_name="small", method="lora", device="cpu",
+                           parameters=REFERENCE_PARAMETERS, evaluate=False)
+    assert quick.tokens_per_s == 300.0 and quick.overhead_s == REFERENCE_OVERHEAD_S[False]  # that run evaluated
 
 
 def test_gpu_memory_decides_where_training_runs() -> None:

@@ -19,12 +19,13 @@ from sessions import TrainingRun
 GIB = 1024**3
 TRAINER_NICE = 10  # niceness added to the trainer on CPU: the chat's replies win the cores when both want them
 
-# Measured through `/train` on tui-chat's test machine (2 CPU cores shared with other jobs, AVX512-BF16), the bundled
-# SmolLM2-135M-Instruct (134.5M parameters), bf16 autocast, 1 training thread, 4 x 2 conversations a step:
-# tokens/s over the training steps, and the rest of the run (start-up, loading, evaluation before and after, saving).
+# Measured through `/train` on tui-chat's test machine (2 CPU cores, AVX512-BF16, load average ~9 from other jobs
+# at the time, so a quiet machine does better), the bundled SmolLM2-135M-Instruct (134.5M parameters), bf16
+# autocast, 1 training thread, 4 x 2 short conversations a step: tokens/s over the training steps (LoRA 54, full 38),
+# and the rest of the run: start-up, loading and saving (22 s), plus the default evaluation before and after (~50 s).
 REFERENCE_PARAMETERS = 134_515_008
-REFERENCE_TOKENS_PER_S = {"lora": 170.0, "full": 120.0}
-REFERENCE_OVERHEAD_S = 90.0
+REFERENCE_TOKENS_PER_S = {"lora": 54.0, "full": 38.0}
+REFERENCE_OVERHEAD_S = {True: 73.0, False: 22.0}  # with / without the evaluation before and after
 STARTUP_S = 15.0  # of the overhead, the part no model size changes: starting Python, importing torch and transformers
 REFERENCE_WHERE = "a rough figure from tui-chat's 2-core test machine, scaled by model size"
 MAX_SPEEDUP = 10.0  # a much smaller model is not that much faster: start-up, the tokenizer and the loop cost too
@@ -117,35 +118,48 @@ def _device_type(metrics: dict) -> str:
 
 
 def estimate_speed(
-    runs: Sequence[TrainingRun], *, base_name: str, method: str, device: str, parameters: int | None
+    runs: Sequence[TrainingRun], *, base_name: str, method: str, device: str, parameters: int | None,
+    evaluate: bool = True,
 ) -> SpeedEstimate | None:
     """Training speed on ``device`` from the newest comparable finished run, else the CPU reference; None when
-    nothing comparable was ever measured (a GPU before its first run)."""
+    nothing comparable was ever measured (a GPU before its first run). ``evaluate``: the run evaluates before and
+    after training (the overhead of a measured run that did otherwise is not used)."""
     comparable = [
         run for run in runs
         if run.status == "finished" and run.metrics.get("tokens_per_s") and run.metrics.get("method") == method
         and _device_type(run.metrics) == device
     ]
+    reference_scale = min(MAX_SPEEDUP, REFERENCE_PARAMETERS / parameters) if parameters else 1.0
+
+    def overhead(run: TrainingRun, scale: float) -> float:
+        if _evaluated(run.metrics) == evaluate:
+            return _scaled_overhead(_overhead(run.metrics), scale)
+        return _scaled_overhead(REFERENCE_OVERHEAD_S[evaluate], reference_scale)
+
     for run in comparable:
         if run.base_model == base_name:
-            return SpeedEstimate(run.metrics["tokens_per_s"], _overhead(run.metrics), f"measured in run {run.name}")
+            return SpeedEstimate(run.metrics["tokens_per_s"], overhead(run, 1.0), f"measured in run {run.name}")
     for run in comparable:
         theirs = run.params.get("base_parameters")
         if theirs and parameters:
             scale = min(MAX_SPEEDUP, theirs / parameters)  # speed goes down as the model grows
             return SpeedEstimate(
                 run.metrics["tokens_per_s"] * scale,
-                _scaled_overhead(_overhead(run.metrics), scale),
+                overhead(run, scale),
                 f"scaled by model size from run {run.name} ({run.base_model})",
             )
     if device == "cpu":
-        scale = min(MAX_SPEEDUP, REFERENCE_PARAMETERS / parameters) if parameters else 1.0
         return SpeedEstimate(
-            REFERENCE_TOKENS_PER_S[method] * scale, _scaled_overhead(REFERENCE_OVERHEAD_S, scale),
+            REFERENCE_TOKENS_PER_S[method] * reference_scale,
+            _scaled_overhead(REFERENCE_OVERHEAD_S[evaluate], reference_scale),
             REFERENCE_WHERE + ("" if parameters else " (this model's size is unknown)") +
             "; your first run measures this machine",
         )
     return None
+
+
+def _evaluated(metrics: dict) -> bool:
+    return bool(metrics.get("before") or metrics.get("after"))
 
 
 def _overhead(metrics: dict) -> float:

@@ -328,7 +328,7 @@ def plan_training(
         method = config.method or ("full" if device.device == "cuda" else "lora")
         speed = estimate_speed(
             store.list_training_runs(), base_name=resolved.name, method=method, device=device.device,
-            parameters=parameters,
+            parameters=parameters, evaluate=not config.no_eval,
         )
         data = DataPreview(
             train_conversations=len(train),
