@@ -1,32 +1,30 @@
-"""Decode speed of the bundled model, side by side in one run on the same prompt, seed, device and settings:
+"""Decode speed of the bundled model, side by side in one run on the same prompt, settings and thread count:
 
-- raw ``model.generate`` (no streamer) vs ``HFEngine.stream`` (thread, streamer, stop criteria) on the same model
-  object: the engine's overhead, target >= 0.97x raw;
-- ``tui-chat ask`` end to end (a fresh process: imports, model load, store, terminal output);
-- on CPU, the defaults' evidence: float32 vs bfloat16, and the decoding thread count vs torch's default.
+- transformers ``generate``, eager, float32 and bfloat16 (what a plain HF script gets);
+- the engine's default (``HFEngine.stream``: its own decode loop, int4 weights on CPU, see trainer/devices.py);
+- llama.cpp on the package's own GGUF, when ``llama_cpp`` is importable (``pip install -e '.[llamacpp]'``);
+- the ceiling: measured memory copy bandwidth / bytes of weights read per token;
+- time to first token on the 1st and the 10th turn of one conversation (prompt cache), and the 10th without it.
 
-tokens/s is new tokens over the whole call's wall time (prefill included), the same for every row. In-process rows
-are the best of ``REPEATS`` interleaved runs, and each row says how much CPU other processes used meanwhile
-("others"): on a shared machine a row measured while others were busy is not comparable with a quiet one.
+Each row gives the time to first token (TTFT, prefill included) and decode tokens/s after it, best of ``REPEATS``
+interleaved runs, with the CPU that other processes used meanwhile ("others", in cores): on a shared machine only rows
+measured alike compare well.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
-from trainer.devices import inference_threads
 from trainer.home import DataHome
-from trainer.models import BUNDLED_DIR, ensure_bundled
+from trainer.models import BUNDLED_DIR, bundled_gguf, ensure_bundled, load_model
 from tui_chat.engine import HFEngine
 from tui_chat.generation import GenerationParams, GenerationStats, TextDelta
 
@@ -34,22 +32,37 @@ PROMPT = "Write a short story about a lighthouse keeper who finds a message in a
 MESSAGES = [{"role": "user", "content": PROMPT}]
 NEW_TOKENS = 64
 REPEATS = 2
-SEED = 0
-# Greedy with the app's default repetition penalty, so `tui-chat ask --temperature 0` decodes the same tokens.
-PARAMS = GenerationParams(temperature=0, max_new_tokens=NEW_TOKENS, seed=SEED)
+# Greedy with the app's default repetition penalty, as `tui-chat ask --temperature 0` decodes.
+PARAMS = GenerationParams(temperature=0, max_new_tokens=NEW_TOKENS)
+TURNS = [
+    "Hi! Who are you?",
+    "What is the capital of France?",
+    "Name a famous museum there.",
+    "What is a lighthouse?",
+    "Give me a tip for learning Python.",
+    "What is 12 times 12?",
+    "Name three primary colors.",
+    "Translate 'good morning' into Spanish.",
+    "Write a haiku about the sea.",
+    "Thanks! Summarise our chat in one sentence.",
+]
+TURN_TOKENS = 32  # reply length in the conversation (TTFT is what is measured there)
 
 
 @dataclass(frozen=True)
 class Run:
     label: str
     new_tokens: int
-    seconds: float
+    ttft_s: float
+    seconds: float  # the whole call
     text: str
     others_cores: float | None  # CPU cores other processes kept busy during the run
 
     @property
     def tokens_per_s(self) -> float:
-        return self.new_tokens / self.seconds
+        """Decode speed after the first token (prefill excluded), as GenerationStats.tokens_per_s."""
+        decode = self.seconds - self.ttft_s
+        return (self.new_tokens - 1) / decode if self.new_tokens > 1 and decode > 0 else 0.0
 
 
 def _busy_cpu_s() -> float | None:
@@ -64,98 +77,157 @@ def _busy_cpu_s() -> float | None:
 
 
 def _own_cpu_s() -> float:
-    """CPU seconds of this process and its finished children (the `tui-chat ask` subprocess)."""
     times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
+    return times.user + times.system
 
 
-def timed(label: str, work: Callable[[], tuple[int, str]]) -> Run:
-    """Run ``work`` (returns new tokens and text) and record its wall time and the other processes' CPU use."""
+def timed(label: str, work: Callable[[float], tuple[int, float, str]]) -> Run:
+    """Run ``work(started)`` (returns new tokens, the first token's perf_counter time, text) and record its timings
+    and the other processes' CPU use meanwhile."""
     busy, own, started = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
-    tokens, text = work()
+    tokens, first_at, text = work(started)
     seconds = time.perf_counter() - started
     busy_after = _busy_cpu_s()
     others = None
     if busy is not None and busy_after is not None:
         others = max(0.0, (busy_after - busy) - (_own_cpu_s() - own)) / seconds
-    return Run(label, tokens, seconds, text, others)
+    return Run(label, tokens, first_at - started, seconds, text, others)
 
 
-def raw_generate(engine: HFEngine, label: str) -> Run:
-    """``model.generate`` on exactly the ids and settings the engine would use, with nothing around it."""
-    loaded = engine.loaded
+class _FirstToken(BaseStreamer):
+    """Notes when ``generate`` hands over its first new token (its first ``put`` is the prompt)."""
+
+    def __init__(self) -> None:
+        self.puts = 0
+        self.first_at = 0.0
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            self.first_at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def hf_generate(model, engine: HFEngine, label: str) -> Callable[[], Run]:
+    """transformers ``generate`` on the ids and settings the engine uses, on a separately loaded ``model``."""
     ids = engine.prompt_ids(MESSAGES)
-    input_ids = torch.tensor([ids], device=loaded.device)
+    input_ids = torch.tensor([ids])
     config = engine.generation_config(PARAMS, NEW_TOKENS)
+    tokenizer = engine.loaded.tokenizer
 
-    def work() -> tuple[int, str]:
-        torch.manual_seed(SEED)
+    def work(started: float) -> tuple[int, float, str]:
+        first = _FirstToken()
         with torch.inference_mode():
-            output = loaded.model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config
+            output = model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config, streamer=first
             )
         new = output[0, len(ids) :]
-        return len(new), loaded.tokenizer.decode(new, skip_special_tokens=True)
+        return len(new), first.first_at, tokenizer.decode(new, skip_special_tokens=True)
 
-    return timed(label, work)
+    return lambda: timed(label, work)
 
 
-def engine_stream(engine: HFEngine, label: str = "HFEngine.stream") -> Run:
-    def work() -> tuple[int, str]:
+def engine_stream(engine: HFEngine, label: str, messages: list[dict] = MESSAGES) -> Callable[[], Run]:
+    def work(started: float) -> tuple[int, float, str]:
         pieces: list[str] = []
         stats: GenerationStats | None = None
-        for chunk in engine.stream(MESSAGES, PARAMS):
+        for chunk in engine.stream(messages, PARAMS):
             if isinstance(chunk, TextDelta):
                 pieces.append(chunk.text)
             else:
                 stats = chunk
         assert stats is not None
-        return stats.new_tokens, "".join(pieces)
+        return stats.new_tokens, started + stats.ttft_s, "".join(pieces)
 
-    return timed(label, work)
+    def run() -> Run:
+        engine.decoder.prompt_cache.clear()  # every row encodes the whole prompt
+        return timed(label, work)
 
-
-def best(runs: list[Run]) -> Run:
-    return max(runs, key=lambda run: run.tokens_per_s)
-
-
-def ask_end_to_end(models_dir: Path, reference: Run) -> Run | None:
-    """`tui-chat ask` in a fresh process with a temp data home linking the converted model; None if it fails."""
-    executable = shutil.which("tui-chat", path=str(Path(sys.executable).parent)) or shutil.which("tui-chat")
-    if executable is None:
-        print("  tui-chat ask: skipped (the `tui-chat` command is not installed)")
-        return None
-    command = [executable, "ask", PROMPT, "--no-save", "--temperature", "0", "--max-tokens", str(NEW_TOKENS)]
-    command += ["--seed", str(SEED)]
-    with tempfile.TemporaryDirectory() as home_dir:
-        home = DataHome(Path(home_dir)).ensure()
-        (home.models / BUNDLED_DIR).symlink_to(models_dir / BUNDLED_DIR, target_is_directory=True)
-        outcome: list[subprocess.CompletedProcess] = []
-
-        def work() -> tuple[int, str]:
-            env = {**os.environ, "TUI_CHAT_HOME": home_dir}
-            outcome.append(subprocess.run(command, capture_output=True, text=True, env=env, timeout=600))
-            text = outcome[0].stdout.strip()
-            # The same greedy decode as the engine's: its token count holds when the texts agree.
-            return (reference.new_tokens if text == reference.text.strip() else NEW_TOKENS), text
-
-        run = timed("tui-chat ask (end to end)", work)
-    if outcome[0].returncode != 0:
-        last = (outcome[0].stderr.strip().splitlines() or ["no output"])[-1]
-        print(f"  tui-chat ask: skipped (exit {outcome[0].returncode}: {last})")
-        return None
     return run
+
+
+def with_threads(engine: HFEngine, threads: int, row: Callable[[], Run]) -> Callable[[], Run]:
+    """``row`` run with the engine decoding on ``threads`` threads (then back to its default)."""
+
+    def run() -> Run:
+        before = engine.threads
+        engine.threads = threads
+        try:
+            return row()
+        finally:
+            engine.threads = before
+
+    return run
+
+
+def llama_cpp_row(engine: HFEngine, threads: int) -> Callable[[], Run] | None:
+    """llama.cpp (llama-cpp-python) on the bundled GGUF, same prompt text and greedy settings; None if missing."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        print("llama.cpp: skipped (`pip install -e '.[llamacpp]'` adds llama-cpp-python for this row)")
+        return None
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(bundled_gguf()), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    text = engine.loaded.tokenizer.decode(engine.prompt_ids(MESSAGES))
+    prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
+    stop = set(engine.generation_config(PARAMS, NEW_TOKENS).eos_token_id)
+
+    def work(started: float) -> tuple[int, float, str]:
+        llm.reset()  # no prompt reuse between runs: every row encodes the whole prompt
+        new: list[int] = []
+        first_at = 0.0
+        for token in llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=PARAMS.repetition_penalty):
+            if not new:
+                first_at = time.perf_counter()
+            new.append(token)
+            if token in stop or len(new) == NEW_TOKENS:
+                break
+        return len(new), first_at, llm.detokenize([t for t in new if t not in stop]).decode(errors="replace")
+
+    return lambda: timed("llama.cpp (GGUF Q4_1)", work)
+
+
+def copy_bandwidth() -> float:
+    """Memory copy bandwidth in GB/s (bytes read + written), 256 MB buffers: far past the caches."""
+    source = torch.ones(64 * 2**20, dtype=torch.float32)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        target.copy_(source)
+        best = min(best, time.perf_counter() - started)
+    return 2 * source.numel() * source.element_size() / best / 1e9
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of weights one decoded token reads: every parameter once (tied embeddings are read once, as the output
+    projection); for quantized tensors, their packed data."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        parts = [tensor]
+        if hasattr(tensor, "__tensor_flatten__"):  # torchao's int4 tensors: packed weights plus scales and zeros
+            names, _ = tensor.__tensor_flatten__()
+            parts = [getattr(tensor, name) for name in names]
+        for part in parts:
+            if part.data_ptr() not in seen:
+                seen.add(part.data_ptr())
+                total += part.untyped_storage().nbytes()
+    return total
 
 
 def print_row(run: Run, baseline: Run) -> None:
     others = "n/a" if run.others_cores is None else f"{run.others_cores:.2f}"
     print(
-        f"  {run.label:<30} {run.new_tokens:>4} tok {run.seconds:7.2f} s {run.tokens_per_s:7.1f} tok/s"
+        f"  {run.label:<34} {run.new_tokens:>3} tok  TTFT {run.ttft_s:6.3f} s  {run.tokens_per_s:6.1f} tok/s"
         f"  {run.tokens_per_s / baseline.tokens_per_s:5.2f}x   others {others} cores"
     )
 
 
-def _common_prefix_words(first: str, second: str) -> int:
+def _same_words(first: str, second: str) -> int:
     count = 0
     for a, b in zip(first.split(), second.split()):
         if a != b:
@@ -164,59 +236,72 @@ def _common_prefix_words(first: str, second: str) -> int:
     return count
 
 
-def engine_overhead(engine: HFEngine, models_dir: Path) -> None:
-    list(engine.stream([{"role": "user", "content": "Hi"}], GenerationParams(temperature=0, max_new_tokens=4)))
-    raw_runs, engine_runs = [], []
-    for _ in range(REPEATS):  # interleaved, so a burst of load from other jobs hits both rows alike
-        raw_runs.append(raw_generate(engine, "raw model.generate"))
-        engine_runs.append(engine_stream(engine))
-    raw, streamed = best(raw_runs), best(engine_runs)
-    asked = ask_end_to_end(models_dir, streamed)
-    print("\nengine overhead (same model object, same ids and settings):")
-    for run in (raw, streamed, asked):
-        if run is not None:
-            print_row(run, raw)
-    ratio = streamed.tokens_per_s / raw.tokens_per_s
-    print(f"  engine / raw = {ratio:.3f} (target >= 0.97: {'met' if ratio >= 0.97 else 'NOT met'})")
-    same_ask = f", ask {asked.text == streamed.text.strip()}" if asked is not None else ""
-    print(f"  same greedy text as raw: engine {streamed.text == raw.text}{same_ask}")
-    if asked is not None:
-        print(f"  ask / raw = {asked.tokens_per_s / raw.tokens_per_s:.3f} (includes process start and model load)")
-
-
-def cpu_defaults(engine: HFEngine, models_dir: Path) -> None:
-    """float32 vs bfloat16 at the decoding thread count, then that thread count vs torch's default."""
-    default_threads = torch.get_num_threads()
-    engines = {engine.info().dtype: engine}
-    for dtype in ("float32", "bfloat16"):
-        if dtype not in engines:
-            engines[dtype] = HFEngine("default", models_dir, dtype=dtype)
-            engines[dtype].load()
-    runs: dict[str, list[Run]] = {}
-    for _ in range(REPEATS):
-        for dtype, each in engines.items():
-            runs.setdefault(dtype, []).append(engine_stream(each, f"{dtype}, threads={default_threads}"))
-    fp32, bf16 = best(runs["float32"]), best(runs["bfloat16"])
-    print(f"\nCPU dtype (HFEngine.stream, threads={default_threads}):")
-    print_row(fp32, fp32)
-    print_row(bf16, fp32)
-    agree = _common_prefix_words(fp32.text, bf16.text)
-    print(f"  greedy texts identical: {fp32.text == bf16.text} (first {agree} words agree)")
-    print(f"  default: {engine.info().dtype}")
-
+def speed_rows(engine: HFEngine, models_dir: Path, threads: int) -> None:
+    fp32 = load_model("default", models_dir=models_dir, dtype="float32").model
+    bf16 = load_model("default", models_dir=models_dir, dtype="bfloat16").model
+    rows = {
+        "fp32": hf_generate(fp32, engine, "HF generate, eager, float32"),
+        "bf16": hf_generate(bf16, engine, "HF generate, eager, bfloat16"),
+        "engine": engine_stream(engine, f"engine default ({engine.info().dtype}, {engine.quantization})"),
+    }
     all_cores = os.cpu_count() or 1
-    if all_cores == default_threads:
-        return
-    # One run each: with every core decoding, a busy machine can make a run take minutes.
-    fewer = engine_stream(engine, f"{engine.info().dtype}, threads={default_threads}")
-    torch.set_num_threads(all_cores)
-    try:
-        more = engine_stream(engine, f"{engine.info().dtype}, threads={all_cores}")
-    finally:
-        torch.set_num_threads(default_threads)
-    print(f"\nCPU threads ({engine.info().dtype}; the default {inference_threads()} leaves a core to everything else):")
-    print_row(fewer, fewer)
-    print_row(more, fewer)
+    if all_cores != threads:  # the evidence for the thread default (trainer.devices.inference_threads)
+        rows["engine-all-cores"] = with_threads(engine, all_cores, engine_stream(engine, f"engine default, {all_cores} threads"))
+    llama = llama_cpp_row(engine, threads)
+    if llama is not None:
+        rows["llama.cpp"] = llama
+    runs: dict[str, list[Run]] = {name: [] for name in rows}
+    for name, row in rows.items():  # warm-up: first calls allocate and fill caches
+        row()
+    for _ in range(REPEATS):  # interleaved, so a burst of load from other jobs hits every row alike
+        for name, row in rows.items():
+            runs[name].append(row())
+    best = {name: max(each, key=lambda run: run.tokens_per_s) for name, each in runs.items()}
+    print(f"\ndecode speed ({threads} thread(s), {NEW_TOKENS} new tokens, greedy, best of {REPEATS}):")
+    for run in best.values():
+        print_row(run, best["fp32"])
+    ratio = best["engine"].tokens_per_s / best["fp32"].tokens_per_s
+    print(f"  engine / HF eager float32 = {ratio:.2f}x (target >= 3: {'met' if ratio >= 3 else 'NOT met'})")
+    if "llama.cpp" in best:
+        print(f"  engine / llama.cpp = {best['engine'].tokens_per_s / best['llama.cpp'].tokens_per_s:.2f}x")
+    reference = best["fp32"].text
+    for name in ("bf16", "engine"):
+        text = best[name].text
+        print(f"  {name} greedy text identical to float32's: {text == reference} (first {_same_words(text, reference)}"
+              f" of {len(reference.split())} words agree)")
+
+    bandwidth = copy_bandwidth()
+    print(f"\nceiling: copy bandwidth {bandwidth:.1f} GB/s (read + write, {threads} thread(s)) / weights a token:")
+    for label, model in (("float32", fp32), ("bfloat16", bf16), (f"engine ({engine.quantization})", engine.loaded.model)):
+        size = weight_bytes(model)
+        print(f"  {label:<16} {size / 1e6:6.0f} MB a token -> {bandwidth * 1e9 / size:6.1f} tok/s")
+    if "llama.cpp" in best:
+        size = bundled_gguf().stat().st_size
+        print(f"  {'GGUF Q4_1':<16} {size / 1e6:6.0f} MB a token -> {bandwidth * 1e9 / size:6.1f} tok/s")
+
+
+def conversation_ttft(engine: HFEngine) -> None:
+    """TTFT on turn 1 and turn 10 of one conversation (the prompt cache re-uses the history), and turn 10 again with
+    the cache emptied first (the whole history encoded)."""
+    messages: list[dict] = []
+    params = GenerationParams(temperature=0, max_new_tokens=TURN_TOKENS)
+    engine.decoder.prompt_cache.clear()
+    stats: list[GenerationStats] = []
+    for question in TURNS:
+        messages.append({"role": "user", "content": question})
+        chunks = list(engine.stream(messages, params))
+        stats.append(chunks[-1])
+        messages.append({"role": "assistant", "content": "".join(c.text for c in chunks[:-1])})
+    last = messages[:-1]
+    engine.decoder.prompt_cache.clear()
+    uncached = list(engine.stream(last, params))[-1]
+    first, tenth = stats[0], stats[-1]
+    print(f"\ntime to first token across one conversation (engine default, {TURN_TOKENS}-token replies):")
+    print(f"  turn 1:  {first.ttft_s:6.3f} s  ({first.prompt_tokens} prompt tokens, none cached)")
+    print(f"  turn 10: {tenth.ttft_s:6.3f} s  ({tenth.prompt_tokens} prompt tokens, the history cached)")
+    print(f"  turn 10 without the prompt cache: {uncached.ttft_s:6.3f} s")
+    verdict = "met" if tenth.ttft_s <= first.ttft_s else "NOT met"
+    print(f"  turn 10 / turn 1 = {tenth.ttft_s / first.ttft_s:.2f} (target <= 1: {verdict})")
 
 
 def main() -> None:
@@ -225,17 +310,18 @@ def main() -> None:
     started = time.perf_counter()
     ensure_bundled(models_dir, progress=lambda what, _: print(f"  {what}", flush=True))
     print(f"bundled model in {models_dir / BUNDLED_DIR} (ready in {time.perf_counter() - started:.1f} s)")
+    load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     engine = HFEngine("default", models_dir)
     started = time.perf_counter()
     info = engine.load()
+    threads = engine.decode_threads()
     print(
-        f"smollm2 on {info.device} / {info.dtype} (the defaults), threads={torch.get_num_threads()}, loaded in "
-        f"{time.perf_counter() - started:.2f} s; prompt {engine.count_tokens(MESSAGES)} tokens, {NEW_TOKENS} new "
-        f"tokens greedy, best of {REPEATS}"
+        f"engine: smollm2 on {info.device}, {info.dtype}, quantize {info.extra['quantize']}, compile "
+        f"{info.extra['compile']}, {threads} thread(s), loaded in {time.perf_counter() - started:.1f} s; prompt "
+        f"{engine.count_tokens(MESSAGES)} tokens; load average {load_average:.1f} on {os.cpu_count()} cores"
     )
-    engine_overhead(engine, models_dir)
-    if info.device == "cpu":
-        cpu_defaults(engine, models_dir)
+    speed_rows(engine, models_dir, threads)
+    conversation_ttft(engine)
     print("\nnote: other processes' CPU use is shown per row; only rows measured alike compare well")
 
 

@@ -230,6 +230,222 @@ def test_cpu_decoding_uses_the_requested_thread_count(tmp_path: Path) -> None:
     try:
         engine = HFEngine(str(path), tmp_path, device="cpu", threads=1)
         assert engine.load().extra["threads"] == 1
-        assert torch.get_num_threads() == 1
+        seen: list[int] = []
+        original = engine.loaded.model.forward
+
+        def counting(*args, **kwargs):
+            seen.append(torch.get_num_threads())  # runs on the decode thread
+            return original(*args, **kwargs)
+
+        engine.loaded.model.forward = counting
+        run(engine, ask("hi"), GenerationParams(temperature=0, max_new_tokens=3))
+        assert seen and set(seen) == {1}
     finally:
         torch.set_num_threads(before)
+
+
+# --- the decode loop against transformers' generate, prompt caching, the compiled step, int4, CLI flags ---
+
+# Greedy, with a penalty strong enough to keep a random tiny model from repeating one token; and seeded sampling.
+VARIED = GenerationParams(temperature=0, max_new_tokens=16, repetition_penalty=5.0)
+SAMPLED = GenerationParams(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=16, repetition_penalty=1.0, seed=3)
+
+
+@pytest.fixture(scope="module")
+def chat_engine(tmp_path_factory: pytest.TempPathFactory) -> HFEngine:
+    """A tiny model with room for a few turns (tiny_engine's 64 tokens drop old turns at once)."""
+    path = save_tiny_model(tmp_path_factory.mktemp("tiny-chat") / "model", context=512)
+    engine = HFEngine(str(path), Path("/nonexistent-models-dir"), device="cpu", dtype="float32")
+    engine.load()
+    return engine
+
+
+def generate_reference(engine: HFEngine, messages: list[dict], params: GenerationParams) -> str:
+    """What transformers' generate decodes for the same ids and settings."""
+    ids = engine.prompt_ids(messages)
+    with torch.inference_mode():
+        output = engine.loaded.model.generate(
+            input_ids=torch.tensor([ids]), generation_config=engine.generation_config(params, params.max_new_tokens)
+        )
+    return engine.loaded.tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
+
+
+def test_greedy_decoding_matches_transformers_generate(tiny_engine: HFEngine) -> None:
+    for prompt in ("hello world", "the quick brown fox", "What is the capital of France?"):
+        deltas, _ = run(tiny_engine, ask(prompt), VARIED)
+        # A random model emits stray bytes: the stream drops a character left incomplete at the end, decode() does not.
+        assert "".join(deltas) == generate_reference(tiny_engine, ask(prompt), VARIED).rstrip("\ufffd"), prompt
+
+
+def conversation(engine: HFEngine, questions: list[str], params: GenerationParams) -> list[tuple[str, int]]:
+    """Each turn's reply and how many prompt tokens the cache supplied."""
+    messages: list[dict] = []
+    turns = []
+    for question in questions:
+        messages.append({"role": "user", "content": question})
+        deltas, _ = run(engine, messages, params)
+        turns.append(("".join(deltas), engine.decoder.reused))
+        messages.append({"role": "assistant", "content": "".join(deltas)})
+    return turns
+
+
+def uncached(engine: HFEngine, messages: list[dict], params: GenerationParams) -> str:
+    engine.decoder.prompt_cache.clear()
+    return "".join(run(engine, messages, params)[0])
+
+
+@pytest.mark.parametrize("params", [VARIED, SAMPLED], ids=["greedy", "sampled"])
+def test_prompt_cache_reuses_the_history_and_changes_nothing(chat_engine: HFEngine, params) -> None:
+    questions = ["hello world", "the quick brown fox", "jumps over the lazy dog", "what is the capital of France?"]
+    chat_engine.decoder.prompt_cache.clear()
+    turns = conversation(chat_engine, questions, params)
+    assert all(len(set(reply)) > 3 for reply, _ in turns)  # real replies, not one token repeated
+    messages: list[dict] = []
+    for index, (question, (reply, reused)) in enumerate(zip(questions, turns)):
+        if index:
+            assert reused >= len(chat_engine.prompt_ids(messages[:-1])) - 1  # the history came from the cache
+        messages.append({"role": "user", "content": question})
+        assert reply == uncached(chat_engine, messages, params)
+        messages.append({"role": "assistant", "content": reply})
+
+
+def test_prompt_cache_after_an_edit_and_a_regenerate(chat_engine: HFEngine) -> None:
+    messages = [
+        {"role": "user", "content": "hello world"},
+        {"role": "assistant", "content": "the lazy dog"},
+        {"role": "user", "content": "the quick brown fox"},
+    ]
+    chat_engine.decoder.prompt_cache.clear()
+    first = "".join(run(chat_engine, messages, SAMPLED)[0])
+    regenerated = "".join(run(chat_engine, messages, SAMPLED)[0])  # the same prompt again (/retry)
+    assert regenerated == first
+    assert chat_engine.decoder.reused == len(chat_engine.prompt_ids(messages)) - 1
+    edited = [{"role": "user", "content": "hello there"}, *messages[1:]]  # an earlier message changed
+    after_edit = "".join(run(chat_engine, edited, SAMPLED)[0])
+    before_edit = chat_engine.decoder.reused
+    assert 0 < before_edit < len(chat_engine.prompt_ids(edited[:1]))  # encoding restarted inside the first message
+    assert after_edit == uncached(chat_engine, edited, SAMPLED)
+
+
+def test_prompt_cache_stays_right_when_old_turns_are_dropped(tiny_engine: HFEngine) -> None:
+    messages: list[dict] = []
+    tiny_engine.decoder.prompt_cache.clear()
+    dropped = []
+    for turn in range(5):
+        messages.append({"role": "user", "content": f"question {turn} about the fox"})
+        deltas, stats = run(tiny_engine, messages, SAMPLED)
+        dropped.append(stats.dropped_messages)
+        reply = "".join(deltas)
+        assert reply == uncached(tiny_engine, messages, SAMPLED)
+        messages.append({"role": "assistant", "content": reply})
+    assert dropped[0] == 0 and dropped[-1] > dropped[-2] > 0  # the kept part's start moved turn after turn
+
+
+@pytest.mark.slow  # compiling even a tiny model takes 20-60 s of CPU here
+def test_compiled_step_matches_eager_and_never_blocks_the_first_reply(tmp_path: Path) -> None:
+    path = save_tiny_model(tmp_path / "model", context=64)
+    eager = HFEngine(str(path), tmp_path, device="cpu", dtype="float32", compile=False)
+    compiled = HFEngine(str(path), tmp_path, device="cpu", dtype="float32", compile=True)
+    eager.load()
+    assert compiled.load().extra["compile"] in ("warming", "ready")
+    expected = "".join(run(eager, ask("hello world"), VARIED)[0])
+    started = time.perf_counter()
+    first = "".join(run(compiled, ask("hello world"), VARIED)[0])  # eager step while the compile runs
+    assert time.perf_counter() - started < 5
+    compiled.decoder.warm_up(64, wait=True)
+    assert compiled.info().extra["compile"] == "ready"
+    again = "".join(run(compiled, ask("the quick brown fox"), VARIED)[0])
+    assert first == expected
+    assert again == "".join(run(eager, ask("the quick brown fox"), VARIED)[0])
+
+
+def test_quantization_and_compile_defaults() -> None:
+    from trainer.devices import pick_compile, pick_quantization
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert pick_quantization(cpu, torch.bfloat16) == "int4"
+    assert pick_quantization(cpu, torch.float32) == "none"
+    assert pick_quantization(cuda, torch.bfloat16) == "none"
+    assert pick_quantization(cpu, torch.bfloat16, "none") == "none"
+    with pytest.raises(ValueError, match="needs bfloat16"):
+        pick_quantization(cpu, torch.float32, "int4")
+    with pytest.raises(ValueError, match="CPU only"):
+        pick_quantization(cuda, torch.bfloat16, "int4")
+    with pytest.raises(ValueError, match="choose one of none, int4"):
+        pick_quantization(cpu, torch.bfloat16, "int3")
+    assert pick_compile(cuda) and not pick_compile(cpu)
+    assert pick_compile(cpu, True) and not pick_compile(cuda, False)
+
+
+def test_int4_engine_on_a_tiny_model(tmp_path: Path) -> None:
+    path = save_tiny_model(tmp_path / "model", context=64)
+    engine = HFEngine(str(path), tmp_path, device="cpu", dtype="bfloat16")
+    assert engine.load().extra["quantize"] == "int4"
+    projection = engine.loaded.model.model.layers[0].mlp.down_proj.weight
+    assert type(projection).__name__ == "Int4OpaqueTensor"
+    assert type(engine.loaded.model.lm_head.weight) is torch.nn.Parameter  # the output projection stays bf16
+    deltas, stats = run(engine, ask("hello world"), VARIED)
+    assert stats.new_tokens == 16 and "".join(deltas)
+    bad = HFEngine(str(path), tmp_path, device="cpu", dtype="float32", quantize="int4")
+    with pytest.raises(EngineError, match="needs bfloat16"):
+        bad.load()
+
+
+def test_engine_flags_reach_the_engine(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tui_chat.cli import CliContext, main
+    from sessions import Store, memory_database
+
+    from .fakes import FakeEngine
+
+    opened: list[dict] = []
+
+    def open_fake(spec: str, home: DataHome, **options) -> FakeEngine:
+        opened.append(options)
+        return FakeEngine(["hi"], name=spec)
+
+    context = CliContext(DataHome(tmp_path), _store=Store(memory_database()), open_engine=open_fake)
+    arguments = ["--quantize", "none", "--no-compile", "ask", "--compile", "--dtype", "bf16", "hello", "--no-save"]
+    result = CliRunner().invoke(main, arguments, obj=context)
+    assert result.exit_code == 0, result.output
+    assert opened == [{"quantize": "none", "compile": True, "dtype": "bf16"}]  # the command's own flags win
+
+
+@pytest.mark.slow
+def test_bundled_default_answers_stay_close_to_float32(bundled_engine: HFEngine, bundled_models_dir: Path) -> None:
+    """The default (bfloat16 + int4 on CPU) against float32 without quantization, greedy. Tolerance, measured: most
+    answers identical, every answer's opening identical, then int4 may pick other words."""
+    reference = HFEngine("default", bundled_models_dir, dtype="float32", quantize="none")
+    reference.load()
+    params = GenerationParams(temperature=0, max_new_tokens=24)
+    tokenizer = reference.loaded.tokenizer
+    identical = 0
+    prompts = ["What is the capital of France?", "Who wrote Romeo and Juliet?", "List three primary colors.",
+               "Translate 'good morning' into Spanish.", "Explain photosynthesis in one sentence."]
+    for prompt in prompts:
+        expected = "".join(run(reference, ask(prompt), params)[0])
+        got = "".join(run(bundled_engine, ask(prompt), params)[0])
+        identical += got == expected
+        opening = tokenizer(expected, add_special_tokens=False)["input_ids"][:5]
+        assert tokenizer(got, add_special_tokens=False)["input_ids"][:5] == opening, (prompt, got, expected)
+        if "France" in prompt:
+            assert got == expected == "The capital of France is Paris."
+    assert identical >= 3, identical
+
+
+@pytest.mark.slow
+def test_bundled_prompt_cache_matches_uncached_across_turns(bundled_engine: HFEngine) -> None:
+    params = GenerationParams(temperature=0, max_new_tokens=12)
+    questions = ["What is the capital of France?", "And of Germany?", "Name a famous museum there."]
+    bundled_engine.decoder.prompt_cache.clear()
+    turns = conversation(bundled_engine, questions, params)
+    messages: list[dict] = []
+    for question, (reply, reused) in zip(questions, turns):
+        messages.append({"role": "user", "content": question})
+        assert reply == uncached(bundled_engine, messages, params)
+        messages.append({"role": "assistant", "content": reply})
+    assert turns[-1][1] > 40  # the third turn took the first two from the cache
+    edited = [{"role": "user", "content": "What is the capital of Italy?"}, *messages[1:-1]]
+    cached_after_edit = "".join(run(bundled_engine, edited, params)[0])
+    assert cached_after_edit == uncached(bundled_engine, edited, params)

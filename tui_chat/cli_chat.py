@@ -16,9 +16,9 @@ import click
 from sessions import Store, StoreError, memory_database
 
 from .chat_session import ChatError, ChatSession, EngineLoader
-from .cli import CliContext, pass_context
+from .cli import CliContext, engine_options, pass_context
 from .commands import CommandError
-from .generation import EngineError, EngineFactory, GenerationStats, TextDelta
+from .generation import EngineError, GenerationStats, TextDelta
 
 EXIT_INTERRUPTED = 130  # the shell's code for "ended by Ctrl+C" (128 + SIGINT)
 
@@ -57,10 +57,8 @@ def chat_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="Continue conversation ID (its model, system prompt and settings apply unless overridden).",
         ),
         click.option("-c", "--continue", "continue_latest", is_flag=True, help="Continue the newest conversation."),
-        click.option("--device", help="cuda, cuda:N, mps or cpu. Default: the best available."),
-        click.option("--dtype", help="float32, bfloat16 or float16. Default: the fastest measured for the device."),
-        click.option("--trust-remote-code", is_flag=True, help="Allow a Hub model to run its own Python code."),
     ]
+    command = engine_options(command)  # listed after these in --help
     for option in reversed(options):
         command = option(command)
     return command
@@ -73,12 +71,6 @@ def user_errors() -> Iterator[None]:
         yield
     except (ChatError, CommandError, EngineError, StoreError) as exc:
         raise click.ClickException(str(exc)) from exc
-
-
-def engine_factory(ctx: CliContext, options: dict[str, Any]) -> EngineFactory:
-    """Model spec -> unloaded engine, with this command's device/dtype/trust options."""
-    device, dtype, trust = options["device"], options["dtype"], options["trust_remote_code"]
-    return lambda spec: ctx.open_engine(spec, ctx.home, device=device, dtype=dtype, trust_remote_code=trust)
 
 
 def copy_conversation(source: Store, target: Store, conversation_id: int) -> int:
@@ -97,7 +89,7 @@ def copy_conversation(source: Store, target: Store, conversation_id: int) -> int
 
 def open_session(ctx: CliContext, store: Store, options: dict[str, Any], load_engine: EngineLoader) -> ChatSession:
     """A ChatSession on ``store`` from the command's options: the conversation to continue, then the overrides."""
-    session = ChatSession(store, engine_factory(ctx, options), load_engine=load_engine)
+    session = ChatSession(store, ctx.engine_factory(options), load_engine=load_engine)
     if options["conversation_id"] is not None and options["continue_latest"]:
         raise click.UsageError("use --conversation ID or --continue, not both")
     conversation_id = options["conversation_id"]

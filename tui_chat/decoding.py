@@ -160,8 +160,9 @@ class Decoder:
             mode = "reduce-overhead" if device.type == "cuda" else None
             self.compiled_step = torch.compile(self._step, fullgraph=True, dynamic=False, mode=mode)
         self.compile_state = "on" if compile else "off"  # off | on | warming | ready | failed: why
+        self.reused = 0  # prompt tokens the last reply took from the cache instead of encoding them
         self._compiled: set[int] = set()  # static capacities whose compiled step is ready
-        self._warming: set[int] = set()
+        self._compiling: dict[int, threading.Thread] = {}  # capacity -> the thread compiling for it
         self._warm_lock = threading.Lock()
 
     def _step(self, token: torch.Tensor, position: torch.Tensor, cache: Any) -> torch.Tensor:
@@ -191,7 +192,7 @@ class Decoder:
         cache = self.prompt_cache
         try:
             with torch.inference_mode():
-                start = cache.prepare(ids, max_new_tokens)
+                start = self.reused = cache.prepare(ids, max_new_tokens)
                 step = self._step_for(cache.capacity)
                 logits = self._prefill(ids[start:], start)
                 cache.ids = list(ids)
@@ -220,19 +221,20 @@ class Decoder:
         return self._step
 
     def warm_up(self, capacity: int | None = None, *, wait: bool = False) -> None:
-        """Compile the decode step for a static cache of ``capacity`` positions in a background thread (no-op when
-        compiling is off, failed before, or is done or under way for that capacity). ``wait`` blocks until done."""
+        """Compile the decode step for a static cache of ``capacity`` positions (default: the first capacity) in a
+        background thread; a no-op when compiling is off or failed, or is done or under way for that capacity.
+        ``wait`` blocks until that compile has finished."""
         if self.compiled_step is None or self.compile_state.startswith("failed"):
             return
         capacity = capacity or static_capacity(1, self.prompt_cache.context_limit)
         with self._warm_lock:
-            if capacity in self._compiled or capacity in self._warming:
-                return
-            self._warming.add(capacity)
-            self.compile_state = "warming"
-        thread = threading.Thread(target=self._compile, args=(capacity,), name="compile-decode-step", daemon=True)
-        thread.start()
-        if wait:
+            thread = self._compiling.get(capacity)
+            if thread is None and capacity not in self._compiled:
+                thread = threading.Thread(target=self._compile, args=(capacity,), name="compile-decode", daemon=True)
+                self._compiling[capacity] = thread
+                self.compile_state = "warming"
+                thread.start()
+        if wait and thread is not None:
             thread.join()
 
     def _compile(self, capacity: int) -> None:
@@ -249,10 +251,10 @@ class Decoder:
                     self.compiled_step(token, torch.tensor([[position]], device=self.device), scratch)
         except Exception as exc:  # no C++ compiler, an unsupported model: replies stay on the eager step
             with self._warm_lock:
-                self._warming.discard(capacity)
+                del self._compiling[capacity]
                 self.compile_state = f"failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
             return
         with self._warm_lock:
-            self._warming.discard(capacity)
+            del self._compiling[capacity]
             self._compiled.add(capacity)
-            self.compile_state = "warming" if self._warming else "ready"
+            self.compile_state = "warming" if self._compiling else "ready"

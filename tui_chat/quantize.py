@@ -10,9 +10,6 @@ dtype: at int4 it turned "The capital of France is Paris." into a wrong answer.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -20,27 +17,12 @@ import torch
 GROUP_SIZE = 32  # weights sharing one scale and zero point, along the input dimension (as in GGUF Q4_1)
 
 
-@contextmanager
-def quiet_torchao_import() -> Iterator[None]:
-    """torchao warns at import about CUDA-only kernels a CPU build cannot load, and torch about enum registrations:
-    noise on a chat terminal, nothing a user can act on."""
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
 def quantize_int4(model: Any) -> int:
     """Replace the weights of ``model``'s linear layers (all but the output projection) with int4 ones in place;
     returns how many layers changed. The model must be on CPU in bfloat16."""
-    with quiet_torchao_import():
-        from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
-        from torchao.quantization import quantize_
+    # Already imported (quietly) by transformers while loading the model: torchao warns at import time.
+    from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+    from torchao.quantization import quantize_
 
     output = model.get_output_embeddings()
     chosen: list[str] = []
