@@ -134,9 +134,6 @@ class HFEngine:
                     quantization = pick_quantization(loaded.device, loaded.dtype, self.quantize)
                 except (ModelError, ValueError) as exc:
                     raise EngineError(str(exc)) from exc
-                if loaded.device.type == "cpu":
-                    # torch's thread count is process-wide: see inference_threads for why decoding uses fewer.
-                    torch.set_num_threads(self.threads or inference_threads())
                 if quantization == "int4":
                     if progress is not None:
                         progress(f"quantizing {self.name} to int4", None)
@@ -175,7 +172,7 @@ class HFEngine:
             context_limit=loaded.context_limit,
             extra={
                 "source": loaded.source,
-                "threads": torch.get_num_threads(),
+                "threads": self.decode_threads(),
                 "quantize": self.quantization,
                 "compile": decoder.compile_state,
             },
@@ -242,6 +239,12 @@ class HFEngine:
             bos_token_id=loaded.model.generation_config.bos_token_id,
         )
 
+    def decode_threads(self) -> int:
+        """Intra-op threads a reply decodes with (``threads``, else trainer.devices.inference_threads on CPU)."""
+        if self.loaded.device.type == "cpu":
+            return self.threads or inference_threads()
+        return torch.get_num_threads()
+
     def _serve(self) -> None:
         """The decode thread: runs one reply job after another for the engine's lifetime."""
         while True:
@@ -289,6 +292,10 @@ class HFEngine:
         """One reply, on the decode thread: tokens -> text deltas into ``reply.deltas``, then _DONE."""
         loaded = self.loaded
         try:
+            if loaded.device.type == "cpu":
+                # Set on this thread: an OpenMP thread keeps the count it started with. See inference_threads for
+                # why decoding leaves a core free.
+                torch.set_num_threads(self.decode_threads())
             text = TextDeltas(loaded.tokenizer)
             choose = Sampler(params, ids, max_new, loaded.device)
             tokens = self.decoder.tokens(ids, max_new, choose)
