@@ -449,3 +449,17 @@ def test_bundled_prompt_cache_matches_uncached_across_turns(bundled_engine: HFEn
     edited = [{"role": "user", "content": "What is the capital of Italy?"}, *messages[1:-1]]
     cached_after_edit = "".join(run(bundled_engine, edited, params)[0])
     assert cached_after_edit == uncached(bundled_engine, edited, params)
+
+
+def test_a_dropped_engine_ends_its_decode_thread(tmp_path: Path) -> None:
+    import gc
+
+    path = save_tiny_model(tmp_path / "model", context=64)
+    engine = HFEngine(str(path), tmp_path, device="cpu", dtype="float32", compile=False)
+    engine.load()
+    run(engine, ask("hello"), GREEDY)
+    (thread,) = [t for t in threading.enumerate() if t.name == f"decode-{engine.name}"]
+    del engine
+    gc.collect()
+    thread.join(timeout=5)
+    assert not thread.is_alive()  # switching models does not keep the old one in memory

@@ -13,6 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ class HFEngine:
         self._decoder: Decoder | None = None
         self._load_lock = threading.Lock()
         self._generate_lock = threading.Lock()  # one reply at a time: the model's KV cache is shared
-        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._stop_ids: list[int] = []
 
     @property
@@ -143,7 +144,8 @@ class HFEngine:
                 self._stop_ids = _end_of_turn_ids(loaded)
                 compile = pick_compile(loaded.device, self.compile)
                 self._decoder = Decoder(loaded.model, loaded.device, loaded.context_limit, compile=compile)
-                threading.Thread(target=self._serve, name=f"decode-{self.name}", daemon=True).start()
+                threading.Thread(target=_serve, args=(self._jobs,), name=f"decode-{self.name}", daemon=True).start()
+                weakref.finalize(self, self._jobs.put, None)  # a dropped engine (a model switch) ends its thread
                 self._decoder.warm_up()
                 self._loaded = loaded
         return self.info()
@@ -245,11 +247,6 @@ class HFEngine:
             return self.threads or inference_threads()
         return torch.get_num_threads()
 
-    def _serve(self) -> None:
-        """The decode thread: runs one reply job after another for the engine's lifetime."""
-        while True:
-            self._jobs.get()()
-
     def stream(
         self, messages: list[dict[str, str]], params: GenerationParams, stop: threading.Event | None = None
     ) -> Iterator[Chunk]:
@@ -323,6 +320,17 @@ class HFEngine:
         finally:
             reply.deltas.put(_DONE)
             reply.finished.set()
+
+
+def _serve(jobs: queue.Queue[Callable[[], None] | None]) -> None:
+    """The decode thread: runs one reply job after another until it gets None. It holds no reference to the engine
+    between jobs, so the engine can be garbage collected (which sends the None)."""
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        job()
+        del job
 
 
 class _Reply:
