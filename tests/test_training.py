@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sessions import Store, memory_database
+from trainer.config import DEFAULT_LR
 from trainer.home import DataHome
 from tui_chat.training.errors import TrainingError
 from tui_chat.training.estimate import (
@@ -60,10 +61,11 @@ def plan(store: Store, home: DataHome, *argv: str):
 
 
 def test_options_pass_the_changed_trainer_settings_on_and_keep_the_chats_own() -> None:
-    options = parse_train_options(["--epochs", "3", "--method", "full", "--base", "my-run", "--lora-r", "8", "-y"])
+    options = parse_train_options(["--epochs", "5", "--method", "full", "--base", "my-run", "--lora-r", "8", "-y"])
     assert options.base == "my-run" and options.yes
-    assert options.config.epochs == 3 and options.config.method == "full"
-    assert options.trainer_args == ("--method", "full", "--lora-r", "8")  # --epochs 3 is the default
+    assert options.config.epochs == 5 and options.config.method == "full"
+    assert options.trainer_args == ("--method", "full", "--lora-r", "8", "--epochs", "5.0")
+    assert parse_train_options(["--lora-r", "16"]).trainer_args == ()  # 16 is the default: nothing to pass on
     assert parse_train_options([]).trainer_args == ()
 
 
@@ -100,7 +102,7 @@ def test_preview_counts_what_is_trained_on_and_what_is_left_out(store: Store, ho
     assert data.left_out["excluded"] == 1 and data.left_out["thumbs_down"] == 1 and data.left_out["unfinished"] == 1
     assert data.tokens > data.assistant_tokens > 0 and data.token_note == ""  # the tiny model's own tokenizer
     assert data.over_long == 0
-    assert previewed.total_steps == 3 and previewed.method == "lora" and previewed.lr == 3e-4
+    assert previewed.total_steps == 3 and previewed.method == "lora" and previewed.lr == DEFAULT_LR["lora"]
     text = "\n".join(previewed.preview_lines())
     assert "Train on: 10 conversations (9 to train on, 1 held out to measure it), 20 messages" in text
     assert "1 conversation excluded from training" in text and "1 reply rated thumbs-down" in text
@@ -223,6 +225,15 @@ def test_a_run_is_recorded_launched_followed_and_finished(store: Store, home: Da
     summary = finish_summary(stored)
     assert "validation perplexity 12.50 -> 8.25, BLEU 3.0 -> 9.5, ROUGE-L 0.100 -> 0.250" in summary
     assert summary.endswith(f"Chat with it: /model {run.name}")
+
+
+def test_the_summary_tells_retention_and_its_warning(store: Store) -> None:
+    run = store.create_training_run("r", base_model="smollm2")
+    retention = {"retention": 0.75, "facts_kept": 15, "facts_total": 20, "warning": "retention 75% is below 90%"}
+    run = store.update_training_run(run.id, status="finished", metrics={**done_event()["metrics"], "retention": retention})
+    summary = finish_summary(run)
+    assert "ROUGE-L 0.100 -> 0.250, retention 75% (15/20 general facts kept). Warning: retention 75% is below 90%" \
+        in summary
 
 
 def test_a_trainer_error_line_fails_the_run(store: Store, home: DataHome) -> None:

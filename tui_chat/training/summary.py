@@ -63,12 +63,25 @@ def _eval_change(metrics: dict[str, Any], key: str, label: str, digits: int) -> 
     return f"{label} {before[key]:.{digits}f} -> {new}" if before.get(key) is not None else f"{label} {new}"
 
 
+def _retention(metrics: dict[str, Any]) -> str | None:
+    """``retention 95% (19/20 general facts kept)``: how much of what the base model knew the run kept."""
+    retention = metrics.get("retention")
+    if not isinstance(retention, dict) or retention.get("retention") is None:
+        return None
+    text = f"retention {retention['retention']:.0%}"
+    if retention.get("facts_total"):
+        text += f" ({retention['facts_kept']}/{retention['facts_total']} general facts kept)"
+    return text
+
+
 def metrics_text(metrics: dict[str, Any]) -> str:
-    """``validation perplexity 12.30 -> 8.10, BLEU 3.2 -> 10.5, ROUGE-L 0.120 -> 0.250`` (what the run measured)."""
+    """``validation perplexity 12.30 -> 8.10, BLEU 3.2 -> 10.5, ROUGE-L 0.120 -> 0.250, retention 95% (...)``:
+    what the run measured."""
     parts = [
         _eval_change(metrics, "val_ppl", "validation perplexity", 2),
         _eval_change(metrics, "bleu", "BLEU", 1),
         _eval_change(metrics, "rouge_l", "ROUGE-L", 3),
+        _retention(metrics),
     ]
     return ", ".join(part for part in parts if part)
 
@@ -81,8 +94,9 @@ def finish_summary(run: TrainingRun) -> str:
         took = f" in {duration(took)}" if took else ""
         measured = metrics_text(metrics)
         steps = f" ({metrics['steps']} steps)" if metrics.get("steps") else ""
+        warning = (metrics.get("retention") or {}).get("warning")
         return (f"{run.name} finished{took}{steps}" + (f": {measured}" if measured else "")
-                + f". Chat with it: /model {run.name}")
+                + (f". Warning: {warning}" if warning else "") + f". Chat with it: /model {run.name}")
     if run.status == "failed":
         return f"{run.name} failed: {run.error or 'no reason recorded'}. Log: {run.log_path}"
     if run.status == "cancelled":

@@ -36,8 +36,9 @@ class RunRow(Vertical):
         height: auto;
         padding: 0 1;
         & .run-line { height: auto; }
-        & .run-name { width: 1fr; text-style: bold; }
-        & .run-progress { width: 30; }
+        & .run-name { width: auto; text-style: bold; margin: 0 2 0 0; }
+        & .run-progress { width: 1fr; }
+        & .run-progress Bar { width: 1fr; }
         & .run-loss { width: 24; height: 1; margin: 0 1 0 0; }
         & .run-stats { width: 1fr; color: $text-muted; }
         & .run-summary { width: 1fr; height: auto; }
@@ -55,7 +56,7 @@ class RunRow(Vertical):
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="run-line"):
-            yield Label(f"training {self.run.name}", classes="run-name")
+            yield Label(self.run.name, classes="run-name")
             yield ProgressBar(total=None, show_eta=False, classes="run-progress")
             yield Button("Cancel", variant="error", compact=True, classes="run-cancel")
         with Horizontal(classes="run-line"):
