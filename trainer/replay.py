@@ -1,0 +1,138 @@
+"""Replay: general conversations answered by the base model itself, mixed into fine-tuning so it keeps what it knew.
+
+Why: a few dozen conversations trained for several epochs pull every answer towards them. Measured on the bundled
+135M model (issue 8): 20 conversations teaching 4 made-up facts, 8 epochs, and "What is the capital of France?"
+came back as "Quenthal is the capital of the French region..." (full fine-tune and LoRA alike). With 20 general
+prompts answered greedily by the base model mixed in, the facts were still learned and France stayed Paris: the
+replayed answers are already the model's own most likely text, so their loss is near zero unless training moves the
+model away from them, and then their gradient pulls it back. It costs some training time and, once per base model,
+the time to generate the answers (cached in the data home, see ``base_answers.py``).
+
+The prompts ship in ``trainer/data/replay_prompts.jsonl`` (a few hundred short general prompts: facts, science,
+history, maths, code, advice, definitions, writing; about a fifth Chinese). They are replayed in a fixed shuffled
+order, so any prefix mixes every kind. A reply the model did not finish within ``REPLAY_MAX_NEW_TOKENS`` is cut
+after its last full sentence (training on a reply cut mid-word would teach the model to stop mid-word); a reply
+that loops on itself is left out (it would teach the loop).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .base_answers import Answer, AnswerSettings, Prompt, base_answers, load_prompt_set
+from .data import Conversation, read_jsonl
+
+REPLAY_FILE = "replay.jsonl"  # in the run dir: the replay conversations the run trained on
+REPLAY_MAX_NEW_TOKENS = 96  # per replayed answer: most short answers finish; longer ones are cut at a sentence
+REPLAY_ORDER_SEED = 8  # the fixed shuffle of the prompt set
+SPARE = 1.25  # answers generated per replay conversation wanted: some are unusable (loops, no full sentence)
+MAX_ROUNDS_FACTOR = 2  # never generate more than 2x the first ask: a model that rarely ends a sentence gets less
+# Replay conversations per user conversation, and bounds (see default_replay_count).
+REPLAY_RATIO = 1.0
+MIN_REPLAY = 16
+MAX_REPLAY = 64
+# A sentence ends at . ! ? before a space or the end, at CJK 。！？ anywhere, or at a blank line.
+_SENTENCE_END = re.compile(r"[.!?](?=[\s\"'”’)]|$)|[。！？]|\n\n")
+
+
+def replay_prompts() -> list[Prompt]:
+    """The shipped replay prompts in their fixed shuffled order."""
+    prompts = load_prompt_set("replay")
+    random.Random(REPLAY_ORDER_SEED).shuffle(prompts)
+    return prompts
+
+
+def default_replay_count(n_conversations: int) -> int:
+    """Replay conversations to mix into ``n_conversations`` user conversations.
+
+    One replayed per user conversation (the measured 1:1 mix kept general knowledge with 20 user conversations),
+    at least ``MIN_REPLAY`` so a tiny dataset still gets a varied anchor, and at most ``MAX_REPLAY``: beyond that
+    the answers cost more to generate (once) and train on (every epoch) than a large dataset, whose own variety
+    already limits the drift, needs.
+    """
+    return max(MIN_REPLAY, min(MAX_REPLAY, round(REPLAY_RATIO * n_conversations)))
+
+
+def _is_loop(text: str) -> bool:
+    """Whether the text repeats itself: under half of its word (or character) trigrams are distinct."""
+    tokens = re.findall(r"\w+", text) if " " in text else list(text)
+    trigrams = [tuple(tokens[i : i + 3]) for i in range(len(tokens) - 2)]
+    return len(trigrams) >= 12 and len(set(trigrams)) < len(trigrams) / 2
+
+
+def usable_reply(answer: Answer) -> str | None:
+    """The reply to train on: whole if finished, else cut after its last full sentence; None if unusable."""
+    text = answer.reply.strip()
+    if not answer.finished:
+        ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+        text = text[: ends[-1]].strip() if ends else ""
+    if not text or _is_loop(text):
+        return None
+    return text
+
+
+def replay_conversations(
+    model: Any,
+    tokenizer: Any,
+    count: int,
+    cache_dir: Path,
+    *,
+    bf16: bool,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """``count`` replay conversations (``{"messages": [user, assistant]}``) answered by ``model``, the base model.
+
+    No system message: the chat template adds its default one, as it does in chat and for the user's data.
+    Fewer than ``count`` come back only when the model's answers are rarely usable (see ``MAX_ROUNDS_FACTOR``).
+    """
+    if count <= 0:
+        return []
+    prompts = replay_prompts()
+    settings = AnswerSettings(max_new_tokens=REPLAY_MAX_NEW_TOKENS, bf16=bf16)
+    asked = min(len(prompts), int(count * SPARE) + 1)
+    limit = min(len(prompts), asked * MAX_ROUNDS_FACTOR)
+    while True:
+        answers = base_answers(model, tokenizer, "replay", prompts, settings, cache_dir, count=asked, progress=progress)
+        usable = [(a.prompt, reply) for a in answers if (reply := usable_reply(a)) is not None]
+        if len(usable) >= count or asked >= limit:
+            break
+        asked = min(limit, asked * 2)  # doubling: a model with few usable answers costs a few rounds
+    return [
+        {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]}
+        for prompt, reply in usable[:count]
+    ]
+
+
+def write_conversations(path: Path, conversations: Sequence[dict[str, Any]]) -> Path:
+    """Write ``messages`` JSONL (the run dir keeps the replay data it trained on)."""
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with temp.open("w", encoding="utf-8") as handle:
+        for conversation in conversations:
+            handle.write(json.dumps(conversation, ensure_ascii=False) + "\n")
+    os.replace(temp, path)
+    return path
+
+
+def replay_for_run(
+    model: Any,
+    tokenizer: Any,
+    count: int,
+    cache_dir: Path,
+    *,
+    bf16: bool,
+    resume_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Conversation]:
+    """The replay conversations of a run, as training conversations: those ``resume_dir`` trained on when it holds
+    them (a resumed run must see the same data), else ``count`` fresh ones from ``model`` (the base model)."""
+    if resume_dir is not None and (resume_dir / REPLAY_FILE).is_file():
+        return read_jsonl(resume_dir / REPLAY_FILE).conversations
+    records = replay_conversations(model, tokenizer, count, cache_dir, bf16=bf16, progress=progress)
+    return [
+        Conversation(tuple(r["messages"]), f"replay:{i + 1}", "train") for i, r in enumerate(records)
+    ]
