@@ -22,6 +22,7 @@ from trainer.batching import Collator
 from trainer.chat_template import ensure_chat_template
 from trainer.config import SFTConfig
 from trainer.data import Conversation
+from trainer.loss import TokenLossModel, summed_token_loss
 from trainer.models import load_model
 from trainer.progress import ProgressReporter
 from trainer.render import render_conversations
@@ -98,9 +99,32 @@ def test_loss_is_normalised_over_the_whole_accumulation_step(tiny_dir: Path) -> 
     grads = []
     for group in ([collate(examples)], [collate(examples[:1]), collate(examples[1:])]):
         model = AutoModelForCausalLM.from_pretrained(tiny_dir)
-        backward_step(accelerator, model, group, torch.enable_grad)
+        backward_step(accelerator, TokenLossModel(model), group, torch.enable_grad)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_output_layer_shortcut_gives_the_full_forward_loss(tmp_path: Path, arch: str) -> None:
+    """Only assistant positions go through the output layer; the loss and gradients equal those of the plain
+    forward (all logits, then the mask)."""
+    model = AutoModelForCausalLM.from_pretrained(save_tiny_model(tmp_path / arch, arch=arch))
+    tokenizer = ensure_chat_template(tiny_tokenizer())
+    conversations = [Conversation(tuple(r["messages"]), "x") for r in chat_lines(3, seed=5)]
+    batch = Collator(tokenizer.pad_token_id)(render_conversations(tokenizer, conversations, None).examples)
+    fast, count = summed_token_loss(model, batch)
+    fast.backward()
+    fast_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    plain = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100, reduction="sum"
+    )
+    plain.backward()
+    assert count == int((batch["labels"][:, 1:] != -100).sum())
+    torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-5)
+    for a, p in zip(fast_grads, model.parameters()):
+        torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-4)
 
 
 def test_lora_merge_reproduces_the_adapter_model(tiny_dir: Path) -> None:
@@ -277,3 +301,13 @@ def test_two_processes_under_torchrun(tiny_dir: Path, data: Path, tmp_path: Path
     # 22 conversations = 6 micro-batches of 4: 3 per process, 2 optimizer steps per epoch each.
     assert done["metrics"]["steps"] == 4
     assert rundir.is_complete(tmp_path / "run")
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_gradient_checkpointing_trains(tiny_dir: Path, data: Path, tmp_path: Path, method: str) -> None:
+    config = make_config(
+        tiny_dir, data, tmp_path / "run", method=method, max_steps=2, no_eval=True, gradient_checkpointing=True
+    )
+    run_dir = run_sft(config, ProgressReporter("none"))
+    assert json.loads((run_dir / "config.json").read_text())["use_cache"] is True  # the chat needs its KV cache
+    assert any(not torch.equal(weights(tiny_dir)[k], v) for k, v in weights(run_dir).items())

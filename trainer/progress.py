@@ -57,11 +57,16 @@ class ProgressReporter:
         if self.log_path is not None:
             with self.log_path.open("a", encoding="utf-8") as log:
                 log.write(line + "\n")
-        if self.mode == "json":
-            self.stream.write(line + "\n")
-            self.stream.flush()
-        elif self.mode == "bar":
-            self._show(record)
+        try:
+            if self.mode == "json":
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            elif self.mode == "bar":
+                self._show(record)
+        except (BrokenPipeError, ValueError):
+            # The reader went away (the app quit, or its pipe closed): training goes on, progress.jsonl keeps
+            # the record, and stdout stays quiet from now on.
+            self.mode = "none"
 
     def info(self, message: str) -> None:
         self.emit("info", message=message)

@@ -36,7 +36,7 @@ from .data import Conversation, DataError, read_jsonl, split_conversations
 from .devices import inference_threads
 from .evaluate import EvalResult, evaluate
 from .home import DataHome
-from .loss import summed_token_loss
+from .loss import TokenLossModel
 from .progress import ProgressReporter
 from .render import RenderedSet, render_conversations
 from .report import plot_loss, read_progress, write_metrics, write_report
@@ -186,7 +186,8 @@ def backward_step(
     accelerator: Accelerator, model: torch.nn.Module, group: list[dict[str, torch.Tensor]], autocast: Any
 ) -> tuple[float, int]:
     """Accumulate the gradients of one optimizer step's micro-batches; returns (summed loss, assistant tokens),
-    both over every process. The gradient is that of the mean loss per assistant token of the whole step."""
+    both over every process. The gradient is that of the mean loss per assistant token of the whole step.
+    ``model`` is a (prepared) ``TokenLossModel``."""
     device = accelerator.device
     local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in group)
     n_tokens = int(accelerator.reduce(torch.tensor(local, device=device), reduction="sum").item())
@@ -196,7 +197,7 @@ def backward_step(
         sync = contextlib.nullcontext() if i == len(group) - 1 else accelerator.no_sync(model)
         with sync:
             with autocast():
-                summed, _ = summed_token_loss(model, batch)
+                summed = model(**batch)
             # DDP averages gradients over processes; times num_processes makes it the sum over all processes'
             # tokens divided by the step's total assistant tokens.
             accelerator.backward(summed * accelerator.num_processes / max(n_tokens, 1))
@@ -237,7 +238,7 @@ def _save_model(
     models_dir: Path,
 ) -> None:
     """The merged model (or, with --keep-adapter, the adapter naming its base), and the tokenizer with its template."""
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model).model
     state_dict = None
     if config.method == "lora" and config.keep_adapter:
         # The loader resolves base_model_name_or_path as a spec: the same one this run started from.
@@ -248,7 +249,8 @@ def _save_model(
         final = _merge_lora(unwrapped, config, models_dir)
     else:
         final = unwrapped
-        state_dict = accelerator.get_state_dict(model)  # gathers FSDP / DeepSpeed shards
+        # Gathers FSDP / DeepSpeed shards; the keys lose TokenLossModel's "model." prefix.
+        state_dict = {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(model).items()}
     if hasattr(final, "config"):
         final.config.use_cache = True  # gradient checkpointing turns the KV cache off; the chat needs it
     if accelerator.is_main_process:
@@ -363,7 +365,7 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    trained, optimizer, loader = accelerator.prepare(TokenLossModel(model), optimizer, loader)
 
     # -- schedule: steps per epoch counts this process's share of the micro-batches
     steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
@@ -394,7 +396,7 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
     def run_eval(stage: str) -> EvalResult:
         progress.info(f"evaluating {stage} training")
         result = evaluate(
-            accelerator.unwrap_model(model), tokenizer, val_batches, data.val_conversations, device=device,
+            model, tokenizer, val_batches, data.val_conversations, device=device,
             bf16=bf16, max_samples=config.eval_samples, max_new_tokens=config.max_new_tokens,
         )
         progress.emit("eval", stage=stage, step=step, samples=len(result.samples), **result.metrics())
@@ -424,7 +426,7 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
             if not group:
                 break
             tick, cpu_tick = time.perf_counter(), time.process_time()
-            loss_sum, n_tokens = backward_step(accelerator, model, group, autocast)
+            loss_sum, n_tokens = backward_step(accelerator, trained, group, autocast)
             accelerator.clip_grad_norm_(trainable, MAX_GRAD_NORM)
             optimizer.step()
             scheduler.step()
@@ -451,7 +453,7 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
 
     # -- evaluate, save, report; COMPLETE is written last
     after = run_eval("after") if eval_enabled else None
-    _save_model(accelerator, model, tokenizer, run_dir, config, loaded.source, home.models)
+    _save_model(accelerator, trained, tokenizer, run_dir, config, loaded.source, home.models)
     if accelerator.is_main_process:
         metrics = {
             "base_model": loaded.name,
@@ -462,7 +464,7 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
             "device": str(device),
             "processes": accelerator.num_processes,
             "threads": torch.get_num_threads() if device.type == "cpu" else None,
-            "parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
+            "parameters": sum(p.numel() for p in model.parameters()),
             "train_time_s": train_time,
             "tokens_per_s": train_tokens / train_time if train_time else 0.0,
             "train_cpu_s": train_cpu,
