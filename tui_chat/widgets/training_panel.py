@@ -10,7 +10,7 @@ in a thread worker. The panel hides itself when it has no rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from textual import work
 from textual.app import ComposeResult
@@ -24,6 +24,9 @@ from trainer.home import DataHome
 from ..commands import CommandError
 from ..training.monitor import RunMonitor, RunWatch
 from ..training.summary import duration, finish_summary
+
+if TYPE_CHECKING:
+    from ..training.plan import TrainingPlan  # imports torch: only named here
 
 POLL_S = 0.5  # how often the runs' logs are read
 
@@ -117,7 +120,7 @@ class TrainingPanel(Vertical):
     class Planned(Message):
         """A preview is ready (from the worker)."""
 
-        plan: object  # a TrainingPlan (its module imports torch, so it is not named here)
+        plan: TrainingPlan
         argv: list[str]
         current_model: str
 
@@ -143,9 +146,6 @@ class TrainingPanel(Vertical):
     @property
     def rows(self) -> list[RunRow]:
         return list(self.query(RunRow))
-
-    def row_for(self, name: str) -> RunRow | None:
-        return next((row for row in self.rows if row.run.name == name), None)
 
     def _add_row(self, monitor: RunMonitor) -> None:
         self.mount(RunRow(monitor))
@@ -185,12 +185,14 @@ class TrainingPanel(Vertical):
 
     def on_training_panel_planned(self, message: Planned) -> None:
         plan = message.plan
-        if plan.options.yes:  # type: ignore[attr-defined]
+        if plan.options.yes:
             self.start(plan)
         else:
             self._open_form(message.argv, message.current_model, plan)
 
-    def _open_form(self, argv: list[str], current_model: str, plan: object | None, show_options: bool = False) -> None:
+    def _open_form(
+        self, argv: list[str], current_model: str, plan: TrainingPlan | None, show_options: bool = False
+    ) -> None:
         from ..screens.train_dialog import TrainDialogScreen
 
         form = TrainDialogScreen(self.store, self.home, current_model, argv, plan, show_options=show_options)
@@ -199,14 +201,14 @@ class TrainingPanel(Vertical):
     def on_training_panel_plan_failed(self, message: PlanFailed) -> None:
         self.notify(message.error, title="Training not started", severity="error", timeout=10, markup=False)
 
-    def start(self, plan: object | None) -> None:
+    def start(self, plan: TrainingPlan | None) -> None:
         """Launch a previewed run (None: the form was cancelled)."""
         if plan is None:
             return
         from ..training.launch import start_training
 
         try:
-            monitor = start_training(self.store, self.home, plan)  # type: ignore[arg-type]
+            monitor = start_training(self.store, self.home, plan)
         except (CommandError, StoreError) as exc:
             self.notify(str(exc), title="Training not started", severity="error", timeout=10, markup=False)
             return
