@@ -253,7 +253,9 @@ def speed_rows(engine: HFEngine, models_dir: Path, threads: int) -> None:
     }
     all_cores = os.cpu_count() or 1
     if all_cores != threads:  # the evidence for the thread default (trainer.devices.inference_threads)
-        rows["engine-all-cores"] = with_threads(engine, all_cores, engine_stream(engine, f"engine default, {all_cores} threads"))
+        rows["engine-all-cores"] = with_threads(
+            engine, all_cores, engine_stream(engine, f"engine default, {all_cores} threads")
+        )
     llama = llama_cpp_row(engine, threads)
     if llama is not None:
         rows["llama.cpp"] = llama
@@ -269,17 +271,25 @@ def speed_rows(engine: HFEngine, models_dir: Path, threads: int) -> None:
         if other in best:
             wall = best["engine"].tokens_per_s / best[other].tokens_per_s
             cpu = best["engine"].tokens_per_cpu_s / best[other].tokens_per_cpu_s
-            goal = "" if target is None else f" (target >= {target:g}: {'met' if min(wall, cpu) >= target else 'NOT met'})"
+            goal = (
+                "" if target is None else f" (target >= {target:g}: {'met' if min(wall, cpu) >= target else 'NOT met'})"
+            )
             print(f"  engine / {best[other].label}: {wall:.2f}x tok/s, {cpu:.2f}x tok/cpu-s{goal}")
     reference = best["fp32"].text
     for name in ("bf16", "engine"):
         text = best[name].text
-        print(f"  {name} greedy text identical to float32's: {text == reference} (first {_same_words(text, reference)}"
-              f" of {len(reference.split())} words agree)")
+        print(
+            f"  {name} greedy text identical to float32's: {text == reference} (first {_same_words(text, reference)}"
+            f" of {len(reference.split())} words agree)"
+        )
 
     bandwidth = copy_bandwidth()
     print(f"\nceiling: copy bandwidth {bandwidth:.1f} GB/s (read + write, {threads} thread(s)) / weights a token:")
-    for label, model in (("float32", fp32), ("bfloat16", bf16), (f"engine ({engine.quantization})", engine.loaded.model)):
+    for label, model in (
+        ("float32", fp32),
+        ("bfloat16", bf16),
+        (f"engine ({engine.quantization})", engine.loaded.model),
+    ):
         size = weight_bytes(model)
         print(f"  {label:<16} {size / 1e6:6.0f} MB a token -> {bandwidth * 1e9 / size:6.1f} tok/s")
     if "llama.cpp" in best:

@@ -394,8 +394,8 @@ def test_int4_engine_on_a_tiny_model(tmp_path: Path) -> None:
 def test_engine_flags_reach_the_engine(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from tui_chat.cli import CliContext, main
     from sessions import Store, memory_database
+    from tui_chat.cli import CliContext, main
 
     from .fakes import FakeEngine
 
@@ -421,8 +421,13 @@ def test_bundled_default_answers_stay_close_to_float32(bundled_engine: HFEngine,
     params = GenerationParams(temperature=0, max_new_tokens=24)
     tokenizer = reference.loaded.tokenizer
     identical = 0
-    prompts = ["What is the capital of France?", "Who wrote Romeo and Juliet?", "List three primary colors.",
-               "Translate 'good morning' into Spanish.", "Explain photosynthesis in one sentence."]
+    prompts = [
+        "What is the capital of France?",
+        "Who wrote Romeo and Juliet?",
+        "List three primary colors.",
+        "Translate 'good morning' into Spanish.",
+        "Explain photosynthesis in one sentence.",
+    ]
     for prompt in prompts:
         expected = "".join(run(reference, ask(prompt), params)[0])
         got = "".join(run(bundled_engine, ask(prompt), params)[0])

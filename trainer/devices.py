@@ -23,18 +23,20 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 # CPU defaults, measured on this project's dev machine (AMD EPYC, 2 cores with AVX-512, shared with other jobs), the
-# bundled SmolLM2-135M-Instruct, one decoding thread. The machine was never quiet (load 4-8 on 2 cores), so the
-# comparisons below use tokens per CPU-second of the decoding process (what a quiet core would give), side by side:
-#   HF generate, eager:               float32 ~12, bfloat16 ~11 tok/cpu-s
-#   engine loop, bfloat16:            ~11 eager, ~12 with torch.compile (static cache)        -> compile: +5-10%
-#   engine loop, bfloat16 + int4:     ~27 eager (dynamic cache), ~21 compiled (static 512)     -> int4: ~2x
-# Per token, int4 matmuls (the 210 layer projections) take ~8 ms of CPU against ~45 ms in bfloat16; what is left is
-# the bfloat16 output projection (~8 ms), attention and per-op overhead. torch.compile barely helps on CPU (the time
-# is in those kernels, not in Python) and costs 30 s (inductor's cache warm) to 2+ minutes to compile, so CPU decodes
-# eager by default (--compile turns it on). bfloat16 activations are what the int4 kernel needs (float32 ones were
-# 10x slower), and greedy answers stay right: bf16 alone left 6 of 8 test answers identical to float32's and the
-# other two diverging late in the sentence; bf16 + int4 kept every answer's opening (8-17 tokens) and its facts
-# (Paris, Shakespeare, 12 x 12), then some word choices differ. `python -m bench decode` re-measures all of it.
+# bundled SmolLM2-135M-Instruct, one decoding thread. The machine was never quiet (load 4-9 on 2 cores), so the
+# comparisons use tokens per CPU-second of the decoding process (about what an idle core gives), side by side
+# (`python -m bench decode`, load 5.3: HF generate float32 10.1, bfloat16 9.2; engine default 22.3; llama.cpp 46.2):
+#   engine loop, bfloat16:            ~11 eager, ~12 with torch.compile (static cache)
+#   engine loop, bfloat16 + int4:     ~22-27 eager (dynamic cache); compiled (static cache of 512) ~21, or ~30 with
+#                                     attention upcast to float32 (bf16 attention over a static cache is slow on CPU)
+# Per token, the int4 matmuls (the 210 layer projections) take ~8 ms of CPU against ~45 ms in bfloat16; what is left
+# is the bfloat16 output projection (~8 ms), attention and per-op overhead. torch.compile gains 0-30% on CPU and
+# costs 30 s (inductor's disk cache warm) to 5 minutes (cold, busy machine) of compiling, and its static cache makes
+# attention read every reserved position, so CPU decodes eager by default (--compile turns it on). bfloat16
+# activations are what the int4 kernel needs (float32 ones were 10x slower). Greedy answers stay sane: bfloat16 alone
+# kept 6 of 8 test answers identical to float32's, the other two diverging late; bfloat16 + int4 kept 4 of 6 identical
+# and the first 5-6 tokens of the others (the test in tests/test_engine.py states that tolerance), but on open-ended
+# prompts (a story) it takes other words after the first few.
 CPU_DEFAULT_DTYPE = torch.bfloat16
 CPU_DEFAULT_QUANTIZATION = "int4"
 CPU_COMPILES = False
@@ -43,7 +45,9 @@ QUANTIZE_CHOICES = ("none", "int4")
 
 # Threads: OpenMP workers spin at every barrier, so when all cores are busy with decoding and anything else wants
 # a core (the chat UI, another program) a worker gets descheduled and the others wait: 2 threads on 2 cores fell
-# to 1-3 tok/s in the runs above while 1 thread kept 15-21. Decoding keeps one core free for everything else.
+# to 1-3 tok/s in the first float32 runs here while 1 thread kept 15-21. With int4 (load 5.3), 2 threads gave 20.3
+# tok/cpu-s against 22.3 for 1: more wall speed only while they win cores from other jobs, less work per core.
+# Decoding keeps one core free for everything else.
 _TORCH_DEFAULT_THREADS = torch.get_num_threads()  # physical cores, before anything changes it
 
 

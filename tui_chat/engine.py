@@ -285,7 +285,7 @@ class HFEngine:
         finally:
             self._generate_lock.release()
 
-    def _decode(self, reply: "_Reply", ids: list[int], max_new: int, params: GenerationParams) -> None:
+    def _decode(self, reply: _Reply, ids: list[int], max_new: int, params: GenerationParams) -> None:
         """One reply, on the decode thread: tokens -> text deltas into ``reply.deltas``, then _DONE."""
         loaded = self.loaded
         try:
