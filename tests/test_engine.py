@@ -363,9 +363,10 @@ def test_quantization_and_compile_defaults() -> None:
     from trainer.devices import pick_compile, pick_quantization
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert pick_quantization(cpu, torch.bfloat16) == "int4"
-    assert pick_quantization(cpu, torch.float32) == "none"
-    assert pick_quantization(cuda, torch.bfloat16) == "none"
+    assert pick_quantization(cpu, torch.bfloat16, four_bit_weights=True) == "int4"  # the bundled model
+    assert pick_quantization(cpu, torch.bfloat16) == "none"  # a fine-tuned run keeps what training changed
+    assert pick_quantization(cpu, torch.float32, four_bit_weights=True) == "none"
+    assert pick_quantization(cuda, torch.bfloat16, four_bit_weights=True) == "none"
     assert pick_quantization(cpu, torch.bfloat16, "none") == "none"
     with pytest.raises(ValueError, match="needs bfloat16"):
         pick_quantization(cpu, torch.float32, "int4")
@@ -379,7 +380,8 @@ def test_quantization_and_compile_defaults() -> None:
 
 def test_int4_engine_on_a_tiny_model(tmp_path: Path) -> None:
     path = save_tiny_model(tmp_path / "model", context=64)
-    engine = HFEngine(str(path), tmp_path, device="cpu", dtype="bfloat16")
+    assert HFEngine(str(path), tmp_path, device="cpu", dtype="bfloat16").load().extra["quantize"] == "none"
+    engine = HFEngine(str(path), tmp_path, device="cpu", dtype="bfloat16", quantize="int4")
     assert engine.load().extra["quantize"] == "int4"
     projection = engine.loaded.model.model.layers[0].mlp.down_proj.weight
     assert type(projection).__name__ == "Int4OpaqueTensor"

@@ -92,9 +92,12 @@ def pick_dtype(device: torch.device, requested: str | None = None) -> torch.dtyp
     return CPU_DEFAULT_DTYPE
 
 
-def pick_quantization(device: torch.device, dtype: torch.dtype, requested: str | None = None) -> str:
+def pick_quantization(
+    device: torch.device, dtype: torch.dtype, requested: str | None = None, *, four_bit_weights: bool = False
+) -> str:
     """``none`` or ``int4`` (weight-only, see ``tui_chat.quantize``): the requested one, else int4 on CPU in bfloat16
-    (when torchao is installed), else none."""
+    for a model whose weights are 4-bit already (the bundled model, de-quantized from Q4_1), else none. A fine-tuned
+    run or another model keeps its weights by default: int4 steps are coarser than what fine-tuning changes."""
     if requested and requested != "auto":
         if requested not in QUANTIZE_CHOICES:
             raise ValueError(f"unknown quantization {requested!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
@@ -106,7 +109,7 @@ def pick_quantization(device: torch.device, dtype: torch.dtype, requested: str |
             if importlib.util.find_spec("torchao") is None:
                 raise ValueError("--quantize int4 needs torchao: `pip install torchao`, or use --quantize none")
         return requested
-    if device.type == "cpu" and dtype == torch.bfloat16 and importlib.util.find_spec("torchao") is not None:
+    if four_bit_weights and device.type == "cpu" and dtype == torch.bfloat16 and importlib.util.find_spec("torchao"):
         return CPU_DEFAULT_QUANTIZATION
     return "none"
 

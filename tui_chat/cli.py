@@ -65,7 +65,8 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--quantize",
             help="Weight quantization: int4 (CPU with bfloat16; ~2x faster decoding, answers can drift after the "
-            "first sentence) or none. Default: int4 on CPU in bfloat16, none elsewhere.",
+            "first sentence) or none. Default: int4 for the bundled model on CPU (its weights are 4-bit already), "
+            "none for other models and devices.",
         ),
         click.option(
             "--compile/--no-compile",

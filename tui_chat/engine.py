@@ -132,7 +132,10 @@ class HFEngine:
                         trust_remote_code=self.trust_remote_code,
                         progress=progress,
                     )
-                    quantization = pick_quantization(loaded.device, loaded.dtype, self.quantize)
+                    bundled = self.name == BUNDLED_NAME  # its weights are a de-quantized 4-bit GGUF
+                    quantization = pick_quantization(
+                        loaded.device, loaded.dtype, self.quantize, four_bit_weights=bundled
+                    )
                 except (ModelError, ValueError) as exc:
                     raise EngineError(str(exc)) from exc
                 if quantization == "int4":
