@@ -51,8 +51,11 @@ def list_command(obj: CliContext) -> None:
     runs = store.list_training_runs()
     local = {model.name: model for model in list_local_models(home.models)}
     table = Table(box=None, header_style="bold")
+    longest = max([len(run.name) for run in runs] + [len(name) for name in local])
     for name in ("Name", "Kind", "Status", "From", "Created", "Result"):
-        table.add_column(name, overflow="fold" if name in ("Name", "Result") else "ellipsis")
+        # Names are what the user types next: never cut or folded; the result wraps instead.
+        table.add_column(name, no_wrap=name != "Result", overflow="fold" if name == "Result" else "ellipsis",
+                         min_width=longest if name == "Name" else None)
     bundled = next(model for model in local.values() if model.kind == "bundled")
     table.add_row(Text(bundled.name), "bundled", "ready" if bundled.ready else "converted on first use",
                   "SmolLM2-135M-Instruct", "", "`default` loads it")

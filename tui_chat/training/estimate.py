@@ -19,13 +19,16 @@ from sessions import TrainingRun
 GIB = 1024**3
 TRAINER_NICE = 10  # niceness added to the trainer on CPU: the chat's replies win the cores when both want them
 
-# Measured through `/train` on tui-chat's test machine (2 CPU cores, AVX512-BF16, load average ~9 from other jobs
+# Measured through `/train` on tui-chat's test machine (2 CPU cores, AVX512-BF16, load average 4-9 from other jobs
 # at the time, so a quiet machine does better), the bundled SmolLM2-135M-Instruct (134.5M parameters), bf16
 # autocast, 1 training thread, 4 x 2 short conversations a step: tokens/s over the training steps (LoRA 54, full 38),
-# and the rest of the run: start-up, loading and saving (22 s), plus the default evaluation before and after (~50 s).
+# and the rest of a first run: start-up, loading and saving 22 s; the base model answering 16 replay prompts 44 s;
+# with evaluation, the validation loss and samples before and after ~50 s, and retention (the base model's answers
+# to the held-out prompts 58 s, the trained model's 83 s). Replay and retention answers of the base model are
+# cached, so later runs are quicker; a measured run in the store replaces these figures.
 REFERENCE_PARAMETERS = 134_515_008
 REFERENCE_TOKENS_PER_S = {"lora": 54.0, "full": 38.0}
-REFERENCE_OVERHEAD_S = {True: 73.0, False: 22.0}  # with / without the evaluation before and after
+REFERENCE_OVERHEAD_S = {True: 22.0 + 44 + 50 + 58 + 83, False: 22.0 + 44}  # with / without evaluation
 STARTUP_S = 15.0  # of the overhead, the part no model size changes: starting Python, importing torch and transformers
 REFERENCE_WHERE = "a rough figure from tui-chat's 2-core test machine, scaled by model size"
 MAX_SPEEDUP = 10.0  # a much smaller model is not that much faster: start-up, the tokenizer and the loop cost too

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Sequence
 
-from sessions import TrainingRun
+from sessions import TrainingRun, counted
 
 from .monitor import RunProgress, is_active
 
@@ -93,7 +93,7 @@ def finish_summary(run: TrainingRun) -> str:
         took = metrics.get("wall_s") or metrics.get("elapsed_s")
         took = f" in {duration(took)}" if took else ""
         measured = metrics_text(metrics)
-        steps = f" ({metrics['steps']} steps)" if metrics.get("steps") else ""
+        steps = f" ({counted(metrics['steps'], 'step')})" if metrics.get("steps") else ""
         warning = (metrics.get("retention") or {}).get("warning")
         return (f"{run.name} finished{took}{steps}" + (f": {measured}" if measured else "")
                 + (f". Warning: {warning}" if warning else "") + f". Chat with it: /model {run.name}")
