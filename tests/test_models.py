@@ -254,3 +254,20 @@ def test_conversion_failing_to_write_is_one_clear_line(models_dir: Path, monkeyp
     with pytest.raises(ModelError, match="No space left on device.*free some disk space"):
         ensure_bundled(models_dir)
     assert list(models_dir.iterdir()) == []
+
+
+def test_an_unfinished_run_dir_is_not_a_model(tmp_path: Path) -> None:
+    """A run dir without the trainer's COMPLETE marker (still training, or crashed) never loads as a model."""
+    from trainer import rundir
+    from trainer.models import ModelError, list_local_models, resolve_spec
+
+    run = tmp_path / "my-run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / rundir.TRAIN_CONFIG).write_text("{}")
+    assert "my-run" not in [m.name for m in list_local_models(tmp_path)]
+    with pytest.raises(ModelError, match="has not finished"):
+        resolve_spec("my-run", tmp_path)
+    (run / rundir.COMPLETE).write_text("{}")
+    assert resolve_spec("my-run", tmp_path).kind == "run"
+    assert "my-run" in [m.name for m in list_local_models(tmp_path)]

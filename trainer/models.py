@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from . import rundir
 from .chat_template import ensure_chat_template
 from .devices import pick_device, pick_dtype
 
@@ -91,6 +92,8 @@ def bundled_gguf() -> Path:
 
 
 def _model_kind(path: Path) -> str | None:
+    if rundir.is_run_dir(path) and not rundir.is_complete(path):
+        return None  # a training run still going, or one that crashed: its files are not a finished model
     if (path / "adapter_config.json").is_file():
         return "adapter"
     if (path / "config.json").is_file():
@@ -104,6 +107,11 @@ def _looks_like_path(spec: str) -> bool:
 
 def _directory_spec(kind: str, name: str, path: Path) -> ResolvedSpec:
     model_kind = _model_kind(path)
+    if model_kind is None and rundir.is_run_dir(path):
+        raise ModelError(
+            f"{path} is a training run that has not finished (no COMPLETE marker); wait for it, "
+            "or continue it with `tui-chat train --resume --out DIR`"
+        )
     if model_kind is None:
         raise ModelError(
             f"{path} is not a model directory (no config.json or adapter_config.json); "
