@@ -59,12 +59,21 @@ def test_models_lists_the_bundled_model_runs_with_status_and_other_local_models(
     result = invoke("models")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    row = {line.split()[0]: line for line in lines if line.split()}
-    assert "bundled" in row["smollm2"]
-    assert "finished" in row["smollm2-sft-1"] and "validation perplexity 9.50 -> 4.25" in row["smollm2-sft-1"]
-    assert "failed" in row["smollm2-sft-2"] and "RuntimeError: out of memory" in row["smollm2-sft-2"]
-    assert "failed" in row["smollm2-sft-3"] and "stopped without finishing" in row["smollm2-sft-3"]
-    assert "model" in row["my-import"] and "ready" in row["my-import"]
+
+    def entry(name: str) -> tuple[str, str]:
+        """A model's line and the line under it (its result)."""
+        index = next(i for i, line in enumerate(lines) if line.startswith(name + "  "))
+        return lines[index], lines[index + 1]
+
+    assert entry("smollm2")[0].startswith("smollm2  bundled  converted on first use")  # not converted in this home
+    line, result_line = entry("smollm2-sft-1")
+    assert line.startswith("smollm2-sft-1  run  finished  from smollm2")
+    assert result_line.strip().startswith("validation perplexity 9.50 -> 4.25")
+    line, result_line = entry("smollm2-sft-2")
+    assert "  run  failed  " in line and result_line.strip() == "RuntimeError: out of memory"
+    line, result_line = entry("smollm2-sft-3")
+    assert "  run  failed  " in line and "stopped without finishing" in result_line
+    assert entry("my-import")[0].startswith("my-import  model  ready  ")
     assert invoke("models", "list").output == result.output
 
 

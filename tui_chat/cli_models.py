@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from sessions import NotFound, Store, TrainingRun, counted
@@ -50,15 +49,12 @@ def list_command(obj: CliContext) -> None:
     progress = {monitor.run.id: monitor for monitor in reconcile_runs(store) if not monitor.ended}
     runs = store.list_training_runs()
     local = {model.name: model for model in list_local_models(home.models)}
-    table = Table(box=None, header_style="bold")
-    longest = max([len(run.name) for run in runs] + [len(name) for name in local])
-    for name in ("Name", "Kind", "Status", "From", "Created", "Result"):
-        # Names are what the user types next: never cut or folded; the result wraps instead.
-        table.add_column(name, no_wrap=name != "Result", overflow="fold" if name == "Result" else "ellipsis",
-                         min_width=longest if name == "Name" else None)
+    console = Console(highlight=False)
+    # One line a model (name first: what `--model` takes), its result indented below: readable at any width
+    # and in a pipe, where a table would cut the names.
     bundled = next(model for model in local.values() if model.kind == "bundled")
-    table.add_row(Text(bundled.name), "bundled", "ready" if bundled.ready else "converted on first use",
-                  "SmolLM2-135M-Instruct", "", "`default` loads it")
+    status = "ready" if bundled.ready else "converted on first use"
+    console.print(Text.assemble((bundled.name, "bold"), f"  bundled  {status}  SmolLM2-135M-Instruct (`default`)"))
     for run in runs:
         if run.id in progress:
             result = progress_line(run.name, progress[run.id].progress).removeprefix(f"training {run.name}").strip()
@@ -67,13 +63,14 @@ def list_command(obj: CliContext) -> None:
         else:
             result = metrics_text(run.metrics)
         status = "stopping" if run.status == "cancelled" and is_active(run) else run.status
-        table.add_row(Text(run.name), "run", status, Text(run.base_model or ""), _when(run.created_at), Text(result))
+        console.print(Text.assemble((run.name, "bold"), f"  run  {status}  from {run.base_model}  "
+                                    f"{_when(run.created_at)}"))
+        if result:
+            console.print(Text(f"    {result}", style="dim"))
     recorded = {run.name for run in runs}
     for model in local.values():
         if model.kind != "bundled" and model.name not in recorded:
-            table.add_row(Text(model.name), model.kind, "ready", "", "", Text(str(model.path), style="dim"))
-    console = Console(highlight=False)
-    console.print(table)
+            console.print(Text.assemble((model.name, "bold"), f"  {model.kind}  ready  ", (str(model.path), "dim")))
     console.print(Text("`tui-chat models show NAME` shows a model's lineage; `tui-chat --model NAME` chats with it",
                        style="dim"))
 
