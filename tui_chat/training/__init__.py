@@ -6,7 +6,10 @@
 - ``monitor.RunMonitor``: follows a run's log and records its end; ``monitor.reconcile_runs`` catches up with runs
   that went on while the app was closed.
 - ``summary``: progress lines, run lines and finish summaries, the same words in every front end.
+- ``estimate``: the time estimate (measured speeds) and where the trainer runs beside the chat (CPU cores, GPU
+  memory); ``errors.TrainingError``: the one error, a CommandError, so front ends show it like any bad command.
 
-Nothing here touches a screen. ``monitor`` and ``summary`` import no torch (the front ends use them at start-up);
-``plan``, ``options`` and ``launch`` do (through the trainer's settings), so front ends import them on use.
+Nothing here touches a screen. ``monitor``, ``summary``, ``estimate`` and ``errors`` import no torch (the front ends
+use them at start-up); ``plan``, ``options`` and ``launch`` do (through the trainer's settings), so front ends import
+them on use.
 """
