@@ -412,6 +412,10 @@ def test_engine_flags_reach_the_engine(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, arguments, obj=context)
     assert result.exit_code == 0, result.output
     assert opened == [{"quantize": "none", "compile": True, "dtype": "bf16"}]  # the command's own flags win
+    opened.clear()
+    context = CliContext(DataHome(tmp_path), _store=Store(memory_database()), open_engine=open_fake)
+    assert CliRunner().invoke(main, ["ask", "hello", "--no-save"], obj=context).exit_code == 0
+    assert opened == [{"compile": False}]  # one reply never uses a compiled step: `ask` does not compile
 
 
 @pytest.mark.slow

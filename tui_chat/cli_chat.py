@@ -144,6 +144,9 @@ def ask_command(ctx: CliContext, question: str | None, no_save: bool, **options:
     from .markdown_stream import PlainStream
 
     text = read_question(question)
+    if options["compile_step"] is None and "compile" not in ctx.engine_settings:
+        # One reply never gets to use a compiled step (replies start eager), and the exit would wait for the compile.
+        options["compile_step"] = False
     errors = Console(stderr=True, highlight=False)
     store = Store(memory_database()) if no_save else ctx.store
     stats: list[GenerationStats] = []
