@@ -237,8 +237,9 @@ def test_bundled_model_converts_once_then_loads_fast(bundled_models_dir: Path) -
     elapsed = time.perf_counter() - started
     assert not any("convert" in step for step in steps)
     assert (target / "model.safetensors").stat().st_mtime_ns == written
-    # ~0.4 s on an idle 2-core machine; the bound leaves room for other jobs sharing the CPU.
-    assert elapsed < 3.0, f"loading the converted model took {elapsed:.2f} s"
+    # ~0.4 s on an idle 2-core machine, plus ~0.5 s when torchao is installed (transformers imports it while
+    # loading); the bound leaves room for other jobs sharing the CPU.
+    assert elapsed < 4.0, f"loading the converted model took {elapsed:.2f} s"
     assert loaded.name == "smollm2"
     assert loaded.context_limit == 8192
     assert loaded.tokenizer.eos_token == "<|im_end|>"
