@@ -16,9 +16,9 @@ async def test_bundled_model_answers_in_the_chat(bundled_home):
     factory = lambda spec: open_engine(spec, bundled_home)
     app = build_app("default", home=bundled_home, store=store, factory=factory)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await ready(pilot)
         # Loading includes quantizing to int4 (~5 s of CPU): a busy machine needs more than a minute.
-        await wait_for(pilot, lambda: screen.engine is not None, timeout=120, what="the bundled model")
+        screen = await ready(pilot, timeout=120)
+        await wait_for(pilot, lambda: screen.engine is not None, timeout=60, what="the bundled model")
         assert "smollm2" in str(screen.status.render_text())
         await send(pilot, "/set temperature 0")  # greedy: the answer is known
         await send(pilot, "/set max_new_tokens 24")

@@ -69,10 +69,12 @@ async def wait_for(pilot: Pilot, condition: Callable[[], object], timeout: float
         await pilot.pause(0.02)
 
 
-async def ready(pilot: Pilot) -> ChatScreen:
+async def ready(pilot: Pilot, timeout: float = 10.0) -> ChatScreen:
     """Wait until the model has loaded (or failed to)."""
     screen = chat_screen(pilot)
-    await wait_for(pilot, lambda: screen.loading_model is None and screen.is_mounted, what="the model to load")
+    await wait_for(
+        pilot, lambda: screen.loading_model is None and screen.is_mounted, timeout=timeout, what="the model to load"
+    )
     await pilot.pause()
     return screen
 
