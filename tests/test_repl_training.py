@@ -100,11 +100,22 @@ def test_train_asks_first_and_no_leaves_nothing_behind(home: DataHome) -> None:
     assert chat.store.list_training_runs() == [] and list(home.datasets.iterdir()) == []
 
 
-def test_plain_mode_reads_the_answer_from_the_next_line(home: DataHome) -> None:
+def test_plain_mode_reads_the_answer_from_the_next_line(home: DataHome, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tui_chat.training.launch as launch
+
     chat = TrainingRepl(home)
     chat.repl(plain=True, input_file=io.StringIO("/train --epochs 2\nno\n/runs\n")).run()
     assert "start training? [y/N] not started" in chat.output()
     assert "no training runs yet: /train starts one" in chat.output()
+
+    fake = fake_trainer(home.root, ["wait-for-signal"])
+    real_start = launch.start_training
+    monkeypatch.setattr(launch, "start_training", lambda store, home, plan: real_start(store, home, plan, python=fake))
+    chat.repl(plain=True, input_file=io.StringIO("/train --max-steps 1\nyes\n")).run()
+    (run,) = chat.store.list_training_runs()
+    assert f"training {run.name} in the background: keep chatting. /runs shows its progress" in chat.output()
+    launch.cancel_run(chat.store, run)
+    wait_for(lambda: not trainer_alive(run.pid), timeout_s=30)
 
 
 def test_train_errors_and_help_are_lines(home: DataHome) -> None:

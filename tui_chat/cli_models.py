@@ -16,7 +16,7 @@ from rich.text import Text
 from sessions import NotFound, Store, TrainingRun, counted
 
 from .training.monitor import is_active, reconcile_runs
-from .training.summary import finish_summary, metrics_text, progress_line
+from .training.summary import finish_summary, metrics_text, progress_text
 
 if TYPE_CHECKING:
     from .cli import CliContext
@@ -57,7 +57,7 @@ def list_command(obj: CliContext) -> None:
     console.print(Text.assemble((bundled.name, "bold"), f"  bundled  {status}  SmolLM2-135M-Instruct (`default`)"))
     for run in runs:
         if run.id in progress:
-            result = progress_line(run.name, progress[run.id].progress).removeprefix(f"training {run.name}").strip()
+            result = progress_text(progress[run.id].progress)
         elif run.status == "failed":
             result = run.error or ""
         else:

@@ -490,9 +490,10 @@ class Repl:
                 return
         monitor = start_training(self.store, self.home, plan)
         self.runs.follow(monitor)
+        where = "/runs shows" if self.plain else "the bottom bar shows"
         self.info(
-            f"training {monitor.name} in the background: keep chatting. The bottom bar shows its progress, /runs "
-            f"lists runs, /runs cancel stops it. Log: {monitor.log_path}"
+            f"training {monitor.name} in the background: keep chatting. {where.capitalize()} its progress, /runs "
+            f"cancel stops it. Log: {monitor.log_path}"
         )
 
     def cmd_runs(self, args: str) -> None:

@@ -41,9 +41,19 @@ def progress_bar(fraction: float, width: int = 20) -> str:
 
 def progress_line(name: str, progress: RunProgress) -> str:
     """``training NAME ████░░ 12/40 · loss 2.31 ▇▅▃ · 180 tokens/s · ETA 1 min 20 s`` (or the phase before steps)."""
-    if progress.total is None or (progress.step == 0 and progress.phase != "training"):
-        return f"training {name}: {progress.phase}…"
-    parts = [f"training {name} {progress_bar(progress.fraction or 0.0)} {progress.step}/{progress.total}"]
+    separator = ": " if _before_steps(progress) else " "
+    return f"training {name}{separator}{progress_text(progress)}"
+
+
+def _before_steps(progress: RunProgress) -> bool:
+    return progress.total is None or (progress.step == 0 and progress.phase != "training")
+
+
+def progress_text(progress: RunProgress) -> str:
+    """A run's progress without its name: ``████░░ 12/40 · loss 2.31 ▇▅▃ · …``, or its phase before the steps."""
+    if _before_steps(progress):
+        return f"{progress.phase}…"
+    parts = [f"{progress_bar(progress.fraction or 0.0)} {progress.step}/{progress.total}"]
     if progress.losses:
         parts.append(f"loss {progress.losses[-1]:.3f} {sparkline(progress.losses, 12)}")
     if progress.tokens_per_s:
