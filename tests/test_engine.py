@@ -343,6 +343,8 @@ def test_prompt_cache_stays_right_when_old_turns_are_dropped(tiny_engine: HFEngi
 
 @pytest.mark.slow  # compiling even a tiny model takes 20-60 s of CPU here
 def test_compiled_step_matches_eager_and_never_blocks_the_first_reply(tmp_path: Path) -> None:
+    from torch._dynamo.utils import counters
+
     path = save_tiny_model(tmp_path / "model", context=64)
     eager = HFEngine(str(path), tmp_path, device="cpu", dtype="float32", compile=False)
     compiled = HFEngine(str(path), tmp_path, device="cpu", dtype="float32", compile=True)
@@ -352,9 +354,11 @@ def test_compiled_step_matches_eager_and_never_blocks_the_first_reply(tmp_path: 
     started = time.perf_counter()
     first = "".join(run(compiled, ask("hello world"), VARIED)[0])  # eager step while the compile runs
     assert time.perf_counter() - started < 5
-    compiled.decoder.warm_up(64, wait=True)
+    compiled.decoder.warm_up(wait=True)
     assert compiled.info().extra["compile"] == "ready"
+    compiles = counters["frames"]["ok"]
     again = "".join(run(compiled, ask("the quick brown fox"), VARIED)[0])
+    assert counters["frames"]["ok"] == compiles  # the reply ran the warmed-up step: no compiling on its thread
     assert first == expected
     assert again == "".join(run(eager, ask("the quick brown fox"), VARIED)[0])
 

@@ -8,11 +8,13 @@ else (an edited message, a regenerated reply, old turns dropped to fit the conte
 a difference in the ids: the cache keeps the longest common prefix and the prompt is encoded from there.
 
 Two cache layouts (transformers' cache classes):
-- dynamic (``DynamicCache``): grows token by token, attention reads the tokens so far. Fastest without compiling.
+- dynamic (``DynamicCache``): grows token by token, attention reads the tokens so far. Used on CPU, eager or with the
+  decode step compiled for dynamic shapes (one compile serves every length).
 - static (``StaticCache``): ``capacity`` positions allocated up front, so every decode step has the same shapes and
-  ``torch.compile`` (CUDA graphs on a GPU) can replay one compiled step. Attention reads all ``capacity`` positions
-  (masked), so the capacity grows in powers of two with the conversation, and each new capacity is compiled in a
-  background thread while replies use the eager step.
+  CUDA graphs can replay one compiled step (on a GPU). Attention reads all ``capacity`` positions (masked), so the
+  capacity grows in powers of two with the conversation, and each new capacity is compiled in a background thread
+  while replies use the eager step. On CPU that attention made the compiled step slower than the eager one at the
+  1,024 positions a default reply needs (measured ~20 against ~24 tokens per CPU-second).
 """
 
 from __future__ import annotations
@@ -36,26 +38,7 @@ from transformers.cache_utils import DynamicLayer, StaticLayer
 from .generation import GenerationParams
 
 MIN_STATIC_CAPACITY = 1024  # tokens: a short prompt plus the default 512-token reply fits the first capacity
-FLOAT32_SDPA = "sdpa_float32"  # the attention implementation name registered by use_float32_attention
-
-
-def use_float32_attention(model: Any) -> None:
-    """Make a bfloat16 model on CPU attend in float32: torch's bfloat16 SDPA on CPU is ~6x slower than float32 over a
-    static cache's positions (measured, one query over 512 positions: 590 vs 89 us a layer). With it the compiled
-    int4 step went from ~21 to ~30 tokens per CPU-second at 512 positions (~36 at 128, ~20 at 1024: the capacity a
-    default 512-token reply needs, hence no compiling by default on CPU). Casting copies the keys and values."""
-    # Imported here: these modules import torchao, which warns at import; by now loading has imported it quietly.
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    def float32_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args, **kwargs):
-        output, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), *args, **kwargs)
-        return output.to(query.dtype), weights
-
-    AttentionInterface.register(FLOAT32_SDPA, float32_sdpa)
-    AttentionMaskInterface.register(FLOAT32_SDPA, sdpa_mask)
-    model.set_attn_implementation(FLOAT32_SDPA)
+WARM_UP_PROMPT = 8  # tokens in the compile warm-up's scratch cache: dynamo specialises sizes 0 and 1, not 8
 
 
 def common_prefix(first: list[int], second: list[int]) -> int:
@@ -165,30 +148,33 @@ class Sampler:
 class Decoder:
     """Runs a causal LM's forward passes for generation: prefill, decode steps, the prompt cache, the compiled step.
 
-    ``compile=True`` uses a static cache and ``torch.compile`` of the decode step (``mode="reduce-overhead"``, i.e.
-    CUDA graphs, on a GPU). Compiling takes from seconds (GPU) to minutes (a busy CPU), so it happens in a background
-    thread (``warm_up``); until a capacity's compiled step is ready, replies use the eager step, and a process that
-    ends meanwhile waits for the compile to finish. One reply at a time: the engine serialises calls to ``tokens``.
+    ``compile=True`` compiles the decode step with ``torch.compile``: on a GPU over a static cache with CUDA graphs
+    (``mode="reduce-overhead"``), on CPU over the dynamic cache with dynamic shapes (measured ~33 against ~24 tokens
+    per CPU-second eager, int4, after a 90 s compile). Compiling takes from seconds to minutes, so it happens in a
+    background thread (``warm_up``); until the compiled step is ready (for a static cache: for its capacity), replies
+    use the eager step, and a process that ends meanwhile waits for the compile to finish. One reply at a time: the
+    engine serialises calls to ``tokens``.
     """
 
-    def __init__(self, model: Any, device: torch.device, context_limit: int, *, compile: bool) -> None:
+    def __init__(
+        self, model: Any, device: torch.device, context_limit: int, *, compile: bool, threads: int | None = None
+    ) -> None:
         self.model = model
         self.device = device
-        self.prompt_cache = PromptCache(model, static=compile, context_limit=context_limit)
+        # Intra-op threads replies decode with: the compiled step is specialised on it (a reply on another count
+        # would recompile on the spot), so the compile uses it too and other counts take the eager step.
+        self.threads = threads
+        static = compile and device.type == "cuda"  # CUDA graphs need fixed shapes; elsewhere the cache grows
+        self.prompt_cache = PromptCache(model, static=static, context_limit=context_limit)
         self.compiled_step: Callable[..., torch.Tensor] | None = None
-        if (
-            compile
-            and device.type == "cpu"
-            and model.dtype == torch.bfloat16
-            and model.config._attn_implementation == "sdpa"
-        ):
-            use_float32_attention(model)
-        if compile:
-            mode = "reduce-overhead" if device.type == "cuda" else None
-            self.compiled_step = torch.compile(self._step, fullgraph=True, dynamic=False, mode=mode)
+        if compile and static:
+            self.compiled_step = torch.compile(self._step, fullgraph=True, dynamic=False, mode="reduce-overhead")
+        elif compile:
+            # DynamicCache's bookkeeping breaks the graph in a few places: fullgraph would refuse it.
+            self.compiled_step = torch.compile(self._step, dynamic=True)
         self.compile_state = "on" if compile else "off"  # off | on | warming | ready | failed: why
         self.reused = 0  # prompt tokens the last reply took from the cache instead of encoding them
-        self._compiled: set[int] = set()  # static capacities whose compiled step is ready
+        self._compiled: set[int] = set()  # cache capacities whose compiled step is ready (0: the dynamic cache)
         self._compiling: dict[int, threading.Thread] = {}  # capacity -> the thread compiling for it
         self._warm_lock = threading.Lock()
 
@@ -243,17 +229,19 @@ class Decoder:
             return self._step
         with self._warm_lock:
             if capacity in self._compiled:
-                return self.compiled_step
+                same_threads = self.threads is None or torch.get_num_threads() == self.threads
+                return self.compiled_step if same_threads else self._step
         self.warm_up(capacity)
         return self._step
 
     def warm_up(self, capacity: int | None = None, *, wait: bool = False) -> None:
-        """Compile the decode step for a static cache of ``capacity`` positions (default: the first capacity) in a
-        background thread; a no-op when compiling is off or failed, or is done or under way for that capacity.
-        ``wait`` blocks until that compile has finished."""
+        """Compile the decode step in a background thread, for a static cache of ``capacity`` positions (default: the
+        first capacity) or for the dynamic cache; a no-op when compiling is off or failed, or is done or under way
+        for that capacity. ``wait`` blocks until that compile has finished."""
         if self.compiled_step is None or self.compile_state.startswith("failed"):
             return
-        capacity = capacity or static_capacity(1, self.prompt_cache.context_limit)
+        if capacity is None:
+            capacity = static_capacity(1, self.prompt_cache.context_limit) if self.prompt_cache.static else 0
         with self._warm_lock:
             thread = self._compiling.get(capacity)
             if thread is None and capacity not in self._compiled:
@@ -269,15 +257,24 @@ class Decoder:
     def _compile(self, capacity: int) -> None:
         assert self.compiled_step is not None
         try:
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)
             with torch.inference_mode():
-                # A scratch cache: the live one belongs to the replies that run meanwhile.
-                scratch = StaticCache(config=self.model.config, max_cache_len=capacity)
-                token = torch.zeros((1, 1), dtype=torch.long, device=self.device)
-                self.model(input_ids=token, past_key_values=scratch, use_cache=True)
-                for position in (1, 2, 3):  # the first call compiles; CUDA graphs record on a later one
-                    if self.device.type == "cuda":
-                        torch.compiler.cudagraph_mark_step_begin()
-                    self.compiled_step(token, torch.tensor([[position]], device=self.device), scratch)
+                # Scratch caches (the live one belongs to the replies that run meanwhile). The first call compiles
+                # for its cache length, the next recompiles for any length: both here, not in a reply.
+                for length in (WARM_UP_PROMPT, 3 * WARM_UP_PROMPT):
+                    if capacity:
+                        scratch: Any = StaticCache(config=self.model.config, max_cache_len=capacity)
+                    else:
+                        scratch = DynamicCache(config=self.model.config)
+                    prompt = torch.zeros((1, length), dtype=torch.long, device=self.device)
+                    self.model(input_ids=prompt, past_key_values=scratch, use_cache=True, logits_to_keep=1)
+                    for position in range(length, length + 2):  # CUDA graphs record on a later call than the first
+                        if self.device.type == "cuda":
+                            torch.compiler.cudagraph_mark_step_begin()
+                        # Fresh tensors, made as tokens() makes them: the compiled step is specialised on strides.
+                        token = torch.tensor([[0]], device=self.device)
+                        self.compiled_step(token, torch.tensor([[position]], device=self.device), scratch)
         except Exception as exc:  # no C++ compiler, an unsupported model: replies stay on the eager step
             with self._warm_lock:
                 del self._compiling[capacity]

@@ -146,7 +146,10 @@ class HFEngine:
                 self.quantization = quantization
                 self._stop_ids = _end_of_turn_ids(loaded)
                 compile = pick_compile(loaded.device, self.compile)
-                self._decoder = Decoder(loaded.model, loaded.device, loaded.context_limit, compile=compile)
+                threads = (self.threads or inference_threads()) if loaded.device.type == "cpu" else None
+                self._decoder = Decoder(
+                    loaded.model, loaded.device, loaded.context_limit, compile=compile, threads=threads
+                )
                 threading.Thread(target=_serve, args=(self._jobs,), name=f"decode-{self.name}", daemon=True).start()
                 weakref.finalize(self, self._jobs.put, None)  # a dropped engine (a model switch) ends its thread
                 self._decoder.warm_up()
