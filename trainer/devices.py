@@ -25,18 +25,19 @@ DTYPES: dict[str, torch.dtype] = {
 # CPU defaults, measured on this project's dev machine (AMD EPYC, 2 cores with AVX-512, shared with other jobs), the
 # bundled SmolLM2-135M-Instruct, one decoding thread. The machine was never quiet (load 4-9 on 2 cores), so the
 # comparisons use tokens per CPU-second of the decoding process (about what an idle core gives), side by side
-# (`python -m bench decode`, load 5.3: HF generate float32 10.1, bfloat16 9.2; engine default 22.3; llama.cpp 46.2):
+# (`python -m bench decode`, load 1.9-4: HF generate float32 13.1, bfloat16 13.7; engine default 24.4; llama.cpp 45.3):
 #   engine loop, bfloat16:            ~11 eager, ~12 with torch.compile (static cache)
-#   engine loop, bfloat16 + int4:     ~22-27 eager (dynamic cache); compiled (static cache of 512) ~21, or ~30 with
-#                                     attention upcast to float32 (bf16 attention over a static cache is slow on CPU)
+#   engine loop, bfloat16 + int4:     ~22-27 eager (dynamic cache); compiled for dynamic shapes over the
+#                                     dynamic cache ~31-36 (over a 1,024-position static cache ~20: attention reads
+#                                     every position)
 # Per token, the int4 matmuls (the 210 layer projections) take ~8 ms of CPU against ~45 ms in bfloat16; what is left
-# is the bfloat16 output projection (~8 ms), attention and per-op overhead. torch.compile gains 0-30% on CPU and
-# costs 30 s (inductor's disk cache warm) to 5 minutes (cold, busy machine) of compiling, and its static cache makes
-# attention read every reserved position, so CPU decodes eager by default (--compile turns it on). bfloat16
-# activations are what the int4 kernel needs (float32 ones were 10x slower). Greedy answers stay sane: bfloat16 alone
-# kept 6 of 8 test answers identical to float32's, the other two diverging late; bfloat16 + int4 kept 4 of 6 identical
-# and the first 5-6 tokens of the others (the test in tests/test_engine.py states that tolerance), but on open-ended
-# prompts (a story) it takes other words after the first few.
+# is the bfloat16 output projection (~8 ms), attention and per-op overhead, which compiling trims. Compiling stays
+# opt-in on CPU (--compile): it takes 90-200 s of a core (less once inductor's disk cache is warm), a process that
+# quits meanwhile must wait for it, and its fused kernels round differently, so a greedy reply can change once the
+# compiled step takes over. bfloat16 activations are what the int4 kernel needs (float32 ones were 10x slower).
+# Greedy answers stay sane: bfloat16 alone kept 6 of 8 test answers identical to float32's, the other two diverging
+# late; bfloat16 + int4 kept 4 of 6 identical and the first 5-6 tokens of the others (the test in
+# tests/test_engine.py states that tolerance), but on open-ended prompts (a story) it takes other words early.
 CPU_DEFAULT_DTYPE = torch.bfloat16
 CPU_DEFAULT_QUANTIZATION = "int4"
 CPU_COMPILES = False
