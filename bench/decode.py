@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -243,7 +244,17 @@ def _same_words(first: str, second: str) -> int:
     return count
 
 
-def speed_rows(engine: HFEngine, models_dir: Path, threads: int) -> None:
+def compiled_engine(models_dir: Path) -> HFEngine:
+    """The default engine with the decode step compiled, waited for (its compile is not timed in any row)."""
+    engine = HFEngine("default", models_dir, compile=True)
+    engine.load()
+    started = time.perf_counter()
+    engine.decoder.warm_up(wait=True)
+    print(f"compiled the decode step in {time.perf_counter() - started:.0f} s: {engine.info().extra['compile']}")
+    return engine
+
+
+def speed_rows(engine: HFEngine, models_dir: Path, threads: int, compiled: HFEngine | None) -> None:
     fp32 = load_model("default", models_dir=models_dir, dtype="float32").model
     bf16 = load_model("default", models_dir=models_dir, dtype="bfloat16").model
     rows = {
@@ -251,6 +262,8 @@ def speed_rows(engine: HFEngine, models_dir: Path, threads: int) -> None:
         "bf16": hf_generate(bf16, engine, "HF generate, eager, bfloat16"),
         "engine": engine_stream(engine, f"engine default ({engine.info().dtype}, {engine.quantization})"),
     }
+    if compiled is not None:
+        rows["engine-compiled"] = engine_stream(compiled, "engine default + --compile")
     all_cores = os.cpu_count() or 1
     if all_cores != threads:  # the evidence for the thread default (trainer.devices.inference_threads)
         rows["engine-all-cores"] = with_threads(
@@ -321,7 +334,9 @@ def conversation_ttft(engine: HFEngine) -> None:
     print(f"  turn 10 / turn 1 = {tenth.ttft_s / first.ttft_s:.2f} (target <= 1: {verdict})")
 
 
-def main() -> None:
+def main(compile_row: bool = False) -> None:
+    """Print the comparison; ``compile_row`` adds the engine with ``--compile`` (after a 1-4 minute compile, so
+    not in `make bench`: run `python -m bench.decode --compile`)."""
     home = DataHome.locate()
     models_dir = home.models
     started = time.perf_counter()
@@ -337,11 +352,11 @@ def main() -> None:
         f"{info.extra['compile']}, {threads} thread(s), loaded in {time.perf_counter() - started:.1f} s; prompt "
         f"{engine.count_tokens(MESSAGES)} tokens; load average {load_average:.1f} on {os.cpu_count()} cores"
     )
-    speed_rows(engine, models_dir, threads)
+    speed_rows(engine, models_dir, threads, compiled_engine(models_dir) if compile_row else None)
     conversation_ttft(engine)
     after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nload average {load_average:.1f} at the start, {after:.1f} at the end ({os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":
-    main()
+    main(compile_row="--compile" in sys.argv[1:])
