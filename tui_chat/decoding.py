@@ -20,6 +20,7 @@ Two cache layouts (transformers' cache classes):
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -256,6 +257,9 @@ class Decoder:
 
     def _compile(self, capacity: int) -> None:
         assert self.compiled_step is not None
+        # torch warns once that torchao's int4 tensors cannot key its compile cache: not the user's to act on, and
+        # a chat screen must not get stray lines from this thread.
+        warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching", category=UserWarning)
         try:
             if self.threads is not None:
                 torch.set_num_threads(self.threads)
