@@ -14,6 +14,7 @@ from trainer.home import DataHome
 
 from .tiny_models import save_tiny_model
 
+FAKE_LIFETIME_S = 120  # a fake trainer's longest life
 # Options that keep a real trainer run on the tiny model to a few seconds after its imports.
 QUICK = ["--max-steps", "2", "--eval-samples", "1", "--max-new-tokens", "4"]
 
@@ -53,13 +54,15 @@ def fill_store(store: Store, n: int = 10) -> list[int]:
 def fake_trainer(folder: Path, steps: list[Any]) -> str:
     """An executable standing in for ``python``: run as ``fake -m trainer sft ...`` it plays ``steps``:
     a dict is printed as an event line, a str as a text line, a float sleeps, ``("exit", code)`` exits,
-    ``"wait-for-signal"`` sleeps until SIGINT, then prints a ``stopped`` event and exits 130."""
+    ``"wait-for-signal"`` sleeps until SIGINT, then prints a ``stopped`` event and exits 130. Whatever happens to
+    the test, the fake exits within ``FAKE_LIFETIME_S``."""
     path = folder / f"fake-python-{time.monotonic_ns()}"
     body = f"""\
         import json, signal, sys, time
         steps = json.loads({json.dumps(json.dumps(steps))})
         stop = []
         signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+        signal.alarm({FAKE_LIFETIME_S})  # a test that failed before stopping it leaves no process behind
         for step in steps:
             if isinstance(step, dict):
                 print(json.dumps({{"time": time.time(), **step}}), flush=True)
