@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from trainer.devices import dtype_name, inference_threads, pick_compile, pick_quantization
+from trainer.devices import dtype_name, inference_threads, pick_compile, pick_device, pick_dtype, pick_quantization
 from trainer.home import DataHome
 from trainer.models import BUNDLED_ALIASES, BUNDLED_NAME, LoadedModel, ModelError, load_model, one_line
 
@@ -124,6 +124,12 @@ class HFEngine:
         with self._load_lock:
             if self._loaded is None:
                 try:
+                    # Settings first, so a bad --quantize fails before seconds of loading.
+                    device = pick_device(self.device)
+                    bundled = self.name == BUNDLED_NAME  # its weights are a de-quantized 4-bit GGUF
+                    quantization = pick_quantization(
+                        device, pick_dtype(device, self.dtype), self.quantize, four_bit_weights=bundled
+                    )
                     loaded = load_model(
                         self.spec,
                         models_dir=self.models_dir,
@@ -131,10 +137,6 @@ class HFEngine:
                         dtype=self.dtype,
                         trust_remote_code=self.trust_remote_code,
                         progress=progress,
-                    )
-                    bundled = self.name == BUNDLED_NAME  # its weights are a de-quantized 4-bit GGUF
-                    quantization = pick_quantization(
-                        loaded.device, loaded.dtype, self.quantize, four_bit_weights=bundled
                     )
                 except (ModelError, ValueError) as exc:
                     raise EngineError(str(exc)) from exc
