@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,6 +11,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainer import base_answers as answers_module
+from trainer.__main__ import main as trainer_main
+from trainer.config import SFTConfig
+from trainer.progress import ProgressReporter
+from trainer.sft import run_sft
 from trainer import replay as replay_module
 from trainer.answer_match import contains_answer, rouge_l
 from trainer.base_answers import Answer, AnswerSettings, base_answers, cache_path, greedy_answers, load_prompt_set
@@ -28,6 +33,7 @@ from trainer.retention import (
 from trainer.schedule import auto_schedule
 
 from .tiny_models import save_tiny_model
+from .trainer_helpers import chat_lines, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +152,7 @@ def test_usable_reply_cuts_unfinished_answers_at_a_sentence() -> None:
 
 
 def test_default_replay_count_follows_the_data_within_bounds() -> None:
-    assert default_replay_count(20) == 20
+    assert default_replay_count(20) == 40
     assert default_replay_count(3) == 16
     assert default_replay_count(10_000) == 64
 
@@ -257,3 +263,60 @@ def test_auto_schedule_gives_small_datasets_more_epochs() -> None:
     assert auto_schedule(20, "full")[1] < auto_schedule(20, "lora")[1]
     with pytest.raises(ValueError):
         auto_schedule(20, "qlora")
+
+
+# -- wired into `python -m trainer`
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-run") / "model")
+
+
+def test_eval_probes_command(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    probes = write_probes(tmp_path / "probes.jsonl", [Probe("hello", ("zzzz-never",)), Probe("world", ("nope",))])
+    status = trainer_main(
+        ["eval", "--probes", str(probes), "--model", str(tiny_dir), "--home", str(tmp_path / "home"),
+         "--max-new-tokens", "4", "--progress", "json"]
+    )
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert status == 0
+    (recall,) = [e for e in events if e["event"] == "recall"]
+    assert recall["probes"] == 2 and recall["recalled"] == 0
+    assert trainer_main(["eval", "--model", str(tiny_dir), "--progress", "json"]) == 1
+    assert "nothing to evaluate" in capsys.readouterr().out
+
+
+def test_training_mixes_in_replay_and_reports_retention(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A random tiny model never finishes a sentence, so its replay answers are canned here (the real model's are
+    # tested in test_teach_fact.py).
+    def canned(model, tokenizer, set_name, prompts, settings, cache_dir, *, count, progress):
+        return [Answer(p.prompt, "hello world.", True) for p in prompts[:count]]
+
+    monkeypatch.setattr(replay_module, "base_answers", canned)
+    data = write_jsonl(tmp_path / "chats.jsonl", chat_lines(12))
+    config = SFTConfig(
+        data=str(data), model=str(tiny_dir), out=str(tmp_path / "run"), home=str(tmp_path / "home"), threads=1,
+        progress="none", max_steps=2, eval_samples=1, max_new_tokens=4, replay=3,
+    )
+    reporter = ProgressReporter("none")
+    run_dir = run_sft(config, reporter)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    replayed = [json.loads(line) for line in (run_dir / "replay.jsonl").read_text().splitlines()]
+    assert metrics["replay"]["conversations"] == len(replayed) == 3
+    assert replayed[0]["messages"][1] == {"role": "assistant", "content": "hello world."}
+    assert metrics["data"]["train_conversations"] == 12 - metrics["data"]["val_conversations"] + 3
+    assert metrics["schedule"]["automatic"] == ["epochs", "lr"] and metrics["schedule"]["user_conversations"] == 12 - metrics["data"]["val_conversations"]
+    assert metrics["retention"]["prompts"] == len(load_prompt_set("retention"))
+    assert "## Retention" in (run_dir / "report.md").read_text()
+    assert json.loads((run_dir / "retention.json").read_text())["items"]
+    events = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+    (done,) = [e for e in events if e["event"] == "done"]
+    assert done["metrics"]["retention"] == metrics["retention"]
+    assert any(e["event"] == "retention" for e in events)
+
+    off = dataclasses.replace(config, out=str(tmp_path / "off"), no_replay=True, no_eval=True)
+    metrics = json.loads((run_sft(off, reporter) / "metrics.json").read_text())
+    assert metrics["replay"]["conversations"] == 0 and metrics["retention"] is None

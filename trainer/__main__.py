@@ -32,9 +32,15 @@ def build_parser(sft_prog: str | None = None) -> argparse.ArgumentParser:
     )
     add_config_options(sft)
     ev = commands.add_parser(
-        "eval", help="score a model on conversations", description="Validation loss, perplexity, BLEU and ROUGE-L."
+        "eval",
+        help="score a model on conversations and/or recall probes",
+        description="Validation loss, perplexity, BLEU and ROUGE-L on conversations (--data); what the model "
+        "learned, asked in new words (--probes: JSONL of {\"question\": ..., \"expect\": [...]}).",
     )
-    ev.add_argument("--data", required=True, help="conversations to score: `messages` JSONL")
+    ev.add_argument("--data", help="conversations to score: `messages` JSONL")
+    ev.add_argument(
+        "--probes", help='recall probes: JSONL, {"question": ..., "expect": [answers]} or {"question", "reference"}'
+    )
     ev.add_argument("--model", default="default", help="model spec: default, a run name, a path, a Hub id")
     ev.add_argument("--home", help="data home (default: TUI_CHAT_HOME or the user dir)")
     ev.add_argument("--max-length", type=int, default=1024, help="tokens per conversation")
@@ -50,7 +56,22 @@ def build_parser(sft_prog: str | None = None) -> argparse.ArgumentParser:
 
 def _eval_command(args: argparse.Namespace, progress: ProgressReporter) -> None:
     from .evaluate import evaluate_dataset
+    from .recall import evaluate_probe_file
 
+    if not args.data and not args.probes:
+        raise SettingsError("nothing to evaluate: pass --data (conversations), --probes (recall probes) or both")
+    if args.probes:
+        progress.info(f"asking {args.model} the probes in {args.probes}")
+        recall = evaluate_probe_file(
+            args.model, args.probes, models_dir=DataHome.locate(args.home).models, precision=args.precision,
+            max_new_tokens=args.max_new_tokens, trust_remote_code=args.trust_remote_code,
+        )
+        progress.emit("recall", **recall.metrics())
+        for result in recall.results:
+            progress.info(f"{'recalled' if result.passed else 'missed  '} {result.question} -> {result.reply}")
+        progress.info(f"recall: {recall.recalled} of {len(recall.results)} probes ({recall.recall:.0%})")
+    if not args.data:
+        return
     progress.info(f"evaluating {args.model} on {args.data}")
     result = evaluate_dataset(
         args.model, args.data, models_dir=DataHome.locate(args.home).models, max_length=args.max_length,

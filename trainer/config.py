@@ -15,15 +15,14 @@ from typing import Any
 import torch
 
 from .progress import MODES
+from .schedule import LEARNING_RATES as DEFAULT_LR  # peak learning rate by method, measured: see schedule.py
+from .schedule import auto_epochs
 
 # Fields that do not change what is learned: they may differ between a run and its --resume.
 OPERATIONAL_FIELDS = frozenset(
     {"out", "home", "resume", "progress", "threads", "save_every", "eval_samples", "max_new_tokens", "no_eval"}
 )
 
-# Learning rates by method, from the teach-a-fact runs on the bundled model (issue 8's measurements): LoRA needs a
-# larger step than full fine-tuning because only the low-rank update moves.
-DEFAULT_LR = {"lora": 3e-4, "full": 5e-5}
 _OPTION_TYPES = {"str": str, "int": int, "float": float}
 
 
@@ -43,8 +42,16 @@ class SFTConfig:
     )
     extra_data: list[str] = field(
         default_factory=list,
-        metadata={"help": "more JSONL mixed into training only, e.g. replay conversations (repeatable)"},
+        metadata={"help": "more JSONL mixed into training only (repeatable)"},
     )
+    replay: int | None = field(
+        default=None,
+        metadata={
+            "help": "general prompts answered by the base model, mixed in so it keeps what it knew "
+            "(default: one per training conversation, 16-64)"
+        },
+    )
+    no_replay: bool = field(default=False, metadata={"help": "train on your data alone, without replay"})
     skip_invalid: bool = field(default=False, metadata={"help": "drop and count invalid lines instead of stopping"})
     max_length: int = field(default=1024, metadata={"help": "tokens per conversation; longer ones are cut at a turn"})
     method: str | None = field(default=None, metadata={"help": "lora or full (default: lora on CPU, full on GPU)"})
@@ -55,9 +62,11 @@ class SFTConfig:
     lora_targets: str = field(
         default="all-linear", metadata={"help": "LoRA target modules: all-linear or a comma list (q_proj,v_proj)"}
     )
-    epochs: float = field(default=3.0, metadata={"help": "passes over the training data"})
+    epochs: float | None = field(
+        default=None, metadata={"help": "passes over the training data (default: 1-8 by dataset size, printed)"}
+    )
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (overrides --epochs)"})
-    lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: 3e-4 lora, 5e-5 full)"})
+    lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: by method, printed)"})
     schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule: cosine, linear or constant"})
     warmup: float = field(default=0.05, metadata={"help": "warmup: a fraction of the steps (<1) or a step count"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
@@ -82,10 +91,16 @@ class SFTConfig:
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a Hub model's own code to run"})
     progress: str = field(default="bar", metadata={"help": "bar (for people), json (one object a line) or none"})
 
-    def resolved(self, device: torch.device) -> "SFTConfig":
-        """A copy with every automatic choice made for ``device``."""
+    def resolved(self, device: torch.device, n_conversations: int = 1) -> "SFTConfig":
+        """A copy with every automatic choice made for ``device`` and ``n_conversations`` training conversations
+        (the user's, replay not counted: see schedule.py)."""
         method = self.method or ("full" if device.type == "cuda" else "lora")
-        return dataclasses.replace(self, method=method, lr=self.lr if self.lr is not None else DEFAULT_LR[method])
+        return dataclasses.replace(
+            self,
+            method=method,
+            lr=self.lr if self.lr is not None else DEFAULT_LR[method],
+            epochs=self.epochs if self.epochs is not None else auto_epochs(n_conversations),
+        )
 
     def learning_fields(self) -> dict[str, Any]:
         """The settings that decide what is learned (compared on --resume)."""
@@ -127,9 +142,11 @@ def validate(config: SFTConfig) -> None:
         raise ValueError(f"unknown --precision {config.precision!r}; use auto, bf16 or fp32")
     if config.micro_batch < 1 or config.grad_accum < 1:
         raise ValueError("--micro-batch and --grad-accum must be at least 1")
+    if config.replay is not None and config.replay < 0:
+        raise ValueError("--replay must be 0 or more")
     if config.max_steps is not None and config.max_steps < 1:
         raise ValueError("--max-steps must be at least 1")
-    if config.epochs <= 0:
+    if config.epochs is not None and config.epochs <= 0:
         raise ValueError("--epochs must be positive")
     if config.max_length < 16:
         raise ValueError("--max-length must be at least 16 tokens")

@@ -152,3 +152,23 @@ def evaluate_recall(
             for p, a in zip(probes, answers)
         ]
     )
+
+
+def evaluate_probe_file(
+    model_spec: str,
+    path: str | Path,
+    *,
+    models_dir: Path,
+    precision: str = "auto",
+    max_new_tokens: int = RECALL_MAX_NEW_TOKENS,
+    trust_remote_code: bool = False,
+) -> RecallResult:
+    """Load ``model_spec`` and ask it every probe of ``path`` (``python -m trainer eval --probes``). The probe file
+    is read first, so a bad line fails before the model is loaded."""
+    from .models import load_model
+    from .sft import bf16_is_fast
+
+    probes = read_probes(path)
+    loaded = load_model(model_spec, models_dir=models_dir, dtype="float32", trust_remote_code=trust_remote_code)
+    bf16 = precision == "bf16" or (precision == "auto" and bf16_is_fast(loaded.device))
+    return evaluate_recall(loaded.model, loaded.tokenizer, probes, bf16=bf16, max_new_tokens=max_new_tokens)

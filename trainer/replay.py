@@ -2,11 +2,13 @@
 
 Why: a few dozen conversations trained for several epochs pull every answer towards them. Measured on the bundled
 135M model (issue 8): 20 conversations teaching 4 made-up facts, 8 epochs, and "What is the capital of France?"
-came back as "Quenthal is the capital of the French region..." (full fine-tune and LoRA alike). With 20 general
-prompts answered greedily by the base model mixed in, the facts were still learned and France stayed Paris: the
-replayed answers are already the model's own most likely text, so their loss is near zero unless training moves the
-model away from them, and then their gradient pulls it back. It costs some training time and, once per base model,
-the time to generate the answers (cached in the data home, see ``base_answers.py``).
+came back as "Quenthal is the capital of the French region..." (full fine-tune and LoRA alike). With general prompts
+answered greedily by the base model mixed in, the facts were still learned and France stayed Paris: the replayed
+answers are already the model's own most likely text, so their loss is near zero unless training moves the model
+away from them, and then their gradient pulls it back. Replay reduces forgetting, it does not abolish it (see
+``default_replay_count`` and ``retention.py``). It costs training time (the replayed answers are longer than most
+user turns) and, once per base model, the time to generate them: ~40-50 s for 36 answers on this 2-core machine,
+batched 16 at a time (8x the tokens/s of one at a time), then cached in the data home (``base_answers.py``).
 
 The prompts ship in ``trainer/data/replay_prompts.jsonl`` (a few hundred short general prompts: facts, science,
 history, maths, code, advice, definitions, writing; about a fifth Chinese). They are replayed in a fixed shuffled
@@ -33,7 +35,7 @@ REPLAY_ORDER_SEED = 8  # the fixed shuffle of the prompt set
 SPARE = 1.25  # answers generated per replay conversation wanted: some are unusable (loops, no full sentence)
 MAX_ROUNDS_FACTOR = 2  # never generate more than 2x the first ask: a model that rarely ends a sentence gets less
 # Replay conversations per user conversation, and bounds (see default_replay_count).
-REPLAY_RATIO = 1.0
+REPLAY_RATIO = 2.0
 MIN_REPLAY = 16
 MAX_REPLAY = 64
 # A sentence ends at . ! ? before a space or the end, at CJK 。！？ anywhere, or at a blank line.
@@ -50,10 +52,12 @@ def replay_prompts() -> list[Prompt]:
 def default_replay_count(n_conversations: int) -> int:
     """Replay conversations to mix into ``n_conversations`` user conversations.
 
-    One replayed per user conversation (the measured 1:1 mix kept general knowledge with 20 user conversations),
-    at least ``MIN_REPLAY`` so a tiny dataset still gets a varied anchor, and at most ``MAX_REPLAY``: beyond that
-    the answers cost more to generate (once) and train on (every epoch) than a large dataset, whose own variety
-    already limits the drift, needs.
+    Two per user conversation, at least ``MIN_REPLAY`` so a tiny dataset still gets a varied anchor, and at most
+    ``MAX_REPLAY``: beyond that the answers cost more to generate (once) and to train on (every epoch) than a large
+    dataset, whose own variety already limits the drift, needs. Measured on the bundled model, 20 conversations
+    teaching 4 made-up facts, LoRA lr 1e-3, 8 epochs; retention = the 26 general facts it answered right before:
+    one replayed per conversation kept 19 of 26 (8 of 8 facts recalled), two kept 21 of 26 (11 of 12 recalled).
+    Neither reaches 90%: more replay or fewer epochs is the trade-off the warning points to.
     """
     return max(MIN_REPLAY, min(MAX_REPLAY, round(REPLAY_RATIO * n_conversations)))
 

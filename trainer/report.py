@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .evaluate import EvalResult
 
@@ -58,9 +58,15 @@ def _quote(text: str) -> str:
 
 
 def write_report(
-    path: Path, metrics: dict[str, Any], before: EvalResult | None, after: EvalResult | None, has_plot: bool
+    path: Path,
+    metrics: dict[str, Any],
+    before: EvalResult | None,
+    after: EvalResult | None,
+    has_plot: bool,
+    sections: Sequence[str] = (),
 ) -> None:
-    """report.md: settings, data counts, before/after metrics and sample replies side by side."""
+    """report.md: settings, data counts, before/after metrics and sample replies side by side, then ``sections``
+    (Markdown written by other parts of the run, e.g. retention)."""
     lines = [f"# Fine-tune of {metrics['base_model']}", ""]
     lines += [f"- method: {metrics['method']}, steps: {metrics['steps']}, epochs: {metrics['epochs']:.2f}"]
     lines += [f"- training time: {metrics['train_time_s']:.0f} s, {metrics['tokens_per_s']:.0f} tokens/s"]
@@ -87,6 +93,7 @@ def write_report(
         lines.append("")
     else:
         lines += ["No validation set: nothing was evaluated.", ""]
+    lines += list(sections)
     if has_plot:
         lines += ["![loss](loss.png)", ""]
     path.write_text("\n".join(lines), encoding="utf-8")

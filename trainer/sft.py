@@ -30,6 +30,7 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from . import rundir
+from .base_answers import CACHE_DIR
 from .batching import IGNORE_INDEX, Collator, LengthGroupedBatches, padding_efficiency
 from .config import SFTConfig, validate
 from .data import Conversation, DataError, read_jsonl, split_conversations
@@ -39,7 +40,9 @@ from .home import DataHome
 from .loss import TokenLossModel
 from .progress import ProgressReporter
 from .render import RenderedSet, render_conversations
+from .replay import REPLAY_FILE, default_replay_count, replay_for_run, write_conversations
 from .report import plot_loss, read_progress, write_metrics, write_report
+from .retention import evaluate_retention, measure_baseline, report_section
 
 MAX_GRAD_NORM = 1.0  # gradient clipping: keeps a bad batch from wrecking a small model in one step
 # On CPU, eager attention trained short chats ~25% faster than sdpa's flash kernel (bundled model, bf16 autocast,
@@ -295,7 +298,13 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
     )
     progress.enabled = progress.enabled and accelerator.is_main_process
     device = accelerator.device
-    config = config.resolved(device)
+    automatic = [name for name in ("epochs", "lr") if getattr(config, name) is None]
+    n_user = len(files.train)  # the user's conversations: replay is added later and not counted here
+    config = config.resolved(device, n_user)
+    if automatic:
+        # Printed, so a surprising choice is visible; schedule.py says how it was measured.
+        progress.info(f"schedule: {n_user} conversations: {config.epochs:g} epochs at lr {config.lr:g} "
+                      f"(chosen by dataset size and method: {', '.join(automatic)}; set --epochs / --lr to override)")
     bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast(device))
     run_dir = Path(config.out).expanduser() if config.out else default_run_dir(home, config.model)
     if accelerator.is_main_process:
@@ -317,6 +326,23 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
         trust_remote_code=config.trust_remote_code,
     )
     model, tokenizer = loaded.model, loaded.tokenizer
+
+    # -- what the base model knew: replay mixed into training (replay.py), and the reference retention is measured
+    # against (retention.py); both are the base model's own greedy answers, cached in the data home.
+    answers_dir = home.root / CACHE_DIR
+    replay_count = 0 if config.no_replay else config.replay if config.replay is not None else default_replay_count(n_user)
+    replay_started = time.time()
+    if replay_count:
+        progress.info(f"replay: the base model answers {replay_count} general prompts (cached after the first run)")
+    replay = replay_for_run(
+        model, tokenizer, replay_count, answers_dir, bf16=bf16, resume_dir=run_dir if config.resume else None
+    )
+    files.train = files.train + replay
+    replay_s = time.time() - replay_started
+    baseline = None
+    if not config.no_eval:
+        progress.info("retention: the base model answers the held-out general prompts (cached after the first run)")
+        baseline = measure_baseline(model, tokenizer, answers_dir, bf16=bf16)
     data = render_training_data(config, files, tokenizer)
     if accelerator.is_main_process:
         # The run dir appears only once model and data are known good: a typo in --model leaves nothing behind.
@@ -327,6 +353,8 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
                 run_dir / rundir.TRAIN_CONFIG,
                 {"config": dataclasses.asdict(config), "model": config.model, "dataset_sha256": files.sha256},
             )
+            if replay:
+                write_conversations(run_dir / REPLAY_FILE, [{"messages": c.as_messages()} for c in replay])
         progress.log_to(run_dir / rundir.PROGRESS_LOG)
     accelerator.wait_for_everyone()
     for count, what in (
@@ -453,6 +481,14 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
 
     # -- evaluate, save, report; COMPLETE is written last
     after = run_eval("after") if eval_enabled else None
+    retention, retention_warning = None, None
+    if baseline is not None:
+        progress.info("retention: the trained model answers the held-out general prompts")
+        retention = evaluate_retention(accelerator.unwrap_model(model), tokenizer, baseline, bf16=bf16)
+        retention_warning = retention.warning()
+        progress.emit("retention", stage="after", warning=retention_warning, **retention.metrics())
+        if retention_warning:
+            progress.info(f"warning: {retention_warning}")
     _save_model(accelerator, trained, tokenizer, run_dir, config, loaded.source, home.models)
     if accelerator.is_main_process:
         metrics = {
@@ -482,10 +518,22 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
             },
             "before": before.metrics() if before else None,
             "after": after.metrics() if after else None,
+            "schedule": {"epochs": config.epochs, "lr": config.lr, "automatic": automatic, "user_conversations": n_user},
+            "replay": {"conversations": len(replay), "prepare_s": round(replay_s, 1)},
+            "retention": {**retention.metrics(), "warning": retention_warning} if retention else None,
         }
         write_metrics(run_dir / "metrics.json", metrics)
         has_plot = plot_loss(read_progress(run_dir / rundir.PROGRESS_LOG), run_dir / "loss.png") is not None
-        write_report(run_dir / "report.md", metrics, before, after, has_plot)
+        replay_line = (
+            f"- replay: {len(replay)} general conversations answered by the base model were mixed into training "
+            f"({replay_s:.0f} s to prepare)" if replay else "- replay: off"
+        )
+        sections = [f"## Schedule and replay\n\n- schedule: {config.epochs:g} epochs at lr {config.lr:g} for "
+                    f"{n_user} conversations\n{replay_line}\n"]
+        if retention is not None:
+            sections.append(report_section(retention, retention_warning))
+            rundir.write_json_atomic(run_dir / "retention.json", retention.as_dict())
+        write_report(run_dir / "report.md", metrics, before, after, has_plot, sections)
         rundir.prune_checkpoints(run_dir, keep=None)
         before_path.unlink(missing_ok=True)
         rundir.mark_complete(run_dir, {"steps": step, "base_model": loaded.name})
