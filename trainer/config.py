@@ -48,7 +48,7 @@ class SFTConfig:
         default=None,
         metadata={
             "help": "general prompts answered by the base model, mixed in so it keeps what it knew "
-            "(default: one per training conversation, 16-64)"
+            "(default: two per training conversation, 16-64)"
         },
     )
     no_replay: bool = field(default=False, metadata={"help": "train on your data alone, without replay"})
