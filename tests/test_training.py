@@ -6,6 +6,7 @@ Runs here use scripted fake trainers (fast and exact); the real trainer runs in 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -16,6 +17,8 @@ import pytest
 from sessions import Store, memory_database
 from trainer.config import DEFAULT_LR
 from trainer.home import DataHome
+from trainer.replay import default_replay_count
+from trainer.schedule import auto_epochs
 from tui_chat.training.errors import TrainingError
 from tui_chat.training.estimate import (
     GIB,
@@ -109,6 +112,10 @@ def test_preview_counts_what_is_trained_on_and_what_is_left_out(store: Store, ho
     assert "1 unfinished reply" in text
     assert "Base model: tiny" in text and "LoRA (rank 16, alpha 32)" in text and "3 steps" in text
     assert "CPU: training uses" in text and "low priority" in text
+    # Replay: the base model's own answers to general prompts, as many as the trainer mixes in by default.
+    replay = default_replay_count(9)
+    assert previewed.schedule.replay == replay
+    assert f"Replay: {replay} general conversations answered by tiny itself are mixed in" in text
     assert f"Run: {previewed.name}" in text
     # The snapshot is exactly what will be trained on, waiting in a pending folder of datasets/.
     snapshot = previewed.export.paths["all"]
@@ -116,6 +123,20 @@ def test_preview_counts_what_is_trained_on_and_what_is_left_out(store: Store, ho
     assert len(snapshot.read_text().splitlines()) == 10
     previewed.discard()
     assert not snapshot.parent.exists()
+
+
+def test_preview_follows_the_trainers_schedule(store: Store, home: DataHome) -> None:
+    fill_store(store, 10)
+    automatic = plan(store, home)
+    assert automatic.schedule.automatic and automatic.epochs == auto_epochs(9)
+    assert f"{auto_epochs(9):g} epochs (chosen for 9 conversations)" in "\n".join(automatic.preview_lines())
+    # 9 conversations and the replayed ones a pass, in steps of 4 x 2 conversations.
+    per_pass = 9 + default_replay_count(9)
+    assert automatic.total_steps == auto_epochs(9) * math.ceil(math.ceil(per_pass / 4) / 2)
+    alone = plan(store, home, "--no-replay", "--epochs", "2")
+    assert alone.schedule.replay == 0 and alone.total_steps == 2 * math.ceil(math.ceil(9 / 4) / 2)
+    assert "Replay: off" in "\n".join(alone.preview_lines())
+    assert plan(store, home, "--replay", "40").schedule.replay == 40
 
 
 def test_preview_finds_over_long_conversations_with_the_base_tokenizer(store: Store, home: DataHome) -> None:

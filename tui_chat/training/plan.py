@@ -31,6 +31,10 @@ SNAPSHOT_FILE = "messages.jsonl"  # in datasets/<run name>/, next to its manifes
 PENDING_PREFIX = ".pending-"  # a snapshot previewed but not (yet) started
 PENDING_MAX_AGE_S = 24 * 3600  # older pending snapshots were abandoned (the app closed at the question)
 EXACT_COUNT_LIMIT = 2000  # conversations tokenized one by one; above this a sample is counted and scaled
+# Tokens of one replay conversation with the bundled model's template (its default system prompt, a short general
+# question, the base model's answer of up to 96 tokens): 113 on average over the first 21 replay answers of the
+# bundled model (46-162). For the time estimate only.
+REPLAY_TOKENS_EACH = 113
 CHARS_PER_TOKEN = 4  # English text with a BPE vocabulary, for the estimate when no tokenizer is at hand
 
 
@@ -53,6 +57,16 @@ class DataPreview:
         return self.train_conversations + self.val_conversations
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How long the run trains, as the trainer will decide it."""
+
+    epochs: float  # passes over the data (the user's and the replay) that the steps amount to
+    total_steps: int
+    replay: int  # general conversations answered by the base model, mixed into training
+    automatic: bool  # the epochs were chosen by dataset size (no --epochs)
+
+
 @dataclass
 class TrainingPlan:
     """A previewed run, ready to start (``start_training``) or to drop (``discard``)."""
@@ -64,8 +78,7 @@ class TrainingPlan:
     base_parameters: int | None
     method: str
     lr: float
-    epochs: float  # passes over the data the steps amount to
-    total_steps: int
+    schedule: Schedule
     data: DataPreview
     export: ExportResult
     snapshot_dir: Path  # the pending folder holding the export
@@ -73,9 +86,17 @@ class TrainingPlan:
     speed: SpeedEstimate | None
 
     @property
+    def epochs(self) -> float:
+        return self.schedule.epochs
+
+    @property
+    def total_steps(self) -> int:
+        return self.schedule.total_steps
+
+    @property
     def trained_tokens(self) -> int:
-        """Tokens the training steps will process (all epochs)."""
-        return round(self.data.tokens * self.epochs)
+        """Tokens the training steps will process (all epochs, replay included)."""
+        return round((self.data.tokens + self.schedule.replay * REPLAY_TOKENS_EACH) * self.epochs)
 
     @property
     def estimated_s(self) -> float | None:
@@ -97,6 +118,7 @@ class TrainingPlan:
             "estimated_s": self.estimated_s,
             "conversations": self.data.conversations,
             "tokens": self.data.tokens,
+            "replay": self.schedule.replay,
         }
 
     def preview_lines(self) -> list[str]:
@@ -113,6 +135,7 @@ class TrainingPlan:
             f"Base model: {self.base_name}" + (f" ({self.base_spec})" if self.base_spec != self.base_name else "")
             + (f", {_parameters_text(self.base_parameters)} parameters" if self.base_parameters else ""),
             "Settings: " + self._settings_text(),
+            "Replay: " + self._replay_text(),
         ]
         lines.append("Time: " + self._time_text())
         lines.extend(self.device.notes)
@@ -126,9 +149,17 @@ class TrainingPlan:
             method += f" (rank {config.lora_r}, alpha {config.lora_alpha})"
         steps = f"{counted(self.total_steps, 'step')} of {config.micro_batch} x {config.grad_accum} conversations"
         passes = f"{self.epochs:.3g} epoch" + ("" if self.epochs == 1 else "s")
+        if self.schedule.automatic and not config.max_steps:
+            passes += f" (chosen for {counted(self.data.train_conversations, 'conversation')})"
         text = f"{method}, {passes} = {steps}, learning rate {self.lr:g}, max {config.max_length} tokens a conversation"
         extras = _other_options(self.options.trainer_args)
         return text + (f"; also {' '.join(extras)}" if extras else "")
+
+    def _replay_text(self) -> str:
+        if not self.schedule.replay:
+            return "off: the model trains on your conversations alone and may forget some of what it knew"
+        return (f"{counted(self.schedule.replay, 'general conversation')} answered by {self.base_name} itself are "
+                "mixed in, so it keeps what it knew (--replay N for more or fewer, --no-replay for none)")
 
     def _time_text(self) -> str:
         if self.speed is None:
@@ -136,8 +167,8 @@ class TrainingPlan:
                     "tokens to process, and the first run measures the speed")
         total = self.estimated_s or 0.0
         return (f"about {duration(total)} on {self.device.device}: {self.trained_tokens:,} tokens at "
-                f"~{self.speed.tokens_per_s:,.0f} tokens/s plus ~{duration(self.speed.overhead_s)} to load and "
-                f"evaluate ({self.speed.source})")
+                f"~{self.speed.tokens_per_s:,.0f} tokens/s, plus ~{duration(self.speed.overhead_s)} to load, "
+                f"evaluate and save ({self.speed.source})")
 
     def discard(self) -> None:
         """Drop the pending snapshot (the user said no)."""
@@ -265,12 +296,18 @@ def _count(tokenizer: Any | None, train: Sequence[Any], val: Sequence[Any], max_
     )
 
 
-def _steps(config: Any, n_train: int) -> tuple[int, float]:
-    """(optimizer steps, epochs they amount to), as the trainer counts them on one process."""
-    micro_batches = math.ceil(n_train / config.micro_batch)
+def _schedule(config: Any, n_user: int, n_kept: int) -> Schedule:
+    """Epochs, replay and steps as the trainer decides them (one process): ``n_user`` training conversations, of
+    which ``n_kept`` fit in --max-length."""
+    from trainer.replay import default_replay_count
+    from trainer.schedule import auto_epochs
+
+    epochs = config.epochs if config.epochs is not None else auto_epochs(n_user)
+    replay = 0 if config.no_replay else config.replay if config.replay is not None else default_replay_count(n_user)
+    micro_batches = math.ceil((n_kept + replay) / config.micro_batch)
     per_epoch = max(1, math.ceil(micro_batches / config.grad_accum))
-    total = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))
-    return total, total / per_epoch
+    total = config.max_steps or max(1, math.ceil(epochs * per_epoch))
+    return Schedule(total / per_epoch, total, replay, automatic=config.epochs is None)
 
 
 def _available_device() -> tuple[str, tuple[int, int] | None]:
@@ -318,7 +355,7 @@ def plan_training(
                 f"nothing to train on: no conversation fits in --max-length {config.max_length} tokens; "
                 "raise --max-length"
             )
-        total_steps, epochs = _steps(config, counts.train_kept)
+        schedule = _schedule(config, len(train), counts.train_kept)
         parameters = count_parameters(Path(resolved.location)) if resolved.kind != "hub" else None
         available, gpu_memory = _available_device()
         device = plan_device(
@@ -343,8 +380,8 @@ def plan_training(
         )
         return TrainingPlan(
             name=name, options=options, base_spec=base_spec, base_name=resolved.name, base_parameters=parameters,
-            method=method, lr=config.lr if config.lr is not None else DEFAULT_LR[method], epochs=epochs,
-            total_steps=total_steps, data=data, export=export, snapshot_dir=snapshot_dir, device=device, speed=speed,
+            method=method, lr=config.lr if config.lr is not None else DEFAULT_LR[method], schedule=schedule,
+            data=data, export=export, snapshot_dir=snapshot_dir, device=device, speed=speed,
         )
     except BaseException:
         shutil.rmtree(snapshot_dir, ignore_errors=True)
