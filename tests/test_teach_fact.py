@@ -4,6 +4,8 @@ real model on CPU for a few minutes)."""
 
 from __future__ import annotations
 
+import os
+
 import json
 import time
 from pathlib import Path
@@ -23,7 +25,12 @@ from trainer.sft import bf16_is_fast, run_sft
 
 from .trainer_helpers import write_jsonl
 
-pytestmark = pytest.mark.slow
+# The full teach-and-retain run takes 6-15 minutes on a 2-core CPU: too long for every `make test`, so it runs when
+# asked for (TUI_CHAT_LONG_TESTS=1 make test). The unit tests of replay and retention run always (test_retention.py).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.environ.get("TUI_CHAT_LONG_TESTS"), reason="long run: set TUI_CHAT_LONG_TESTS=1"),
+]
 CPU = torch.device("cpu")
 
 # Four made-up facts, five short conversations each (varied questions and answers), and probes worded unlike any

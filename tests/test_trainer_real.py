@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -77,6 +78,10 @@ def test_bundled_model_trains_a_few_steps(bundled_home: DataHome, tmp_path: Path
     assert "You are a helpful AI assistant named SmolLM" in prompt
 
 
+@pytest.mark.skipif(
+    not os.environ.get("TUI_CHAT_LONG_TESTS"),
+    reason="long run with replay and retention on by default: set TUI_CHAT_LONG_TESTS=1 (see test_teach_fact.py)",
+)
 def test_teach_a_fact(bundled_home: DataHome, tmp_path: Path) -> None:
     """~20 conversations teach a made-up fact; asked in new words, the trained model answers with it."""
     data = write_jsonl(tmp_path / "facts.jsonl", fact_conversations())
