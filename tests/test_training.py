@@ -9,7 +9,6 @@ import json
 import math
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -35,7 +34,16 @@ from tui_chat.training.options import parse_train_options, train_help
 from tui_chat.training.plan import plan_training
 from tui_chat.training.summary import finish_summary, progress_line, run_line, sparkline
 
-from .training_helpers import add_chat, done_event, fake_trainer, fill_store, step_event, tiny_home, wait_for
+from .training_helpers import (
+    add_chat,
+    done_event,
+    fake_trainer,
+    fill_store,
+    home_sharing_tiny,
+    step_event,
+    tiny_home,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +54,7 @@ def models_home(tmp_path_factory: pytest.TempPathFactory) -> DataHome:
 @pytest.fixture
 def home(tmp_path: Path, models_home: DataHome) -> DataHome:
     """A fresh home whose models/tiny links to the module's tiny model."""
-    home = DataHome(tmp_path / "home").ensure()
-    (home.models / "tiny").symlink_to(models_home.models / "tiny", target_is_directory=True)
-    return home
+    return home_sharing_tiny(tmp_path, models_home)
 
 
 @pytest.fixture

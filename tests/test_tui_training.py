@@ -19,8 +19,25 @@ from tui_chat.screens.train_dialog import TrainDialogScreen
 from tui_chat.widgets.training_panel import RunRow
 
 from .fakes import FakeEngine
-from .training_helpers import QUICK, done_event, fake_trainer, fill_store, step_event, tiny_home
-from .tui_helpers import SIZE, build_app, chat_screen, idle, notifications, ready, send, wait_for
+from .training_helpers import (
+    QUICK,
+    done_event,
+    fake_trainer,
+    fill_store,
+    home_sharing_tiny,
+    step_event,
+    tiny_home,
+)
+from .tui_helpers import (
+    SIZE,
+    build_app,
+    chat_screen,
+    idle,
+    notifications,
+    ready,
+    send,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +47,8 @@ def models_home(tmp_path_factory: pytest.TempPathFactory) -> DataHome:
 
 @pytest.fixture
 def home(tmp_path: Path, models_home: DataHome) -> DataHome:
-    home = DataHome(tmp_path / "home").ensure()
-    (home.models / "tiny").symlink_to(models_home.models / "tiny", target_is_directory=True)
-    return home
+    """A fresh home whose models/tiny links to the module's tiny model."""
+    return home_sharing_tiny(tmp_path, models_home)
 
 
 @pytest.fixture

@@ -26,6 +26,13 @@ def tiny_home(root: Path) -> DataHome:
     return home
 
 
+def home_sharing_tiny(root: Path, models_home: DataHome) -> DataHome:
+    """A fresh data home whose models/tiny links to ``models_home``'s tiny model (built once per module)."""
+    home = DataHome(root / "home").ensure()
+    (home.models / "tiny").symlink_to(models_home.models / "tiny", target_is_directory=True)
+    return home
+
+
 def add_chat(store: Store, turns: list[tuple[str, str]], *, model: str = "tiny", rating: int = 0,
              excluded: bool = False, status: str = "complete") -> int:
     """A conversation of (question, answer) turns; ``rating`` and ``status`` apply to its last reply."""
