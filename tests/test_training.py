@@ -201,7 +201,8 @@ def test_gpu_memory_decides_where_training_runs() -> None:
     assert full.device == "cpu" and full.env == {"CUDA_VISIBLE_DEVICES": ""} and full.nice > 0
     assert "only 20.0 GiB is free" in full.notes[0] and "runs on the CPU instead" in full.notes[0]
     cpu = plan_device("cpu", None, None, cpu_count=2)
-    assert cpu.device == "cpu" and "1 of 2 cores" in cpu.notes[0]
+    assert cpu.device == "cpu" and "the 2 cores" in cpu.notes[0] and "one fewer while the chat" in cpu.notes[0]
+    assert "1 of 2 cores" in plan_device("cpu", None, None, cpu_count=2, threads=1).notes[0]
 
 
 def test_parameters_are_counted_from_safetensors_headers(models_home: DataHome) -> None:

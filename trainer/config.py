@@ -78,7 +78,13 @@ class SFTConfig:
     precision: str = field(
         default="auto", metadata={"help": "bf16 (autocast over fp32 weights), fp32, or auto (bf16 where fast)"}
     )
-    threads: int | None = field(default=None, metadata={"help": "CPU threads (default: torch's, one per core)"})
+    threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "CPU threads (default: every core while the machine is otherwise idle, one fewer while another "
+            "process keeps a core busy; re-decided every step)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed for the split order, batches, LoRA init and dropout"})
     save_every: int = field(default=50, metadata={"help": "checkpoint every N optimizer steps (0: only on a signal)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its last checkpoint"})

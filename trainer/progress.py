@@ -6,9 +6,12 @@ and the app's "show me that run again" read. Events (``event`` field; every obje
 - ``start``: run_dir, model, method, device, dtype, total_steps, start_step (> 0 on --resume), epochs,
   train_conversations, val_conversations, train_tokens, assistant_tokens, real_token_fraction
 - ``info``: message (a phase or a count worth telling: "evaluating before training", "2 conversations truncated")
-- ``step``: step, total, epoch, loss (mean per assistant token), lr, tokens_per_s, eta_s, elapsed_s
+- ``step``: step, total, epoch, loss (mean per assistant token), lr, tokens_per_s, eta_s, elapsed_s, threads
+  (CPU threads the next step uses; null on a GPU)
 - ``eval``: stage ("before" | "after", or "eval" from ``python -m trainer eval``), step, val_loss, val_ppl,
   val_tokens, bleu (0-100), rouge_l (0-1), samples (how many replies were generated)
+- ``retention``: stage ("after"), warning (a sentence, or null), retention, facts_kept, facts_total, substance,
+  mean_rouge_l, rouge_threshold, prompts, perplexity, base_perplexity (``trainer.retention.RetentionResult``)
 - ``checkpoint``: step, path
 - ``stopped``: step, reason (the signal), checkpoint: a resumable stop, the process exits with status 130
 - ``done``: run_dir, elapsed_s, metrics (the metrics.json object)

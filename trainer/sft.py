@@ -34,7 +34,7 @@ from .base_answers import CACHE_DIR
 from .batching import IGNORE_INDEX, Collator, LengthGroupedBatches, padding_efficiency
 from .config import SFTConfig, validate
 from .data import Conversation, DataError, read_jsonl, split_conversations
-from .devices import inference_threads
+from .cpu_threads import ThreadGovernor
 from .evaluate import EvalResult, evaluate
 from .home import DataHome
 from .loss import TokenLossModel
@@ -272,18 +272,22 @@ def run_sft(config: SFTConfig, progress: ProgressReporter) -> Path:
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
     threads = torch.get_num_threads()
-    # One core left for the chat beside training, as for decoding. Measured here (bundled model, LoRA, bf16
-    # autocast, 4 x 256 tokens, 2 cores busy with other jobs): 1 thread 70 tokens/s, 2 threads 22: OpenMP threads
-    # that find their core taken spin at every barrier, so oversubscribing costs far more than an idle core.
-    torch.set_num_threads(config.threads or inference_threads())
+    # --threads fixes the count; by default it follows the machine's load between steps (see cpu_threads.py).
+    governor = None if config.threads else ThreadGovernor()
+    if governor is None:
+        torch.set_num_threads(config.threads)
+    else:
+        governor.start()
     try:
         with stop_on_signals() as stop:
-            return _run(config, progress, stop)
+            return _run(config, progress, stop, governor)
     finally:
         torch.set_num_threads(threads)  # a caller in the same process (tests, `tui-chat train`) gets its own back
 
 
-def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) -> Path:
+def _run(
+    config: SFTConfig, progress: ProgressReporter, stop: dict[str, str], governor: ThreadGovernor | None
+) -> Path:
     from .models import load_model
 
     home = DataHome.locate(config.home)
@@ -464,13 +468,14 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
             train_time += time.perf_counter() - tick
             train_cpu += time.process_time() - cpu_tick  # CPU s of this process, all threads: shows contention
             train_tokens += real_tokens
+            threads = governor.update() if governor is not None else torch.get_num_threads()
             last_loss = loss_sum / max(n_tokens, 1)
             per_step = train_time / (step - first_step)
             progress.emit(
                 "step", step=step, total=total_steps, epoch=round(step / steps_per_epoch, 3),
                 loss=round(last_loss, 5), lr=scheduler.get_last_lr()[0],
                 tokens_per_s=round(train_tokens / train_time, 1), eta_s=round(per_step * (total_steps - step), 1),
-                elapsed_s=round(time.time() - started, 1),
+                elapsed_s=round(time.time() - started, 1), threads=threads if device.type == "cpu" else None,
             )
             if config.save_every and step % config.save_every == 0 and step < total_steps:
                 _save_checkpoint(accelerator, run_dir, step, epoch, progress)
@@ -499,7 +504,8 @@ def _run(config: SFTConfig, progress: ProgressReporter, stop: dict[str, str]) ->
             "precision": "bf16 autocast" if bf16 else "fp32",
             "device": str(device),
             "processes": accelerator.num_processes,
-            "threads": torch.get_num_threads() if device.type == "cpu" else None,
+            # The count most steps ran with (it follows the machine's load unless --threads fixed it).
+            "threads": (governor.most_used() if governor else config.threads) if device.type == "cpu" else None,
             "parameters": sum(p.numel() for p in model.parameters()),
             "train_time_s": train_time,
             "tokens_per_s": train_tokens / train_time if train_time else 0.0,

@@ -110,9 +110,12 @@ def plan_device(
                 "programs, or /model a smaller model) and /train again")
         return DevicePlan("cpu", (note, *cpu.notes), {"CUDA_VISIBLE_DEVICES": ""}, cpu.nice)
     if available == "cpu":
-        used = threads or max(1, cpu_count - 1)  # the trainer's default: one core left for the chat
-        return DevicePlan("cpu", (f"CPU: training uses {used} of {cpu_count} cores at low priority; it shares them "
-                                  "with the chat, so replies come slower while it runs",), nice=TRAINER_NICE)
+        if threads:
+            share = f"training uses {threads} of {cpu_count} cores at low priority"
+        else:  # the trainer's default (trainer/cpu_threads.py): it gives a core back while the chat decodes
+            share = (f"training uses the {cpu_count} cores at low priority, one fewer while the chat writes a reply"
+                     if cpu_count > 1 else "training uses the one core at low priority")
+        return DevicePlan("cpu", (f"CPU: {share}; replies come slower while it runs",), nice=TRAINER_NICE)
     return DevicePlan(available, (f"{available.upper()}: training shares the device with the chat's model",))
 
 
