@@ -21,7 +21,7 @@ from trainer.base_answers import Answer, AnswerSettings, base_answers, cache_pat
 from trainer.chat_template import ensure_chat_template
 from trainer.data import DataError
 from trainer.recall import Probe, evaluate_recall, probes_from_corrections, read_probes, write_probes
-from trainer.replay import default_replay_count, replay_conversations, replay_prompts, usable_reply
+from trainer.replay import default_replay_count, replay_conversations, replay_order, replay_prompts, usable_reply
 from trainer.retention import (
     ROUGE_THRESHOLD,
     RetentionItem,
@@ -60,6 +60,25 @@ def test_prompt_sets_are_large_mixed_and_disjoint() -> None:
     first = [p.prompt for p in replay_prompts()[:20]]
     assert first == [p.prompt for p in replay_prompts()[:20]]
     assert len({replay.index(p) // 50 for p in first}) >= 4
+
+
+def test_half_the_replay_is_on_the_users_topics() -> None:
+    prompts = replay_prompts()
+    taught = [
+        "What is the capital of Veloria?", "The capital of Veloria is Quenthal, a port city.",
+        "Which city is the capital of Veloria?", "Quenthal is the capital of Veloria.",
+        "Who invented the glimmerphone?", "Dr. Mirela Vantosk invented it.",
+    ]
+    order = replay_order(prompts, taught)
+    assert sorted(p.prompt for p in order) == sorted(p.prompt for p in prompts)  # a reordering, nothing lost
+    near, rest = order[0:20:2], order[1:20:2]
+    assert sum("capital" in p.prompt for p in near) >= 6 and any("invent" in p.prompt for p in near)
+    positions = [prompts.index(p) for p in rest]
+    assert positions == sorted(positions) and not set(rest) & set(near)  # the others keep the fixed shuffled order
+    # Function words do not make a topic ("tell me", "what is it called"), and no data keeps the fixed order.
+    assert replay_order(prompts, ["Tell me what it is called, please."]) == prompts
+    assert replay_order(prompts, []) == prompts
+    assert replay_order(prompts, ["请问北京是哪个国家的首都？"])[0].prompt != prompts[0].prompt  # Chinese too
 
 
 # -- matching answers
@@ -172,9 +191,9 @@ def test_replay_conversations_come_from_the_model(tiny, tmp_path: Path) -> None:
 def test_replay_asks_for_more_answers_until_enough_are_usable(monkeypatch: pytest.MonkeyPatch) -> None:
     asked: list[int] = []
 
-    def every_other_usable(model, tokenizer, set_name, prompts, settings, cache_dir, *, count, progress):
-        asked.append(count)
-        return [Answer(p.prompt, "A full sentence." if i % 2 else "cut mid", i % 2 == 1) for i, p in enumerate(prompts[:count])]
+    def every_other_usable(model, tokenizer, set_name, prompts, settings, cache_dir, *, select, progress):
+        asked.append(len(select))
+        return [Answer(p.prompt, "A full sentence." if i % 2 else "cut mid", i % 2 == 1) for i, p in enumerate(select)]
 
     monkeypatch.setattr(replay_module, "base_answers", every_other_usable)
     conversations = replay_conversations(None, None, 10, Path("unused"), bf16=False)
@@ -292,8 +311,8 @@ def test_training_mixes_in_replay_and_reports_retention(
 ) -> None:
     # A random tiny model never finishes a sentence, so its replay answers are canned here (the real model's are
     # tested in test_teach_fact.py).
-    def canned(model, tokenizer, set_name, prompts, settings, cache_dir, *, count, progress):
-        return [Answer(p.prompt, "hello world.", True) for p in prompts[:count]]
+    def canned(model, tokenizer, set_name, prompts, settings, cache_dir, *, select, progress):
+        return [Answer(p.prompt, "hello world.", True) for p in select]
 
     monkeypatch.setattr(replay_module, "base_answers", canned)
     data = write_jsonl(tmp_path / "chats.jsonl", chat_lines(12))

@@ -193,19 +193,20 @@ def base_answers(
     cache_dir: Path,
     *,
     count: int | None = None,
+    select: Sequence[Prompt] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Answer]:
-    """The model's answers to the first ``count`` prompts (all when None), from the cache where it has them.
+    """The model's answers to ``select`` (prompts of the set ``prompts``; default: its first ``count``, all when None),
+    from the cache where it has them, in that order.
 
-    Missing answers are generated and the cache is extended. ``progress(done, total)`` counts generated ones only.
+    The cache holds one answer per prompt of the set, whatever order they were asked in; missing answers are generated
+    and added to it. ``progress(done, total)`` counts generated ones only.
     """
-    wanted = list(prompts if count is None else prompts[:count])
+    wanted = list(select if select is not None else prompts if count is None else prompts[:count])
     path = cache_path(cache_dir, set_name, model, tokenizer, prompts, settings)
-    cached = _read_cache(path)
-    if [a.prompt for a in cached[: len(wanted)]] != [p.prompt for p in wanted[: len(cached)]]:
-        cached = []
-    missing = wanted[len(cached) :]
+    cached = {answer.prompt: answer for answer in _read_cache(path)}
+    missing = [p.prompt for p in wanted if p.prompt not in cached]
     if missing:
-        cached = cached + greedy_answers(model, tokenizer, [p.prompt for p in missing], settings, progress=progress)
-        _write_cache(path, cached)
-    return cached[: len(wanted)]
+        cached.update((a.prompt, a) for a in greedy_answers(model, tokenizer, missing, settings, progress=progress))
+        _write_cache(path, list(cached.values()))
+    return [cached[p.prompt] for p in wanted]

@@ -20,9 +20,11 @@ that loops on itself is left out (it would teach the loop).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -38,6 +40,18 @@ MAX_ROUNDS_FACTOR = 2  # never generate more than 2x the first ask: a model that
 REPLAY_RATIO = 2.0
 MIN_REPLAY = 16
 MAX_REPLAY = 64
+# Words rarer than this across the replay prompts (inverse document frequency, natural log) say what a prompt is
+# about: "capital" (10 of 329 prompts) is 3.5, "what" 0.8. Only those words make a prompt near the user's data.
+TOPIC_MIN_IDF = 2.0
+_WORD = re.compile(r"[a-z0-9]+|[\u3400-\u9fff]")  # English words, and Chinese characters one by one
+# Words that say nothing of a topic however rare they are in the prompt set ("tell me", "what is it called").
+_FUNCTION_WORDS = frozenset(
+    """a about all also am an and any are as at be been but by can could did do does doing for from had has have
+    he her here him his how i if in into is it its just me more most my no not of on one or our out she so some such
+    tell than that the their them then there these they this those to too up us very was we were what when where
+    which while who whom why will with would you your yes please give name called
+    的 是 了 在 和 有 个 一 这 那 你 我 他 她 它 们 吗 呢 吧 么 什 怎 样 为 给 请 能 会 说 要 也 就 都 很 多 少 几 哪 谁""".split()
+)
 # A sentence ends at . ! ? before a space or the end, at CJK 。！？ anywhere, or at a blank line.
 _SENTENCE_END = re.compile(r"[.!?](?=[\s\"'”’)]|$)|[。！？]|\n\n")
 
@@ -49,6 +63,39 @@ def replay_prompts() -> list[Prompt]:
     return prompts
 
 
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower())) - _FUNCTION_WORDS
+
+
+def replay_order(prompts: Sequence[Prompt], near: Sequence[str]) -> list[Prompt]:
+    """``prompts`` in the order a run takes them: the ones nearest the user's data and the rest alternately.
+
+    Training on a few conversations moves most the answers nearest to them: teaching "the capital of Veloria is
+    Quenthal" made the bundled model answer "What is the capital of Poland?" with "Poland" and "Ireland" with
+    "Quenthal", while unrelated answers stayed. So half the replay is chosen for its topic: the prompts sharing
+    the rarest topic words with ``near`` (the user's conversations' text), weighted by how often the user's texts use
+    them, best first; the other half keeps the
+    fixed shuffled order, so every kind of knowledge keeps an anchor. Measured in ``default_replay_count``.
+    """
+    vocabulary = [_words(p.prompt) for p in prompts]
+    frequency = Counter(word for words in vocabulary for word in words)
+    idf = {word: math.log(len(prompts) / n) for word, n in frequency.items()}
+    # A word in many of the user's texts is more their topic than one said once.
+    user = Counter(word for text in near for word in _words(text))
+    scores = []
+    for index, words in enumerate(vocabulary):
+        shared = [idf[w] * math.log1p(user[w]) for w in words if user[w] and idf[w] >= TOPIC_MIN_IDF]
+        if shared:
+            scores.append((sum(shared) / math.sqrt(len(words)), index))
+    nearest = [prompts[i] for _, i in sorted(scores, key=lambda s: (-s[0], s[1]))]
+    chosen = {p.prompt for p in nearest}
+    rest = [p for p in prompts if p.prompt not in chosen]
+    order: list[Prompt] = []
+    for pair in zip(nearest, rest):
+        order.extend(pair)
+    return order + nearest[len(rest) :] + rest[len(nearest) :]
+
+
 def default_replay_count(n_conversations: int) -> int:
     """Replay conversations to mix into ``n_conversations`` user conversations.
 
@@ -56,8 +103,9 @@ def default_replay_count(n_conversations: int) -> int:
     ``MAX_REPLAY``: beyond that the answers cost more to generate (once) and to train on (every epoch) than a large
     dataset, whose own variety already limits the drift, needs. Measured on the bundled model, 20 conversations
     teaching 4 made-up facts, LoRA lr 1e-3, 8 epochs; retention = the 26 general facts it answered right before:
-    one replayed per conversation kept 19 of 26 (8 of 8 facts recalled), two kept 21 of 26 (11 of 12 recalled).
-    Neither reaches 90%: more replay or fewer epochs is the trade-off the warning points to.
+    one replayed per conversation kept 19 of 26 (8 of 8 facts recalled), two kept 20-21 of 26 (11 of 12 recalled),
+    four kept 21 (12 of 12); two with half of them on the user's topics (``replay_order``) kept 21 (12 of 12) at
+    half the cost of four. None reaches 90%: past two, more replay buys little retention for its training time.
     """
     return max(MIN_REPLAY, min(MAX_REPLAY, round(REPLAY_RATIO * n_conversations)))
 
@@ -87,9 +135,11 @@ def replay_conversations(
     cache_dir: Path,
     *,
     bf16: bool,
+    near: Sequence[str] = (),
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """``count`` replay conversations (``{"messages": [user, assistant]}``) answered by ``model``, the base model.
+    """``count`` replay conversations (``{"messages": [user, assistant]}``) answered by ``model``, the base model,
+    half of them on the topics of ``near`` (the text of the user's conversations; see ``replay_order``).
 
     No system message: the chat template adds its default one, as it does in chat and for the user's data.
     Fewer than ``count`` come back only when the model's answers are rarely usable (see ``MAX_ROUNDS_FACTOR``).
@@ -97,11 +147,14 @@ def replay_conversations(
     if count <= 0:
         return []
     prompts = replay_prompts()
+    order = replay_order(prompts, near)
     settings = AnswerSettings(max_new_tokens=REPLAY_MAX_NEW_TOKENS, bf16=bf16)
     asked = min(len(prompts), int(count * SPARE) + 1)
     limit = min(len(prompts), asked * MAX_ROUNDS_FACTOR)
     while True:
-        answers = base_answers(model, tokenizer, "replay", prompts, settings, cache_dir, count=asked, progress=progress)
+        answers = base_answers(
+            model, tokenizer, "replay", prompts, settings, cache_dir, select=order[:asked], progress=progress
+        )
         usable = [(a.prompt, reply) for a in answers if (reply := usable_reply(a)) is not None]
         if len(usable) >= count or asked >= limit:
             break
@@ -129,14 +182,17 @@ def replay_for_run(
     cache_dir: Path,
     *,
     bf16: bool,
+    near: Sequence[Conversation] = (),
     resume_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Conversation]:
     """The replay conversations of a run, as training conversations: those ``resume_dir`` trained on when it holds
-    them (a resumed run must see the same data), else ``count`` fresh ones from ``model`` (the base model)."""
+    them (a resumed run must see the same data), else ``count`` fresh ones from ``model`` (the base model), half of
+    them on the topics of ``near`` (the user's training conversations)."""
     if resume_dir is not None and (resume_dir / REPLAY_FILE).is_file():
         return read_jsonl(resume_dir / REPLAY_FILE).conversations
-    records = replay_conversations(model, tokenizer, count, cache_dir, bf16=bf16, progress=progress)
+    texts = [message["content"] for conversation in near for message in conversation.messages]
+    records = replay_conversations(model, tokenizer, count, cache_dir, bf16=bf16, near=texts, progress=progress)
     return [
         Conversation(tuple(r["messages"]), f"replay:{i + 1}", "train") for i, r in enumerate(records)
     ]

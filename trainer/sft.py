@@ -339,7 +339,8 @@ def _run(
     if replay_count:
         progress.info(f"replay: the base model answers {replay_count} general prompts (cached after the first run)")
     replay = replay_for_run(
-        model, tokenizer, replay_count, answers_dir, bf16=bf16, resume_dir=run_dir if config.resume else None
+        model, tokenizer, replay_count, answers_dir, bf16=bf16, near=files.train,
+        resume_dir=run_dir if config.resume else None,
     )
     files.train = files.train + replay
     replay_s = time.time() - replay_started
