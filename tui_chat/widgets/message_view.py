@@ -19,6 +19,8 @@ from textual.widgets.markdown import MarkdownStream
 
 import sessions
 
+from .chat_markdown import ChatMarkdown
+
 # A link reference definition ("[1]: https://...") changes how text above it renders; a parse that restarts at the
 # last block cannot know that, so such a reply gets a full render at the end.
 _REFERENCE_DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:\s", re.MULTILINE)
@@ -92,6 +94,7 @@ class MessageView(Vertical):
         self.version = version
         self.error: str | None = None  # a failure before the reply had a stored row
         self._stream: MarkdownStream | None = None
+        self._note: Text | None = None  # what the note under the text shows (None: hidden)
         super().__init__(classes=f"message -{self.role}")
 
     @property
@@ -107,11 +110,11 @@ class MessageView(Vertical):
         yield Static(header, classes="message-header")
         content = self.message.content if self.message is not None else ""
         if self.role == "assistant":
-            yield Markdown(content, classes="message-body")
+            yield ChatMarkdown(content, classes="message-body")
         else:
             yield Static(content, markup=False, classes="message-body")
-        note = note_text(self.message, self.error)
-        yield Static(note or "", classes="message-note", markup=False).set_class(note is None, "-empty")
+        self._note = note_text(self.message, self.error)
+        yield Static(self._note or "", classes="message-note", markup=False).set_class(self._note is None, "-empty")
 
     @property
     def message_id(self) -> int | None:
@@ -125,13 +128,17 @@ class MessageView(Vertical):
         return self.query_one(".message-body", Markdown).source
 
     def _refresh_header(self) -> None:
+        # The header is one line whatever it says: repaint it without a layout of the whole screen (a full layout
+        # costs as much as a frame of a streaming reply, and this runs as a reply finishes).
         self.query_one(".message-header", Static).update(
-            header_text(self.message, self.role, self.model, self.version, self.status)
+            header_text(self.message, self.role, self.model, self.version, self.status), layout=False
         )
         note = note_text(self.message, self.error)
-        note_view = self.query_one(".message-note", Static)
-        note_view.update(note or "")
-        note_view.set_class(note is None, "-empty")
+        if note != self._note:  # the note's height follows its text: only a changed note needs a layout
+            self._note = note
+            note_view = self.query_one(".message-note", Static)
+            note_view.update(note or "")
+            note_view.set_class(note is None, "-empty")
 
     def set_version(self, version: tuple[int, int]) -> None:
         if version != self.version:
