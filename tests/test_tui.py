@@ -276,6 +276,20 @@ async def test_sidebar_loads_conversations_a_page_at_a_time(home, store):
         assert len(ids) == len(set(ids)) and ids == sorted(ids, reverse=True)
 
 
+async def test_a_reply_redraws_the_sidebar_only_when_a_row_changes(home, store):
+    async with build_app(FakeEngine(["one", "two"]), home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "first")
+        await idle(pilot)
+        conversations = screen.sidebar.conversations
+        row = conversations.get_option_at_index(0)
+        await send(pilot, "second")
+        await idle(pilot)
+        assert conversations.get_option_at_index(0) is row  # same title, still "just now": the list is not rebuilt
+        screen.rename("A new title")
+        assert "A new title" in str(conversations.get_option_at_index(0).prompt)
+
+
 async def test_model_switcher_loads_the_typed_spec(home, store):
     opened: list[str] = []
 

@@ -376,8 +376,10 @@ class ChatScreen(Screen):
         else:
             self.sub_title = conversation.title + ("  ·  not used for training" if conversation.exclude_from_training else "")
         self.sidebar.conversations.reload(conversation.id if conversation else None)
-        self.state.conversation_id = conversation.id if conversation else None
-        self._save_state()
+        conversation_id = conversation.id if conversation else None
+        if conversation_id != self.state.conversation_id:  # not rewritten after every reply in the same chat
+            self.state.conversation_id = conversation_id
+            self._save_state()
 
     def _save_state(self) -> None:
         try:
@@ -495,9 +497,11 @@ class ChatScreen(Screen):
         if message.job != self._job or self._streaming is None:
             return
         view, self._streaming = self._streaming, None
-        positions = version_positions(self.store.messages(message.reply.conversation_id))
-        await view.finish(message.reply, positions.get(message.reply.id, (1, 1)))
-        self.chat.set_positions(positions)
+        # Only the new reply's version count is new; its siblings alone say it (not the whole conversation's rows).
+        versions = [sibling.id for sibling in self.store.siblings(message.reply.id)]
+        position = (versions.index(message.reply.id) + 1, len(versions))
+        await view.finish(message.reply, position)
+        self.chat.set_position(message.reply.id, position)
         self.branch.append(message.reply)
         self.generating = False
         if message.stats is not None:

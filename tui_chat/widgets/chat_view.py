@@ -90,6 +90,13 @@ class ChatView(VerticalScroll, can_focus=True):
             if view.message_id is not None:
                 view.set_version(positions.get(view.message_id, (1, 1)))
 
+    def set_position(self, message_id: int, position: tuple[int, int]) -> None:
+        """One message's version count (a reply just finished: no other message's count changed)."""
+        self._positions = {**self._positions, message_id: position}
+        for view in self.views():
+            if view.message_id == message_id:
+                view.set_version(position)
+
     def _earlier_marker(self) -> list[Static]:
         if not self.hidden:
             return []

@@ -51,9 +51,13 @@ def option_id(conversation_id: int) -> str:
     return f"conversation-{conversation_id}"
 
 
-def rows(conversations: list[sessions.Conversation]) -> list[Option | None]:
-    """An option per conversation, each followed by a divider line (``None``)."""
-    return [row for c in conversations for row in (Option(conversation_prompt(c), id=option_id(c.id)), None)]
+def rows(shown: list[tuple[int, Text]]) -> list[Option | None]:
+    """An option per (conversation id, prompt), each followed by a divider line (``None``)."""
+    return [row for conversation_id, prompt in shown for row in (Option(prompt, id=option_id(conversation_id)), None)]
+
+
+def prompts(conversations: list[sessions.Conversation]) -> list[tuple[int, Text]]:
+    return [(conversation.id, conversation_prompt(conversation)) for conversation in conversations]
 
 
 class ConversationList(OptionList):
@@ -63,6 +67,7 @@ class ConversationList(OptionList):
         self._loaded_ids: set[int] = set()
         self._offset = 0  # rows fetched so far (the next page starts here)
         self._exhausted = False
+        self._shown: list[tuple[int, Text]] = []  # (conversation id, prompt) of every row, in order
 
     def reload(self, active_id: int | None = None) -> None:
         """Fetch again from the top (as many rows as were loaded), highlighting ``active_id`` when present."""
@@ -71,7 +76,12 @@ class ConversationList(OptionList):
         self._loaded_ids = {conversation.id for conversation in conversations}
         self._offset = len(conversations)
         self._exhausted = len(conversations) < count
-        self.set_options(rows(conversations))
+        shown = prompts(conversations)
+        # Every reply ends with a reload, and mostly nothing shown has changed: setting the options anyway would
+        # redraw the whole list in the frame that shows the finished reply.
+        if shown != self._shown:
+            self._shown = shown
+            self.set_options(rows(shown))
         self.highlight_conversation(active_id)
 
     def load_more(self) -> int:
@@ -84,7 +94,9 @@ class ConversationList(OptionList):
         # Another window may have moved a conversation to the top since the last page: skip rows already shown.
         fresh = [c for c in page if c.id not in self._loaded_ids]
         self._loaded_ids.update(c.id for c in fresh)
-        self.add_options(rows(fresh))
+        shown = prompts(fresh)
+        self._shown += shown
+        self.add_options(rows(shown))
         return len(fresh)
 
     @property

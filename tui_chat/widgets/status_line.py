@@ -80,4 +80,5 @@ class StatusLine(Horizontal):
         return text
 
     def _refresh(self) -> None:
-        self.query_one("#status-text", Static).update(self.render_text())
+        # One line of fixed size (app.tcss): a repaint, never a layout of the whole screen.
+        self.query_one("#status-text", Static).update(self.render_text(), layout=False)
