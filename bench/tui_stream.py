@@ -6,7 +6,8 @@ Measured in one run, side by side:
   forbids),
 each reporting the event loop's lag (p50/p99: how late a 5 ms timer fires; the UI's responsiveness), how far the
 text on screen trails the engine (p50/p99: the age of the oldest token sent but not yet mounted in the Markdown
-widget), the delay from the last token to the final render, and the UI thread's CPU share while streaming.
+widget), the delay from the last token to the final render, the UI thread's CPU share while streaming, and the
+screen updates while streaming (how many, and how long one takes: layout and paint, during which nothing else runs).
 Targets: p99 lag < 50 ms, final render < 100 ms after the last token.
 
 The app runs headless (Textual's test driver): layout and rendering happen, only the terminal write is skipped.
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from textual.await_complete import AwaitComplete
+from textual.screen import Screen
 from textual.widgets import Markdown
 
 from sessions import Store, memory_database
@@ -158,6 +160,17 @@ async def measure(naive: bool) -> dict[str, float]:
             return wrapper
 
         Markdown.append, Markdown.update = tracking(markdown_append), tracking(markdown_update)
+        streaming = False
+        updates: list[float] = []  # seconds each screen update (layout and paint) took while streaming
+        original_update = Screen._on_timer_update
+
+        def timed_update(screen: Screen) -> None:
+            started = time.perf_counter()
+            original_update(screen)
+            if streaming:
+                updates.append(time.perf_counter() - started)
+
+        Screen._on_timer_update = timed_update
         final_rendered: list[float] = []
         original_finish = MessageView.finish
 
@@ -224,6 +237,7 @@ async def measure(naive: bool) -> dict[str, float]:
             MessageView.append, PendingText.add = original_append, original_add
             Markdown.append, Markdown.update = markdown_append, markdown_update
             MessageView.finish = original_finish
+            Screen._on_timer_update = original_update
     return {
         "open_ms": opened_s * 1000,
         "lag_p50_ms": percentile(lags, 0.50) * 1000,
@@ -233,6 +247,9 @@ async def measure(naive: bool) -> dict[str, float]:
         "final_render_ms": (final_rendered[0] - engine.sent_at[-1]) * 1000,
         "engine_tok_s": (len(engine.sent_at) - 1) / (engine.sent_at[-1] - engine.sent_at[0]),
         "ui_busy_pct": busy * 100,
+        "updates": len(updates),
+        "update_p50_ms": percentile(updates, 0.50) * 1000 if updates else 0.0,
+        "update_max_ms": max(updates, default=0.0) * 1000,
     }
 
 
@@ -253,6 +270,9 @@ def main() -> None:
         ("last token -> final render (target < 100)", "final_render_ms", "ms"),
         ("engine rate achieved", "engine_tok_s", "tok/s"),
         ("UI thread CPU while streaming", "ui_busy_pct", "%"),
+        ("screen updates while streaming", "updates", ""),
+        ("screen update (layout + paint) p50", "update_p50_ms", "ms"),
+        ("screen update (layout + paint) max", "update_max_ms", "ms"),
         ("open the 200-message conversation", "open_ms", "ms"),
     ]
     print(f"{'':44} {'stream (built)':>15} {'naive re-render':>16} {'naive/stream':>13}")
