@@ -5,6 +5,7 @@ from __future__ import annotations
 import textual.widget
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal
+from textual.geometry import Offset
 from textual.selection import Selection
 from textual.widgets import Markdown
 from textual.widgets._markdown import MarkdownBullet
@@ -139,9 +140,10 @@ async def test_a_finished_list_is_not_arranged_again_as_the_reply_grows(monkeypa
         assert not [widget for widget in arranged if isinstance(widget, CompactOrderedList)]
 
 
-async def test_selecting_an_item_copies_its_text_without_the_marker():
+async def test_a_selected_item_copies_as_a_list_item():
     app = SideBySide("1. the item text")
     async with app.run_test(size=(2 * HALF, 10)) as pilot:
         await pilot.pause()
         item = app.query_one(ListItemText)
-        assert item.get_selection(Selection(None, None)) == ("the item text", "\n")
+        assert item.get_selection(Selection(None, None)) == ("1. the item text", "\n")  # the whole item
+        assert item.get_selection(Selection(Offset(4, 0), None)) == ("item text", "\n")  # from inside its text

@@ -97,7 +97,9 @@ class ListItemText(MarkdownBlock):
         self.update(MarkedText(Content.styled(self.marker, ".list-marker"), content))
 
     def get_selection(self, selection: Selection) -> tuple[str, str] | None:
-        return selection.extract(self._content.plain), "\n"
+        """The selected text; with the marker when the selection takes the item from its start (a copied list)."""
+        marker = self.marker.lstrip() if selection.start is None else ""
+        return marker + selection.extract(self._content.plain), "\n"
 
 
 def list_rows(markdown: Markdown, items: Iterable[tuple[str, MarkdownListItem]]) -> list[Widget]:
