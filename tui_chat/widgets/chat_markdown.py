@@ -2,10 +2,11 @@
 
 Textual draws each list item as four widgets (a row holding the bullet and a column holding the paragraph). Every
 frame of a streaming reply lays out and repaints each widget of the reply, and lists made up about a third of a
-frame's cost (bench/tui_stream.py). Here an item that is a single paragraph, as most items a model writes are, is one widget: its
-marker, and its text wrapped beside it (continuation lines line up under the text, not the marker). Items holding
-more (several paragraphs, a nested list, code) keep Textual's layout. While a list streams, the items it already
-shows are updated in place instead of the whole list being removed and mounted again.
+frame's cost (bench/tui_stream.py). Here an item that is a single paragraph, as most items a model writes are, is
+one widget: its marker, and its text wrapped beside it (continuation lines line up under the text, not the marker).
+Items holding more (several paragraphs, a nested list, code) keep Textual's layout. While a list streams, the items
+it already shows are updated in place instead of the whole list being removed and mounted again. Lists, code blocks
+and the document keep their arrangement while the reply grows (``StableArrangement``).
 """
 
 from __future__ import annotations

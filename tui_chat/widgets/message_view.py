@@ -1,10 +1,11 @@
 """One message of the active branch: a header line (who, which version, rating, status, speed) over its text.
 
-Replies render as Markdown (code blocks highlighted). While a reply streams, text is appended through Textual's
-Markdown stream, which batches fragments and re-parses only from the last block, so a fast model never makes the
-widget re-parse the whole reply per token. When it ends, the stored text gets one full render if the incremental
-one could differ from it (``needs_full_render``); otherwise what streamed is already exactly that render, and
-re-mounting every block of a long reply would freeze the window for nothing (bench/tui_stream.py measures it).
+Replies render as Markdown (``ChatMarkdown``: Textual's widget with lighter lists; code blocks highlighted). While a
+reply streams, text is appended through Textual's Markdown stream, which batches fragments and re-parses only from
+the last block, so a fast model never makes the widget re-parse the whole reply per token. When it ends, the stored
+text gets one full render if the incremental one could differ from it (``needs_full_render``); otherwise what
+streamed is already exactly that render, and re-mounting every block of a long reply would freeze the window for
+nothing (bench/tui_stream.py measures it).
 """
 
 from __future__ import annotations
