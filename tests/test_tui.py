@@ -204,6 +204,55 @@ async def test_selected_message_is_the_target_of_rating(home, store):
         assert store.active_branch(store.latest_conversation().id)[-1].rating == 0
 
 
+async def test_while_a_reply_streams_the_reply_actions_wait_unless_a_finished_reply_is_selected(home, store):
+    engine = GatedEngine("first answer", before=1)
+    engine.gate.set()
+    async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "a")
+        await idle(pilot)
+        first_reply = store.active_branch(store.latest_conversation().id)[-1]
+        engine.gate.clear()
+        engine.replies.append(LONG_REPLY)
+        await send(pilot, "b")
+        await wait_for(pilot, lambda: "word0" in screen.chat.views()[-1].text, what="the second reply streaming")
+        wait = "Wait for the reply to finish (Esc stops it), then"
+
+        # No message selected: "the reply" is the one streaming, so nothing is rated, corrected or copied.
+        await pilot.press("alt+up")
+        await pilot.press("alt+c")
+        await pilot.press("alt+y")
+        await pilot.pause()
+        assert [n for n in notifications(pilot) if n.startswith(wait)] == [
+            f"{wait} rate it.", f"{wait} correct it.", f"{wait} copy it."
+        ]
+        assert not isinstance(pilot.app.screen, TextEditorScreen)
+        assert pilot.app.clipboard == ""
+        await send(pilot, "/correct Better.")
+        assert screen.prompt.text == "/correct Better."  # kept in the box to send once the reply is done
+        assert (store.get_message(first_reply.id).rating, store.get_message(first_reply.id).correction) == (0, None)
+
+        # The streaming reply selected: the same.
+        screen.chat.focus()
+        await pilot.pause()
+        assert screen.chat.selected_view() is screen.chat.views()[-1]
+        await pilot.press("alt+down")
+        assert notifications(pilot)[-1] == f"{wait} rate it."
+        assert store.get_message(first_reply.id).rating == 0
+
+        # A finished reply selected: the action is meant for it, streaming or not.
+        await pilot.press("up", "up")
+        assert screen.chat.selected_view().message_id == first_reply.id
+        await pilot.press("alt+up")
+        assert store.get_message(first_reply.id).rating == 1
+        assert screen.generating
+
+        engine.gate.set()
+        await idle(pilot)
+        second_reply = store.active_branch(store.latest_conversation().id)[-1]
+        assert second_reply.content == LONG_REPLY and second_reply.rating == 0
+
+
 async def test_delete_asks_first(home, store):
     older = store.create_conversation("older")
     store.add_message(older.id, "user", "old question")

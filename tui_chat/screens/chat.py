@@ -538,11 +538,23 @@ class ChatScreen(Screen):
         return view.message if view is not None else None
 
     def target_reply(self) -> sessions.Message | None:
-        """The selected reply, else the newest stored reply on the branch."""
+        """The selected reply, else the newest reply on the branch; None when there is none yet.
+
+        While a reply streams, the newest reply is that one and it has no stored row to act on: unless the user
+        selected a finished reply, None, rather than the reply before it (``no_target_reply`` says why).
+        """
         selected = self.selected_message()
         if selected is not None and selected.role == "assistant":
             return selected
+        if self.generating:
+            return None
         return next((m for m in reversed(self.branch) if m.role == "assistant"), None)
+
+    def no_target_reply(self, doing: str) -> str:
+        """The line to show when ``target_reply()`` is None; ``doing`` is the verb (``"rate"``)."""
+        if self.generating:
+            return f"Wait for the reply to finish (Esc stops it), then {doing} it."
+        return f"No reply to {doing} yet."
 
     def _replace_in_branch(self, message: sessions.Message) -> None:
         self.branch = [message if m.id == message.id else m for m in self.branch]
@@ -681,7 +693,7 @@ class ChatScreen(Screen):
     def rate(self, value: int, *, toggle: bool = False) -> None:
         reply = self.target_reply()
         if reply is None:
-            self.notify("No reply to rate yet.")
+            self.notify(self.no_target_reply("rate"), severity="warning")
             return
         if toggle and reply.rating == value:
             value = 0
@@ -691,7 +703,7 @@ class ChatScreen(Screen):
     def action_correct(self) -> None:
         reply = self.target_reply()
         if reply is None:
-            self.notify("No reply to correct yet.")
+            self.notify(self.no_target_reply("correct"), severity="warning")
             return
         screen = TextEditorScreen(
             "Write the ideal answer (kept for training; empty clears it)", reply.correction or reply.content
@@ -707,7 +719,7 @@ class ChatScreen(Screen):
     def action_copy(self) -> None:
         view, reply = self.chat.selected_view(), self.target_reply()
         if view is None and reply is None:
-            self.notify("Nothing to copy yet.")
+            self.notify(self.no_target_reply("copy"), severity="warning")
             return
         text = view.text if view is not None else reply.content
         self.app.copy_to_clipboard(text)

@@ -15,6 +15,8 @@ from .help import HelpScreen
 from .runs_list import RunsScreen
 
 if TYPE_CHECKING:
+    from sessions import Message
+
     from .chat import ChatScreen
 
 RATINGS = {"+": 1, "up": 1, "-": -1, "down": -1, "0": 0, "clear": 0}
@@ -104,16 +106,21 @@ class ChatCommands:
     async def cmd_rate(self, args: str) -> None:
         if args.lower() not in RATINGS:
             raise CommandError("/rate +|-|0: + rates the last reply up, - down, 0 clears")
+        self._require_target_reply("rate")
         self.screen.rate(RATINGS[args.lower()])
 
     async def cmd_correct(self, args: str) -> None:
         if not args:
             self.screen.action_correct()
             return
+        self.screen.correct(self._require_target_reply("correct"), args)
+
+    def _require_target_reply(self, doing: str) -> Message:
+        """The reply a command means; else CommandError, so the command stays in the box to send again later."""
         reply = self.screen.target_reply()
         if reply is None:
-            raise CommandError("no reply to correct yet")
-        self.screen.correct(reply, args)
+            raise CommandError(self.screen.no_target_reply(doing))
+        return reply
 
     async def cmd_copy(self, args: str) -> None:
         self.screen.action_copy()
