@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import signal
 import stat
+import sys
+import termios
 import threading
 import time
 from pathlib import Path
+from typing import IO, Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -26,6 +30,7 @@ from tui_chat.chat_session import ChatSession
 from tui_chat.cli import CliContext, main
 from tui_chat.markdown_stream import MarkdownStream
 from tui_chat.repl import COPY_FILE, Repl, ReplCompleter
+from tui_chat.terminal_echo import control_keys_unechoed, terminal_fd
 
 ESC_ENTER = "\x1b\r"  # Alt+Enter as a terminal sends it
 
@@ -361,6 +366,69 @@ def test_ctrl_c_stops_the_reply_keeps_it_as_stopped_and_stays_in_the_repl(home: 
     assert "stopped (the partial reply is kept)" in output
     assert chat.branch()[-1].content == "next reply"  # still in the REPL: the next message was answered
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.fixture
+def terminal() -> Iterator[tuple[int, IO[str]]]:
+    """A pseudo-terminal: the fd its keyboard writes to and reads echoes from, and the terminal as a file."""
+    keyboard, slave = os.openpty()
+    with os.fdopen(slave, "r") as tty:
+        yield keyboard, tty
+    os.close(keyboard)
+
+
+def test_control_keys_unechoed_turns_echoctl_off_and_restores_every_setting(terminal) -> None:
+    _, tty = terminal
+    before = termios.tcgetattr(tty.fileno())
+    assert before[3] & termios.ECHOCTL  # a new terminal echoes Ctrl+C as ^C
+    with pytest.raises(KeyboardInterrupt), control_keys_unechoed(tty):
+        inside = termios.tcgetattr(tty.fileno())
+        raise KeyboardInterrupt
+    assert not inside[3] & termios.ECHOCTL
+    assert inside[3] | termios.ECHOCTL == before[3] and inside[:3] == before[:3]  # Ctrl+C still interrupts (ISIG)
+    assert termios.tcgetattr(tty.fileno()) == before
+
+
+def test_control_keys_unechoed_leaves_what_is_not_a_terminal_alone() -> None:
+    read_end, write_end = os.pipe()  # tcgetattr on a pipe would raise: passing shows it is not touched
+    with os.fdopen(read_end) as pipe, os.fdopen(write_end, "w"):
+        for stream in (pipe, io.StringIO(), sys.stdin):  # sys.stdin: pytest's, which has no fileno
+            with control_keys_unechoed(stream):
+                assert terminal_fd(stream) is None
+
+
+class CtrlCPresser(FakeEngine):
+    """Presses Ctrl+C on a terminal after the first word of its reply, keeps what the terminal echoed, and stops
+    (no process has that terminal, so the key sends no SIGINT: the engine does what the REPL's handler would)."""
+
+    def __init__(self, reply: str, keyboard: int) -> None:
+        super().__init__([reply])
+        self.keyboard = keyboard
+        self.echo = b""
+
+    def stream(self, messages, params, stop=None):
+        for index, chunk in enumerate(super().stream(messages, params, stop)):
+            yield chunk
+            if index == 0:
+                os.write(self.keyboard, b"\x03")
+                while select.select([self.keyboard], [], [], 0.5)[0]:
+                    self.echo += os.read(self.keyboard, 100)
+                stop.set()
+
+
+def test_ctrl_c_while_a_reply_streams_is_not_echoed_as_caret_c(home: DataHome, terminal) -> None:
+    keyboard, tty = terminal
+    engine = CtrlCPresser(" ".join(f"word{i}" for i in range(50)), keyboard)
+    session = ChatSession(Store(memory_database()), lambda spec: engine)
+    console = Console(file=io.StringIO(), width=100)
+    with create_pipe_input() as pipe:
+        pipe.send_text("go\r\x04")
+        Repl(session, home, console, input_file=tty, prompt_input=pipe, prompt_output=DummyOutput()).run()
+    assert engine.echo == b"\x03"  # the key reached the terminal, which echoed it raw: nothing shows on screen
+    assert b"^C" not in engine.echo
+    assert termios.tcgetattr(tty.fileno())[3] & termios.ECHOCTL  # back as it was once the reply ended
+    output = console.file.getvalue()
+    assert "word0" in output and "stopped (the partial reply is kept)" in output
 
 
 def test_setting_the_stop_event_stops_a_reply(home: DataHome) -> None:

@@ -3,7 +3,8 @@
 The REPL keeps its state in a ``ChatSession`` (conversation, model, settings) and has one thin handler per slash
 command of ``commands.COMMANDS``: a store or session call, then printing. Replies stream through
 ``MarkdownStream`` (a line rendered once, when it is finished); Ctrl+C while a reply streams stops it and keeps
-the partial reply, Ctrl+C at the prompt clears the line, Ctrl+D leaves.
+the partial reply (the terminal does not echo it as ^C meanwhile), Ctrl+C at the prompt clears the line, Ctrl+D
+leaves.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .chat_session import ChatError, ChatSession
 from .commands import CommandError
 from .generation import Chunk, EngineError, GenerationParams, GenerationStats, TextDelta
 from .markdown_stream import MarkdownStream, PlainStream
+from .terminal_echo import control_keys_unechoed
 from .training.monitor import RunWatch
 from .training.summary import finish_summary, progress_line, run_line
 
@@ -126,7 +128,8 @@ def _key_bindings() -> KeyBindings:
 
 
 class Repl:
-    """The read-eval-print loop around a ChatSession. ``prompt_input``/``prompt_output`` let tests drive it."""
+    """The read-eval-print loop around a ChatSession. ``prompt_input``/``prompt_output`` let tests drive it;
+    ``input_file`` (stdin) gives the lines without a terminal, and is the terminal whose ^C echo a reply turns off."""
 
     def __init__(
         self,
@@ -294,7 +297,8 @@ class Repl:
                 stats.append(chunk)
 
         try:
-            with printer:
+            # input_file is the keyboard's terminal (stdin) in both modes: Ctrl+C pressed there must not print ^C.
+            with control_keys_unechoed(self.input_file), printer:
                 message = action(on_chunk)
         finally:
             if stats:
