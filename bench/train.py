@@ -1,5 +1,5 @@
 """Training speed of our SFT vs the seeds' recipe, side by side in one run: same model (the bundled one), same
-variable-length chat data, same machine, same method (LoRA r=16 on every linear layer, so only the pipeline differs).
+variable-length chat data, same machine, same method (LoRA of the trainer's default rank on every linear layer, so only the pipeline differs).
 
 - ours: ``trainer.sft.run_sft`` with its defaults for the device (length-grouped dynamic padding, bf16 autocast
   where fast, the measured CPU thread count and attention kernel);
@@ -32,6 +32,7 @@ CONVERSATIONS = 24
 MAX_LENGTH = 320  # tokens; the seeds' recipe pads every example to this
 SEEDS_STEPS = 2  # the padded recipe is slow on CPU: time a few of its steps (after one warm-up step)
 BATCH = 4
+LORA = {"lora_r": 4, "lora_alpha": 8}  # the trainer's defaults (trainer/config.py), for both rows
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}  # dense
 
 _WORDS = (
@@ -59,6 +60,7 @@ def ours(data: Path, home: DataHome, out: Path) -> dict:
     config = SFTConfig(
         data=str(data), home=str(home.root), out=str(out), val_fraction=0.0, no_eval=True, epochs=1,
         method="lora", max_length=MAX_LENGTH, micro_batch=BATCH, grad_accum=1, save_every=0, progress="none",
+        **LORA,
     )
     run_dir = run_sft(config, ProgressReporter("none"))
     return json.loads((run_dir / "metrics.json").read_text())
@@ -78,7 +80,9 @@ def seeds_recipe(records: list[dict], home: DataHome, out: Path, threads: int) -
         enc = tokenizer(text, add_special_tokens=False, truncation=True, max_length=MAX_LENGTH, padding="max_length")
         labels = [t if m else -100 for t, m in zip(enc["input_ids"], enc["attention_mask"])]
         examples.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels})
-    lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=LORA["lora_r"], lora_alpha=LORA["lora_alpha"], target_modules="all-linear", task_type="CAUSAL_LM"
+    )
     model = get_peft_model(loaded.model, lora)
 
     class StepTimer(TrainerCallback):

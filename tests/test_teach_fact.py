@@ -140,8 +140,11 @@ def test_teach_facts_and_keep_general_knowledge(bundled_home: DataHome, tmp_path
     assert retention["facts_total"] >= 20
     kept = {i["prompt"]: i["correct"] for i in json.loads((run_dir / "retention.json").read_text())["items"]}
     assert kept["What is the capital of France?"], "the taught capital replaced Paris"
-    # Issue 8's target is 90%; measured with these defaults: 81% (21 of 26), 85% with 5 epochs but then only 5 of 12
-    # facts recalled. The bound below is what the defaults reach, so a regression fails; the gap is reported.
+    # Issue 8's target is 90%. Measured with these defaults (LoRA rank 4, lr 2e-3, 8 epochs, 36 replayed of which
+    # half on the facts' topics): 77-88% over four runs (20-23 of 26; the same settings vary by a few answers from
+    # run to run), with 12 of 12 recalled every time. The bound below is what the defaults reach, so a regression
+    # fails; the gap is reported.
     assert retention["retention"] >= 0.75, retention
-    # Target: 300 s. Measured 370 s (321 s training + 49 s replay) with other jobs on both cores.
+    # Target: 300 s. Measured 177 s (151 s training at 2 threads + 26 s generating replay) on a quiet machine, 253 s
+    # for the whole run with its evaluations; 370 s when other jobs used both cores.
     assert training_s < 600

@@ -74,7 +74,7 @@ def test_options_pass_the_changed_trainer_settings_on_and_keep_the_chats_own() -
     assert options.base == "my-run" and options.yes
     assert options.config.epochs == 5 and options.config.method == "full"
     assert options.trainer_args == ("--method", "full", "--lora-r", "8", "--epochs", "5.0")
-    assert parse_train_options(["--lora-r", "16"]).trainer_args == ()  # 16 is the default: nothing to pass on
+    assert parse_train_options(["--lora-r", "4"]).trainer_args == ()  # 4 is the default: nothing to pass on
     assert parse_train_options([]).trainer_args == ()
 
 
@@ -116,7 +116,7 @@ def test_preview_counts_what_is_trained_on_and_what_is_left_out(store: Store, ho
     assert "Train on: 10 conversations (9 to train on, 1 held out to measure it), 20 messages" in text
     assert "1 conversation excluded from training" in text and "1 reply rated thumbs-down" in text
     assert "1 unfinished reply" in text
-    assert "Base model: tiny" in text and "LoRA (rank 16, alpha 32)" in text and "3 steps" in text
+    assert "Base model: tiny" in text and "LoRA (rank 4, alpha 8)" in text and "3 steps" in text
     assert "CPU: training uses" in text and "low priority" in text
     # Replay: the base model's own answers to general prompts, as many as the trainer mixes in by default.
     replay = default_replay_count(9)
