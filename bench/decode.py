@@ -277,7 +277,10 @@ def speed_rows(engine: HFEngine, models_dir: Path, threads: int, compiled: HFEng
         for name, row in rows.items():
             runs[name].append(row())
     best = {name: max(each, key=lambda run: run.tokens_per_s) for name, each in runs.items()}
-    print(f"\ndecode speed ({threads} thread(s), {NEW_TOKENS} new tokens, greedy, best of {REPEATS}):")
+    print(
+        f"\ndecode speed (engine on {threads} thread(s), HF generate on torch's default {torch.get_num_threads()} as a "
+        f"plain script runs; {NEW_TOKENS} new tokens, greedy, best of {REPEATS}):"
+    )
     for run in best.values():
         print_row(run, best["fp32"])
     for other, target in (("fp32", 3.0), ("llama.cpp", None)):
