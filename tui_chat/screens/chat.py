@@ -173,7 +173,10 @@ class ChatScreen(Screen):
             await self.show_new_chat()
         self.prompt.focus()
         first = self._first_engine
-        self.load_model(first if isinstance(first, str) else first.name, None if isinstance(first, str) else first)
+        # After the first frame is on screen: importing torch holds the GIL for seconds, which starved that frame.
+        self.call_after_refresh(
+            self.load_model, first if isinstance(first, str) else first.name, None if isinstance(first, str) else first
+        )
 
     def on_unmount(self) -> None:
         self._stop.set()  # leaving mid-reply: the worker ends promptly and the partial reply is kept as stopped
