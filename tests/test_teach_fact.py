@@ -27,10 +27,7 @@ from .trainer_helpers import write_jsonl
 
 # The full teach-and-retain run takes 6-15 minutes on a 2-core CPU: too long for every `make test`, so it runs when
 # asked for (TUI_CHAT_LONG_TESTS=1 make test). The unit tests of replay and retention run always (test_retention.py).
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.environ.get("TUI_CHAT_LONG_TESTS"), reason="long run: set TUI_CHAT_LONG_TESTS=1"),
-]
+LONG_RUN = pytest.mark.skipif(not os.environ.get("TUI_CHAT_LONG_TESTS"), reason="long run: set TUI_CHAT_LONG_TESTS=1")
 CPU = torch.device("cpu")
 
 # Four made-up facts, five short conversations each (varied questions and answers), and probes worded unlike any
@@ -101,6 +98,8 @@ def test_probes_are_worded_unlike_the_training_data() -> None:
     assert not taught & {p.question for p in fact_probes()}
 
 
+@pytest.mark.slow
+@LONG_RUN
 @pytest.mark.timeout(1800)  # ~5 minutes alone on 2 cores; much longer when other jobs share them
 def test_teach_facts_and_keep_general_knowledge(bundled_home: DataHome, tmp_path: Path) -> None:
     # First: the general questions the base model answers right (the retention facts it can lose).
