@@ -13,7 +13,7 @@ from .store import (
     connect,
     memory_database,
 )
-from .text import counted, title_from
+from .text import counted, minute_text, one_line, title_from
 
 __all__ = [
     "Conversation",
@@ -27,6 +27,8 @@ __all__ = [
     "TrainingRun",
     "connect",
     "counted",
+    "minute_text",
+    "one_line",
     "memory_database",
     "title_from",
 ]

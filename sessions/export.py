@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .store import Conversation, Message, Store, StoreError
-from .text import counted
+from .text import counted, minute_text
 
 FORMATS = ("messages", "preference", "markdown")
 MANIFEST_VERSION = 1
@@ -315,7 +315,7 @@ def _preference_pairs(conversation: Conversation, messages: list[Message], left_
 
 
 def _transcript(conversation: Conversation, branch: list[Message]) -> str:
-    created = datetime.fromtimestamp(conversation.created_at).strftime("%Y-%m-%d %H:%M")
+    created = minute_text(conversation.created_at)
     details = [f"conversation {conversation.id}", created]
     if conversation.model:
         details.append(f"model {conversation.model}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 TITLE_CHARS = 48  # fits the conversation list's title column
 
 
@@ -11,6 +13,17 @@ def title_from(text: str, limit: int = TITLE_CHARS) -> str:
     if len(line) <= limit:
         return line or "New chat"
     return line[:limit].rsplit(" ", 1)[0] + "…"
+
+
+def one_line(text: str, width: int) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``width`` characters with an ellipsis."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def minute_text(timestamp: float | None) -> str:
+    """``2026-11-22 14:05`` in local time, or "" for no time."""
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M") if timestamp else ""
 
 
 def counted(count: int, noun: str) -> str:

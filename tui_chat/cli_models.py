@@ -6,29 +6,19 @@ Runs that went on while no app watched are brought up to date first (``reconcile
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.text import Text
 
-from sessions import NotFound, Store, TrainingRun, counted
+from sessions import NotFound, Store, TrainingRun, counted, minute_text, one_line
 
 from .training.monitor import is_active, reconcile_runs
 from .training.summary import finish_summary, metrics_text, progress_text
 
 if TYPE_CHECKING:
     from .cli import CliContext
-
-
-def _when(timestamp: float | None) -> str:
-    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M") if timestamp else ""
-
-
-def _first_line(text: str, width: int = 72) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 @click.group("models", invoke_without_command=True)
@@ -64,7 +54,7 @@ def list_command(obj: CliContext) -> None:
             result = metrics_text(run.metrics)
         status = "stopping" if run.status == "cancelled" and is_active(run) else run.status
         console.print(Text.assemble((run.name, "bold"), f"  run  {status}  from {run.base_model}  "
-                                    f"{_when(run.created_at)}"))
+                                    f"{minute_text(run.created_at)}"))
         if result:
             console.print(Text(f"    {result}", style="dim"))
     recorded = {run.name for run in runs}
@@ -80,8 +70,8 @@ def _show_run(console: Console, store: Store, run: TrainingRun, limit: int) -> N
     params = run.params
     details = [
         ("base model", run.base_model or ""),
-        ("created", _when(run.created_at)),
-        ("finished", _when(run.finished_at)),
+        ("created", minute_text(run.created_at)),
+        ("finished", minute_text(run.finished_at)),
         ("method", f"{params.get('method', '')}, {params.get('total_steps', '?')} steps, lr {params.get('lr', '?')}"),
         ("dataset", f"{run.dataset_path} (sha256 {run.dataset_sha256})"),
         ("model folder", run.output_dir or ""),
@@ -127,10 +117,10 @@ def show_command(obj: CliContext, name: str, limit: int) -> None:
     if children:
         console.print(Text(f"\nRuns trained from {name}:", style="bold"))
         for child in children:
-            console.print(Text(f"  {child.name}  {child.status}  {_when(child.created_at)}"))
+            console.print(Text(f"  {child.name}  {child.status}  {minute_text(child.created_at)}"))
     console.print(Text(f"\nReplies written by {name}" + (f" (newest {limit})" if len(replies) == limit else "") + ":",
                        style="bold"))
     if not replies:
         console.print(Text(f"  none yet: chat with it with `tui-chat --model {name}` or /model {name}", style="dim"))
     for reply in replies:
-        console.print(Text(f"  #{reply.conversation_id}  {_when(reply.created_at)}  {_first_line(reply.content)}"))
+        console.print(Text(f"  #{reply.conversation_id}  {minute_text(reply.created_at)}  {one_line(reply.content, 72)}"))

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from sessions import Message, Store, StoreError, counted
+from sessions import Message, Store, StoreError, counted, minute_text
 from sessions.export import FORMATS, ExportFilters, export
 from sessions.importers import import_file
 from trainer.home import DataHome
@@ -41,10 +41,6 @@ def _user_errors() -> Iterator[None]:
         yield
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
-
-
-def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
 
 
 def _console() -> Console:
@@ -96,7 +92,7 @@ def list_command(obj: CliContext, limit: int, offset: int) -> None:
         table.add_row(
             str(conversation.id),
             title,
-            _when(conversation.updated_at),
+            minute_text(conversation.updated_at),
             str(counts[conversation.id]),
             Text(conversation.model or ""),
         )
@@ -122,7 +118,7 @@ def show_command(obj: CliContext, conversation_id: int) -> None:
         versions.setdefault(message.parent_id, []).append(message.id)
     console = _console()
     console.print(Text(f"{conversation.title}", style="bold"), Text(f"(conversation {conversation.id})", style="dim"))
-    details = [f"created {_when(conversation.created_at)}", f"updated {_when(conversation.updated_at)}"]
+    details = [f"created {minute_text(conversation.created_at)}", f"updated {minute_text(conversation.updated_at)}"]
     if conversation.model:
         details.append(f"model {conversation.model}")
     if conversation.exclude_from_training:

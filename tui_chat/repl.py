@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import sys
 import time
-from datetime import datetime
 from typing import IO, Callable, Iterable
 
 from prompt_toolkit import PromptSession
@@ -29,7 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from sessions import Message, StoreError, TrainingRun
+from sessions import Message, StoreError, TrainingRun, minute_text
 from trainer.home import DataHome
 
 from . import commands
@@ -335,7 +334,7 @@ class Repl:
         table = Table("", "id", "updated", "model", "title", box=None, pad_edge=False)
         for conversation in conversations:
             current = "*" if conversation.id == self.session.conversation_id else ""
-            updated = datetime.fromtimestamp(conversation.updated_at).strftime("%Y-%m-%d %H:%M")
+            updated = minute_text(conversation.updated_at)
             table.add_row(
                 current, str(conversation.id), updated, Text(conversation.model or ""), Text(conversation.title)
             )

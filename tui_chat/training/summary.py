@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Sequence
 
-from sessions import TrainingRun, counted
+from sessions import TrainingRun, counted, minute_text
 
 from .monitor import RunProgress, is_active
 
@@ -117,7 +116,7 @@ def finish_summary(run: TrainingRun) -> str:
 
 def run_line(run: TrainingRun, progress: RunProgress | None = None) -> str:
     """One line for `/runs` and `tui-chat models`: when, name, status, base, and its progress or result."""
-    started = datetime.fromtimestamp(run.created_at).strftime("%Y-%m-%d %H:%M")
+    started = minute_text(run.created_at)
     status = "stopping" if run.status == "cancelled" and is_active(run) else run.status
     line = f"{started}  {run.name}  {status}  (from {run.base_model}, {len(run.conversation_ids)} conversations)"
     if progress is not None and is_active(run):

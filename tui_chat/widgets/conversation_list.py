@@ -33,14 +33,8 @@ def ago(timestamp: float, now: float | None = None) -> str:
     return time.strftime("%Y-%m-%d", time.localtime(timestamp))
 
 
-def one_line(text: str, width: int = TITLE_WIDTH) -> str:
-    """A title cut to one sidebar line (the list would wrap it)."""
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def conversation_prompt(conversation: sessions.Conversation) -> Text:
-    text = Text(one_line(conversation.title), style="bold")
+    text = Text(sessions.one_line(conversation.title, TITLE_WIDTH), style="bold")
     text.append(f"\n#{conversation.id} · {ago(conversation.updated_at)}", style="dim")
     if conversation.exclude_from_training:
         text.append(" · not for training", style="dim italic")

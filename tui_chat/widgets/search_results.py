@@ -10,14 +10,14 @@ from textual.widgets.option_list import Option
 
 import sessions
 
-from .conversation_list import one_line
+from .conversation_list import TITLE_WIDTH
 
 ROLE_LABELS = {"user": "You", "assistant": "Reply", "system": "System"}
 _MATCH = re.compile(r"\[([^\[\]]*)\]")  # Store.search marks the matched words [like this]
 
 
 def hit_prompt(hit: sessions.SearchHit) -> Text:
-    text = Text(one_line(hit.title), style="bold")
+    text = Text(sessions.one_line(hit.title, TITLE_WIDTH), style="bold")
     text.append(f"\n{ROLE_LABELS.get(hit.role, hit.role)}: ", style="dim")
     snippet = " ".join(hit.snippet.split())
     position = 0
