@@ -58,6 +58,8 @@ class Collator:
 
     ``labels`` hold the token id where the loss applies (assistant tokens) and ``IGNORE_INDEX`` elsewhere, padding
     included; it is decided by the mask, never by comparing ids with ``pad_token_id`` (which may equal eos).
+    ``distill`` is True at the assistant tokens of ``distill`` examples: there the loss matches the base model's
+    next-token distribution instead of the token (see loss.py).
     """
 
     pad_token_id: int
@@ -67,6 +69,7 @@ class Collator:
         input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+        distill = torch.zeros((len(examples), width), dtype=torch.bool)
         for row, example in enumerate(examples):
             n = len(example)
             ids = torch.tensor(example.input_ids, dtype=torch.long)
@@ -74,7 +77,9 @@ class Collator:
             attention_mask[row, :n] = 1
             mask = torch.tensor(example.assistant_mask, dtype=torch.bool)
             labels[row, :n] = torch.where(mask, ids, torch.full_like(ids, IGNORE_INDEX))
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+            if example.distill:
+                distill[row, :n] = mask
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "distill": distill}
 
 
 def padding_efficiency(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:

@@ -52,6 +52,13 @@ class SFTConfig:
         },
     )
     no_replay: bool = field(default=False, metadata={"help": "train on your data alone, without replay"})
+    replay_loss: str | None = field(
+        default=None,
+        metadata={
+            "help": "how replayed answers are learned: kl (match the base model's next-token distribution; LoRA only) "
+            "or ce (its greedy text) (default: kl with LoRA, ce for a full fine-tune)"
+        },
+    )
     skip_invalid: bool = field(default=False, metadata={"help": "drop and count invalid lines instead of stopping"})
     max_length: int = field(default=1024, metadata={"help": "tokens per conversation; longer ones are cut at a turn"})
     method: str | None = field(default=None, metadata={"help": "lora or full (default: lora on CPU, full on GPU)"})
@@ -108,6 +115,8 @@ class SFTConfig:
         return dataclasses.replace(
             self,
             method=method,
+            # A full fine-tune has no base model left to ask (LoRA's is the model with its adapter off).
+            replay_loss=self.replay_loss or ("kl" if method == "lora" else "ce"),
             lr=self.lr if self.lr is not None else DEFAULT_LR[method],
             epochs=self.epochs if self.epochs is not None else auto_epochs(n_conversations),
         )
@@ -152,6 +161,10 @@ def validate(config: SFTConfig) -> None:
         raise ValueError(f"unknown --precision {config.precision!r}; use auto, bf16 or fp32")
     if config.micro_batch < 1 or config.grad_accum < 1:
         raise ValueError("--micro-batch and --grad-accum must be at least 1")
+    if config.replay_loss not in (None, "kl", "ce"):
+        raise ValueError(f"unknown --replay-loss {config.replay_loss!r}; use kl or ce")
+    if config.replay_loss == "kl" and config.method == "full":
+        raise ValueError("--replay-loss kl needs --method lora (a full fine-tune has no base model to match); use ce")
     if config.replay is not None and config.replay < 0:
         raise ValueError("--replay must be 0 or more")
     if config.max_steps is not None and config.max_steps < 1:

@@ -21,6 +21,9 @@ class RenderedExample:
     input_ids: list[int]
     assistant_mask: list[bool]  # True where the token is part of an assistant reply (incl. its end-of-turn token)
     truncated: bool = False
+    # Replay answered by the base model: its assistant tokens learn the base model's next-token distribution
+    # (self-distillation, loss.py) instead of the text's tokens.
+    distill: bool = False
 
     @property
     def n_assistant(self) -> int:

@@ -5,8 +5,9 @@ One process on a CPU or a GPU, or many under ``accelerate launch`` / ``torchrun`
 dir and reports progress.
 
 Units: a *step* is one optimizer update = ``grad_accum`` micro-batches of ``micro_batch`` conversations on every
-process. The loss is the summed cross-entropy of the step's assistant tokens (all processes, all micro-batches)
-divided by their count, so every assistant token weighs the same however batches and processes split them.
+process. The loss is the summed per-token loss of the step's assistant tokens (all processes, all micro-batches)
+divided by their count, so every assistant token weighs the same however batches and processes split them: the
+cross-entropy of the user's replies, and on replayed answers (LoRA) the KL from the base model's distribution.
 """
 
 from __future__ import annotations
@@ -120,9 +121,19 @@ def read_training_files(config: SFTConfig) -> TrainingFiles:
     return TrainingFiles(train, val, skipped, digest.hexdigest())
 
 
-def render_training_data(config: SFTConfig, files: TrainingFiles, tokenizer: Any) -> TrainingData:
-    """Render both splits with the model's chat template."""
+def render_training_data(
+    config: SFTConfig, files: TrainingFiles, tokenizer: Any, replay: list[Conversation] | None = None
+) -> TrainingData:
+    """Render both splits with the model's chat template; ``replay`` joins the training split, learned as
+    ``config.replay_loss`` says (kl: distilled from the base model, see loss.py)."""
     train = render_conversations(tokenizer, files.train, config.max_length)
+    if replay:
+        replayed = render_conversations(tokenizer, replay, config.max_length)
+        distill = config.replay_loss == "kl"
+        train.examples += [dataclasses.replace(e, distill=distill) for e in replayed.examples]
+        train.truncated += replayed.truncated
+        train.dropped_too_long += replayed.dropped_too_long
+        train.dropped_unrenderable += replayed.dropped_unrenderable
     if not train.examples:
         raise DataError(
             f"{config.data}: no conversation fits in --max-length {config.max_length} tokens; raise --max-length"
@@ -305,6 +316,10 @@ def _run(
     automatic = [name for name in ("epochs", "lr") if getattr(config, name) is None]
     n_user = len(files.train)  # the user's conversations: replay is added later and not counted here
     config = config.resolved(device, n_user)
+    try:
+        validate(config)  # again: the automatic method may not fit a setting the user chose (--replay-loss kl)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     if automatic:
         # Printed, so a surprising choice is visible; schedule.py says how it was measured.
         progress.info(f"schedule: {n_user} conversations: {config.epochs:g} epochs at lr {config.lr:g} "
@@ -342,13 +357,12 @@ def _run(
         model, tokenizer, replay_count, answers_dir, bf16=bf16, near=files.train,
         resume_dir=run_dir if config.resume else None,
     )
-    files.train = files.train + replay
     replay_s = time.time() - replay_started
     baseline = None
     if not config.no_eval:
         progress.info("retention: the base model answers the held-out general prompts (cached after the first run)")
         baseline = measure_baseline(model, tokenizer, answers_dir, bf16=bf16)
-    data = render_training_data(config, files, tokenizer)
+    data = render_training_data(config, files, tokenizer, replay)
     if accelerator.is_main_process:
         # The run dir appears only once model and data are known good: a typo in --model leaves nothing behind.
         if not config.resume:
@@ -526,14 +540,18 @@ def _run(
             "before": before.metrics() if before else None,
             "after": after.metrics() if after else None,
             "schedule": {"epochs": config.epochs, "lr": config.lr, "automatic": automatic, "user_conversations": n_user},
-            "replay": {"conversations": len(replay), "prepare_s": round(replay_s, 1)},
+            "replay": {"conversations": len(replay), "prepare_s": round(replay_s, 1), "loss": config.replay_loss},
             "retention": {**retention.metrics(), "warning": retention_warning} if retention else None,
         }
         write_metrics(run_dir / "metrics.json", metrics)
         has_plot = plot_loss(read_progress(run_dir / rundir.PROGRESS_LOG), run_dir / "loss.png") is not None
+        learned = (
+            "the model learned the base model's next-token distribution on them (self-distillation, --replay-loss kl)"
+            if config.replay_loss == "kl" else "the model learned their text (cross-entropy, --replay-loss ce)"
+        )
         replay_line = (
             f"- replay: {len(replay)} general conversations answered by the base model were mixed into training "
-            f"({replay_s:.0f} s to prepare)" if replay else "- replay: off"
+            f"({replay_s:.0f} s to prepare); {learned}" if replay else "- replay: off"
         )
         sections = [f"## Schedule and replay\n\n- schedule: {config.epochs:g} epochs at lr {config.lr:g} for "
                     f"{n_user} conversations\n{replay_line}\n"]
