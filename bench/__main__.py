@@ -11,6 +11,7 @@ import time
 
 BENCHMARKS = [
     "decode",
+    "decode_process",
     "store",
     "train",
     "tui_stream",
