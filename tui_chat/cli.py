@@ -18,10 +18,11 @@ from .generation import Engine, EngineFactory
 
 
 def open_hf_engine(spec: str, home: DataHome, **options: Any) -> Engine:
-    """The real engine (imported here, on use, because torch takes seconds to import)."""
-    from .engine import open_engine
+    """The real engine, decoding in a child process: there it has a GIL (and on 2 cores a core) of its own instead
+    of sharing them with the chat window's rendering, and this process never imports torch."""
+    from .engine_process import ProcessEngine
 
-    return open_engine(spec, home, **options)
+    return ProcessEngine(spec, home.models, **options)
 
 
 @dataclass
