@@ -58,8 +58,9 @@ class Collator:
 
     ``labels`` hold the token id where the loss applies (assistant tokens) and ``IGNORE_INDEX`` elsewhere, padding
     included; it is decided by the mask, never by comparing ids with ``pad_token_id`` (which may equal eos).
-    ``distill`` is True at the assistant tokens of ``distill`` examples: there the loss matches the base model's
-    next-token distribution instead of the token (see loss.py).
+    Examples with ``teacher`` targets (replay, see distill.py) add ``distill``, True at their assistant tokens,
+    and the targets of those tokens (``teacher_ids``, ``teacher_logprobs``): there the loss matches the base
+    model's distribution instead of the token. Batches without such examples do without the three.
     """
 
     pad_token_id: int
@@ -69,7 +70,6 @@ class Collator:
         input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-        distill = torch.zeros((len(examples), width), dtype=torch.bool)
         for row, example in enumerate(examples):
             n = len(example)
             ids = torch.tensor(example.input_ids, dtype=torch.long)
@@ -77,9 +77,20 @@ class Collator:
             attention_mask[row, :n] = 1
             mask = torch.tensor(example.assistant_mask, dtype=torch.bool)
             labels[row, :n] = torch.where(mask, ids, torch.full_like(ids, IGNORE_INDEX))
-            if example.distill:
-                distill[row, :n] = mask
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "distill": distill}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        taught = [(row, e.teacher) for row, e in enumerate(examples) if e.teacher is not None]
+        if taught:
+            k = taught[0][1].ids.shape[1]
+            batch["distill"] = torch.zeros((len(examples), width), dtype=torch.bool)
+            batch["teacher_ids"] = torch.zeros((len(examples), width, k), dtype=torch.long)
+            batch["teacher_logprobs"] = torch.zeros((len(examples), width, k + 1))
+            for row, teacher in taught:
+                # Targets are stored per assistant token, in order: the token's position in the row.
+                at = torch.tensor(examples[row].assistant_mask, dtype=torch.bool).nonzero().squeeze(1)
+                batch["distill"][row, at] = True
+                batch["teacher_ids"][row, at] = teacher.ids
+                batch["teacher_logprobs"][row, at] = teacher.logprobs
+        return batch
 
 
 def padding_efficiency(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:

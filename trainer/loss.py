@@ -1,16 +1,9 @@
 """The SFT loss, summed so the caller chooses the normaliser: next-token cross-entropy on assistant tokens, and on
-replayed answers self-distillation (the base model's whole next-token distribution as the target).
-
-Why distillation on replay: replay (replay.py) is there so training keeps what the base model knew. Cross-entropy on
-the base model's greedy text keeps one token per position and even moves the model (towards its own greedy pick,
-away from the rest of its distribution). ``KL(base || adapted)`` on the same positions is exactly zero while the
-model is the base model and pulls back on every token the base model weighed, not only the one it picked. With LoRA
-the base model is free: the same weights with the adapter switched off, one extra no-grad forward of the replay rows.
-"""
+replayed answers the KL from the base model's next-token distribution (self-distillation: why in distill.py)."""
 
 from __future__ import annotations
 
-import contextlib
+import math
 from typing import Any
 
 import torch
@@ -18,6 +11,7 @@ import torch.nn.functional as F
 
 from .batching import IGNORE_INDEX
 
+MIN_REST = 1e-12  # floor of the probability mass outside a distribution's kept tokens, so its log stays finite
 # Config fields of models whose logits are more than ``lm_head(hidden)``: they take the plain forward.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
@@ -62,12 +56,21 @@ def base_model_logits(
         return _logits_at(model, input_ids[rows], attention_mask[rows], [where[rows]])[0]
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Summed ``KL(teacher || student)`` over positions (rows of logits), temperature 1, in fp32."""
-    return F.kl_div(
-        F.log_softmax(student.float(), dim=-1), F.log_softmax(teacher.float(), dim=-1),
-        log_target=True, reduction="sum",
-    )
+def kept_and_rest(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """A distribution over the tokens ``ids`` and, as one more outcome, the rest of the vocabulary: log-probabilities
+    ``[..., k + 1]`` from full ones ``[..., vocab]``. The rest's mass is summed, not ``1 - kept``: exact however
+    small."""
+    kept = logprobs.gather(-1, ids)
+    rest = logprobs.scatter(-1, ids, float("-inf")).logsumexp(dim=-1, keepdim=True)
+    return torch.cat([kept, rest.clamp_min(math.log(MIN_REST))], dim=-1)
+
+
+def distillation_loss(student_logits: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """Summed ``KL(teacher || student)`` over positions (rows), both as distributions over the teacher's kept
+    tokens ``ids`` and the rest of the vocabulary as one outcome; ``logprobs`` are the teacher's (k + 1 columns, see
+    distill.TeacherTargets). Temperature 1, fp32. Zero when the student's distribution is the teacher's."""
+    student = kept_and_rest(F.log_softmax(student_logits.float(), dim=-1), ids)
+    return (logprobs.exp() * (logprobs - student)).sum()
 
 
 def summed_token_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -75,40 +78,36 @@ def summed_token_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch
 
     Summing, not averaging, lets training divide by the assistant tokens of the whole gradient-accumulation step
     (every token weighs the same however the batches split them) and lets evaluation average over the whole set.
-    A token is scored by cross-entropy, or, where ``batch["distill"]`` marks it, by KL from the base model's
-    distribution (both are nats per token, so they add up on one scale).
+    A token is scored by cross-entropy, or, where ``batch["distill"]`` marks it, by the KL from its teacher
+    targets (``teacher_ids``, ``teacher_logprobs``; see batching.Collator): both are nats per token, one scale.
     """
     # Position t predicts token t+1; labels are IGNORE_INDEX outside assistant replies.
     targets = batch["labels"][:, 1:]
     scored = targets != IGNORE_INDEX
-    distill = batch.get("distill")
-    distilled = distill[:, 1:] & scored if distill is not None else torch.zeros_like(scored)
-    learned = scored & ~distilled
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-    if not distilled.any():
-        (logits,) = _logits_at(model, input_ids, attention_mask, [learned])
-        return F.cross_entropy(logits.float(), targets[learned], reduction="sum"), int(scored.sum())
-    # Both select positions in row-major order, so the teacher's rows line up with the student's.
-    teacher = base_model_logits(model, input_ids, attention_mask, distilled)
+    if "distill" not in batch:
+        (logits,) = _logits_at(model, input_ids, attention_mask, [scored])
+        return F.cross_entropy(logits.float(), targets[scored], reduction="sum"), int(scored.sum())
+    distilled = batch["distill"][:, 1:] & scored
+    learned = scored & ~distilled
     logits, student = _logits_at(model, input_ids, attention_mask, [learned, distilled])
-    loss = F.cross_entropy(logits.float(), targets[learned], reduction="sum") + distillation_loss(student, teacher)
-    return loss, int(scored.sum())
+    # Both masks select positions row by row, so the teacher's rows line up with the student's.
+    ids, logprobs = batch["teacher_ids"][:, 1:][distilled], batch["teacher_logprobs"][:, 1:][distilled]
+    loss = F.cross_entropy(logits.float(), targets[learned], reduction="sum")
+    return loss + distillation_loss(student, ids, logprobs), int(scored.sum())
 
 
 class TokenLossModel(torch.nn.Module):
     """The model and its loss as one module, so that ``accelerator.prepare`` (DDP, FSDP) wraps the whole forward
-    that training runs, the shortcut past the output layer and the base model's pass included. ``forward`` returns
-    the summed loss."""
+    that training runs, the shortcut past the output layer included. ``forward`` returns the summed loss."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-        distill: torch.Tensor | None = None,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, **teacher: torch.Tensor
     ) -> torch.Tensor:
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        if distill is not None:
-            batch["distill"] = distill
+        """``teacher``: the Collator's ``distill``, ``teacher_ids`` and ``teacher_logprobs`` when the batch has any."""
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **teacher}
         return summed_token_loss(self.model, batch)[0]

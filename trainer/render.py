@@ -10,10 +10,13 @@ mask is by position, so a tokenizer whose pad token is its eos token still learn
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .chat_template import ensure_chat_template
 from .data import Conversation
+
+if TYPE_CHECKING:
+    from .distill import TeacherTargets
 
 
 @dataclass(frozen=True)
@@ -22,8 +25,8 @@ class RenderedExample:
     assistant_mask: list[bool]  # True where the token is part of an assistant reply (incl. its end-of-turn token)
     truncated: bool = False
     # Replay answered by the base model: its assistant tokens learn the base model's next-token distribution
-    # (self-distillation, loss.py) instead of the text's tokens.
-    distill: bool = False
+    # (self-distillation, distill.py) instead of the text's tokens.
+    teacher: TeacherTargets | None = None
 
     @property
     def n_assistant(self) -> int:

@@ -35,6 +35,7 @@ from .base_answers import CACHE_DIR
 from .batching import IGNORE_INDEX, Collator, LengthGroupedBatches, padding_efficiency
 from .config import SFTConfig, validate
 from .data import Conversation, DataError, read_jsonl, split_conversations
+from .distill import mass_outside_top_k, teacher_targets
 from .cpu_threads import ThreadGovernor
 from .evaluate import EvalResult, evaluate
 from .home import DataHome
@@ -72,10 +73,11 @@ class TrainingFiles:
 
 @dataclass
 class TrainingData:
-    train: RenderedSet
+    train: RenderedSet  # the user's conversations, then the replay
     val: RenderedSet
     val_conversations: list[Conversation]
     files: TrainingFiles
+    replay_from: int  # index of the first replay example in ``train``
 
 
 def bf16_is_fast(device: torch.device) -> bool:
@@ -124,13 +126,12 @@ def read_training_files(config: SFTConfig) -> TrainingFiles:
 def render_training_data(
     config: SFTConfig, files: TrainingFiles, tokenizer: Any, replay: list[Conversation] | None = None
 ) -> TrainingData:
-    """Render both splits with the model's chat template; ``replay`` joins the training split, learned as
-    ``config.replay_loss`` says (kl: distilled from the base model, see loss.py)."""
+    """Render both splits with the model's chat template; ``replay`` joins the training split, after the user's."""
     train = render_conversations(tokenizer, files.train, config.max_length)
+    replay_from = len(train.examples)
     if replay:
         replayed = render_conversations(tokenizer, replay, config.max_length)
-        distill = config.replay_loss == "kl"
-        train.examples += [dataclasses.replace(e, distill=distill) for e in replayed.examples]
+        train.examples += replayed.examples
         train.truncated += replayed.truncated
         train.dropped_too_long += replayed.dropped_too_long
         train.dropped_unrenderable += replayed.dropped_unrenderable
@@ -139,7 +140,7 @@ def render_training_data(
             f"{config.data}: no conversation fits in --max-length {config.max_length} tokens; raise --max-length"
         )
     val = render_conversations(tokenizer, files.val, config.max_length)
-    return TrainingData(train, val, files.val, files)
+    return TrainingData(train, val, files.val, files, replay_from)
 
 
 @contextlib.contextmanager
@@ -402,6 +403,19 @@ def _run(
     model.train()
 
     collate = Collator(tokenizer.pad_token_id)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    outside_top_k = None
+    if config.replay_loss == "kl" and len(data.train.examples) > data.replay_from:
+        # The base model's distribution on the replay, once: every epoch distils from it (distill.py).
+        progress.info("replay: the base model's next-token distribution on the replayed answers (distillation)")
+        distill_started = time.time()
+        replayed = data.train.examples[data.replay_from :]
+        targets = teacher_targets(model, replayed, collate, config.micro_batch, autocast)
+        data.train.examples[data.replay_from :] = [
+            dataclasses.replace(e, teacher=t) for e, t in zip(replayed, targets)
+        ]
+        outside_top_k = mass_outside_top_k(targets)
+        replay_s += time.time() - distill_started  # part of preparing the replay
     lengths = [len(e) for e in data.train.examples]
     sampler = LengthGroupedBatches(lengths, config.micro_batch, config.seed)
     # The loader's own generator: starting an iteration draws a seed from it, and drawing from the global RNG
@@ -461,7 +475,6 @@ def _run(
                 rundir.write_json_atomic(before_path, dataclasses.asdict(before))
 
     # -- the loop
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     train_time, train_cpu, train_tokens, first_step, last_loss = 0.0, 0.0, 0, step, float("nan")
     while step < total_steps and not stop:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
@@ -540,7 +553,9 @@ def _run(
             "before": before.metrics() if before else None,
             "after": after.metrics() if after else None,
             "schedule": {"epochs": config.epochs, "lr": config.lr, "automatic": automatic, "user_conversations": n_user},
-            "replay": {"conversations": len(replay), "prepare_s": round(replay_s, 1), "loss": config.replay_loss},
+            "replay": {"conversations": len(replay), "prepare_s": round(replay_s, 1), "loss": config.replay_loss,
+                       # The base model's mean probability outside the TOP_K tokens distillation keeps.
+                       "outside_top_k": outside_top_k},
             "retention": {**retention.metrics(), "warning": retention_warning} if retention else None,
         }
         write_metrics(run_dir / "metrics.json", metrics)
