@@ -1,7 +1,9 @@
 """Decode speed of the bundled model, side by side in one run on the same prompt, settings and thread count:
 
 - transformers ``generate``, eager, float32 and bfloat16 (what a plain HF script gets);
-- the engine's default (``HFEngine.stream``: its own decode loop, int4 weights on CPU, see trainer/devices.py);
+- the engine as the chat runs it (``HFEngine.stream``: its own decode loop, int4 weights on CPU, the decode step
+  compiled in the background, see trainer/devices.py), and the same engine before its compile is ready (what a
+  one-shot ``tui-chat ask`` and the chat's first replies get);
 - llama.cpp on the package's own GGUF, when ``llama_cpp`` is importable (``pip install -e '.[llamacpp]'``);
 - the ceiling: measured memory copy bandwidth / bytes of weights read per token;
 - time to first token on the 1st and the 10th turn of one conversation (prompt cache), and the 10th without it.
@@ -245,8 +247,9 @@ def _same_words(first: str, second: str) -> int:
 
 
 def compiled_engine(models_dir: Path) -> HFEngine:
-    """The default engine with the decode step compiled, waited for (its compile is not timed in any row)."""
-    engine = HFEngine("default", models_dir, compile=True)
+    """The engine as the chat's model process runs it on CPU: the decode step compiled (waited for here, and not
+    timed in any row; the chat compiles it in the background while replies take the eager step)."""
+    engine = HFEngine("default", models_dir, own_process=True)
     engine.load()
     started = time.perf_counter()
     engine.decoder.warm_up(wait=True)
@@ -254,20 +257,21 @@ def compiled_engine(models_dir: Path) -> HFEngine:
     return engine
 
 
-def speed_rows(engine: HFEngine, models_dir: Path, threads: int, compiled: HFEngine | None) -> None:
+def speed_rows(eager: HFEngine, engine: HFEngine, models_dir: Path, threads: int) -> None:
     fp32 = load_model("default", models_dir=models_dir, dtype="float32").model
     bf16 = load_model("default", models_dir=models_dir, dtype="bfloat16").model
+    compiled = engine.info().extra["compile"] == "ready"
     rows = {
         "fp32": hf_generate(fp32, engine, "HF generate, eager, float32"),
         "bf16": hf_generate(bf16, engine, "HF generate, eager, bfloat16"),
-        "engine": engine_stream(engine, f"engine default ({engine.info().dtype}, {engine.quantization})"),
+        "engine": engine_stream(engine, f"engine ({engine.quantization}{', compiled' if compiled else ''})"),
     }
-    if compiled is not None:
-        rows["engine-compiled"] = engine_stream(compiled, "engine default + --compile")
+    if compiled:
+        rows["engine-eager"] = engine_stream(eager, f"engine, before the compile ({eager.quantization})")
     all_cores = os.cpu_count() or 1
     if all_cores != threads:  # the evidence for the thread default (trainer.devices.inference_threads)
         rows["engine-all-cores"] = with_threads(
-            engine, all_cores, engine_stream(engine, f"engine default, {all_cores} threads")
+            eager, all_cores, engine_stream(eager, f"engine before the compile, {all_cores} threads")
         )
     llama = llama_cpp_row(engine, threads)
     if llama is not None:
@@ -283,16 +287,16 @@ def speed_rows(engine: HFEngine, models_dir: Path, threads: int, compiled: HFEng
     )
     for run in best.values():
         print_row(run, best["fp32"])
-    for other, target in (("fp32", 3.0), ("llama.cpp", None)):
-        if other in best:
-            wall = best["engine"].tokens_per_s / best[other].tokens_per_s
-            cpu = best["engine"].tokens_per_cpu_s / best[other].tokens_per_cpu_s
-            goal = (
-                "" if target is None else f" (target >= {target:g}: {'met' if min(wall, cpu) >= target else 'NOT met'})"
-            )
-            print(f"  engine / {best[other].label}: {wall:.2f}x tok/s, {cpu:.2f}x tok/cpu-s{goal}")
+    for mine, other, target in (("engine", "fp32", 3.0), ("engine-eager", "fp32", None), ("engine", "llama.cpp", None)):
+        if mine in best and other in best:
+            wall = best[mine].tokens_per_s / best[other].tokens_per_s
+            cpu = best[mine].tokens_per_cpu_s / best[other].tokens_per_cpu_s
+            goal = "" if target is None else f" (target >= {target:g}: {'met' if wall >= target else 'NOT met'})"
+            print(f"  {best[mine].label} / {best[other].label}: {wall:.2f}x tok/s, {cpu:.2f}x tok/cpu-s{goal}")
     reference = best["fp32"].text
-    for name in ("bf16", "engine"):
+    for name in ("bf16", "engine", "engine-eager"):
+        if name not in best:
+            continue
         text = best[name].text
         print(
             f"  {name} greedy text identical to float32's: {text == reference} (first {_same_words(text, reference)}"
@@ -329,7 +333,7 @@ def conversation_ttft(engine: HFEngine) -> None:
     engine.decoder.prompt_cache.clear()
     uncached = list(engine.stream(last, params))[-1]
     first, tenth = stats[0], stats[-1]
-    print(f"\ntime to first token across one conversation (engine default, {TURN_TOKENS}-token replies):")
+    print(f"\ntime to first token across one conversation (the chat's engine, {TURN_TOKENS}-token replies):")
     print(f"  turn 1:  {first.ttft_s:6.3f} s  ({first.prompt_tokens} prompt tokens, none cached)")
     print(f"  turn 10: {tenth.ttft_s:6.3f} s  ({tenth.prompt_tokens} prompt tokens, the history cached)")
     print(f"  turn 10 without the prompt cache: {uncached.ttft_s:6.3f} s")
@@ -337,29 +341,29 @@ def conversation_ttft(engine: HFEngine) -> None:
     print(f"  turn 10 / turn 1 = {tenth.ttft_s / first.ttft_s:.2f} (target <= 1: {verdict})")
 
 
-def main(compile_row: bool = False) -> None:
-    """Print the comparison; ``compile_row`` adds the engine with ``--compile`` (after a 1-4 minute compile, so
-    not in `make bench`: run `python -m bench.decode --compile`)."""
+def main() -> None:
+    """Print the comparison (with a 30-100 s compile of the decode step first, not timed)."""
     home = DataHome.locate()
     models_dir = home.models
     started = time.perf_counter()
     ensure_bundled(models_dir, progress=lambda what, _: print(f"  {what}", flush=True))
     print(f"bundled model in {models_dir / BUNDLED_DIR} (ready in {time.perf_counter() - started:.1f} s)")
     load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    engine = HFEngine("default", models_dir)
+    eager = HFEngine("default", models_dir)
     started = time.perf_counter()
-    info = engine.load()
-    threads = engine.decode_threads()
+    info = eager.load()
+    threads = eager.decode_threads()
     print(
-        f"engine: smollm2 on {info.device}, {info.dtype}, quantize {info.extra['quantize']}, compile "
-        f"{info.extra['compile']}, {threads} thread(s), loaded in {time.perf_counter() - started:.1f} s; prompt "
-        f"{engine.count_tokens(MESSAGES)} tokens; load average {load_average:.1f} on {os.cpu_count()} cores"
+        f"engine: smollm2 on {info.device}, {info.dtype}, quantize {info.extra['quantize']}, {threads} thread(s), "
+        f"loaded in {time.perf_counter() - started:.1f} s; prompt {eager.count_tokens(MESSAGES)} tokens; load average "
+        f"{load_average:.1f} on {os.cpu_count()} cores"
     )
-    speed_rows(engine, models_dir, threads, compiled_engine(models_dir) if compile_row else None)
+    engine = compiled_engine(models_dir)
+    speed_rows(eager, engine, models_dir, threads)
     conversation_ttft(engine)
     after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nload average {load_average:.1f} at the start, {after:.1f} at the end ({os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":
-    main(compile_row="--compile" in sys.argv[1:])
+    main()

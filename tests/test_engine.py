@@ -378,7 +378,8 @@ def test_quantization_and_compile_defaults() -> None:
         pick_quantization(cuda, torch.bfloat16, "int4")
     with pytest.raises(ValueError, match="choose one of none, int4"):
         pick_quantization(cpu, torch.bfloat16, "int3")
-    assert pick_compile(cuda) and not pick_compile(cpu)
+    assert pick_compile(cuda) and not pick_compile(cpu)  # in-process: quitting would wait for the compile
+    assert pick_compile(cpu, own_process=True) and not pick_compile(cpu, False, own_process=True)
     assert pick_compile(cpu, True) and not pick_compile(cuda, False)
 
 

@@ -74,8 +74,8 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "compile_step",
             default=None,
             help="torch.compile the decode step in the background (replies start at once and use it once it is "
-            "ready; quitting meanwhile waits for the compile). Default: on with CUDA; off on CPU, where it decodes "
-            "~1.4x faster after 1.5-3.5 minutes of compiling a core away.",
+            "ready). Default: on in the chat and the REPL (on CPU ~1.35x faster after 30-100 s of compiling on a "
+            "core), off for `ask` (one reply never uses it).",
         ),
         click.option("--trust-remote-code", is_flag=True, help="Allow a Hub model to run its own Python code."),
     ]
