@@ -177,17 +177,24 @@ def test_a_bad_spec_fails_as_in_process_and_a_dropped_engine_ends_its_child(tmp_
     assert gone(pid, within_s=0)  # ended and reaped when the engine went
 
 
-def test_the_child_ends_when_the_parent_is_killed(tiny_path: Path) -> None:
+def test_the_child_starts_inside_textual_and_ends_when_the_parent_is_killed(tiny_path: Path) -> None:
     parent = subprocess.Popen(
         [
             sys.executable,
             "-c",
             textwrap.dedent(
                 f"""
-                import time
+                import sys, time
                 from pathlib import Path
                 from tui_chat.engine_process import ProcessEngine
+
+                class Captured:  # what Textual puts in sys.stderr while an app runs
+                    def write(self, text): return len(text)
+                    def flush(self): pass
+                    def fileno(self): return -1
+
                 if __name__ == "__main__":
+                    sys.stderr = Captured()
                     engine = ProcessEngine({str(tiny_path)!r}, Path("/nonexistent"), device="cpu")
                     engine.load()
                     print(engine.pid, flush=True)

@@ -21,11 +21,13 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 import traceback
 import weakref
 from collections import deque
 from collections.abc import Iterator
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,7 @@ class _ModelProcess:
             name=f"tui-chat model {engine_name(spec)}",
             daemon=True,  # multiprocessing ends it when this process exits normally; EOF on the pipe otherwise
         )
+        _ensure_resource_tracker()
         self._process.start()
         child_conn.close()  # the child's ends live in the child only, so its exit is EOF here (and ours is there)
         output_writer.close()
@@ -276,6 +279,25 @@ class _ModelProcess:
             reader.close()
 
 
+def _ensure_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (every spawn needs it) with a real stderr in place.
+
+    The tracker hands ``sys.stderr.fileno()`` to its own process; inside a Textual app sys.stderr is a capture object
+    whose fileno() is -1, and the spawn would fail with "bad value(s) in fds_to_keep".
+    """
+    try:
+        usable = sys.stderr.fileno() >= 0
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both OSError and ValueError
+        usable = False
+    captured = sys.stderr
+    if not usable and sys.__stderr__ is not None:
+        sys.stderr = sys.__stderr__
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        sys.stderr = captured
+
+
 class _Request:
     """One request's replies: ("progress" | "delta", ...)* then ("result", value) or an exception."""
 
@@ -364,7 +386,9 @@ def _serve(conn: Connection, output: Connection, spec: str, models_dir: str, opt
     output.close()
     from .engine import HFEngine  # here, not at the top: the parent process must not import torch
 
-    _Server(conn, HFEngine(spec, Path(models_dir), **options)).listen()
+    # own_process: this process exists for the engine and leaves without waiting for a background compile, so the
+    # decode step compiles by default on CPU too (trainer.devices.pick_compile).
+    _Server(conn, HFEngine(spec, Path(models_dir), own_process=True, **options)).listen()
     # os._exit: no interpreter teardown, which would wait for (or abort in the middle of) a background compile.
     os._exit(0)
 
