@@ -188,21 +188,30 @@ class _ModelProcess:
     def call(self, kind: str, payload: Any = None) -> Any:
         """A request with one result (info, count_tokens)."""
         request = self.request(kind, payload)
-        while True:
-            kind, result = request.next(None)
-            if kind == "result":
-                return result
+        try:
+            while True:
+                kind, result = request.next(None)
+                if kind == "result":
+                    return result
+        finally:
+            request.forget()
 
     def load(self, progress: ProgressCallback | None) -> EngineInfo:
-        """Load the model in the child, calling ``progress`` on this thread as the child reports it."""
+        """Load the model in the child, calling ``progress`` on this thread as the child reports it.
+
+        Interrupted here (Ctrl+C while loading), the load goes on in the child; the next load() waits for it.
+        """
         request = self.request("load")
-        while True:
-            kind, payload = request.next(None)
-            if kind == "result":
-                self.loaded = True
-                return payload
-            if progress is not None:
-                progress(*payload)
+        try:
+            while True:
+                kind, payload = request.next(None)
+                if kind == "result":
+                    self.loaded = True
+                    return payload
+                if progress is not None:
+                    progress(*payload)
+        finally:
+            request.forget()
 
     def send_stop(self, request_id: int) -> None:
         with self._lock:
@@ -335,12 +344,16 @@ class _Request:
         kind, payload = reply
         if kind in ("result", "error", "ended"):
             self.done = True
-            self.process.forget(self.id)
+            self.forget()
         if kind == "error":
             raise _rebuilt(*payload)
         if kind == "ended":
             raise self.process.ended_error()
         return reply
+
+    def forget(self) -> None:
+        """Stop routing this request's replies (it ended, or nobody waits for them any more)."""
+        self.process.forget(self.id)
 
     def stop(self) -> None:
         if not self._stop_sent:
