@@ -139,11 +139,10 @@ def test_teach_facts_and_keep_general_knowledge(bundled_home: DataHome, tmp_path
     assert retention["facts_total"] >= 20
     kept = {i["prompt"]: i["correct"] for i in json.loads((run_dir / "retention.json").read_text())["items"]}
     assert kept["What is the capital of France?"], "the taught capital replaced Paris"
-    # Issue 8's target is 90%. Measured with these defaults (LoRA rank 4, lr 2e-3, 8 epochs, 36 replayed of which
-    # half on the facts' topics): 77-88% over four runs (20-23 of 26; the same settings vary by a few answers from
-    # run to run), with 12 of 12 recalled every time. The bound below is what the defaults reach, so a regression
-    # fails; the gap is reported.
-    assert retention["retention"] >= 0.75, retention
+    # Issue 8's target: 90%. Measured with these defaults (LoRA rank 4, lr 2e-3, 8 epochs, 36 replayed of which half
+    # on the facts' topics, learned by distillation from the base model: distill.py): 24 of 26 (92%) at seeds 0 and
+    # 1, 12 of 12 recalled; cross-entropy replay instead kept 20-23 (77-88%). Runs vary by an answer or two.
+    assert retention["retention"] >= 0.9, retention
     # Target: 300 s. Measured 177 s (151 s training at 2 threads + 26 s generating replay) on a quiet machine, 253 s
     # for the whole run with its evaluations; 370 s when other jobs used both cores.
     assert training_s < 600

@@ -3,14 +3,17 @@
 Why: replay (replay.py) is there so training keeps what the base model knew. Cross-entropy on the base model's
 greedy text keeps one token per position and even moves the model (towards its own greedy pick, away from the rest
 of what it weighed). ``KL(base || adapted)`` on the same positions is zero while the model is still the base model
-and pulls back on every token the base model weighed. Measured (teach-a-fact, bundled model, LoRA rank 4, 8 epochs,
-36 replayed): cross-entropy replay kept 20-23 of 26 general facts, distillation 25 (see loss.py's caller, sft.py).
+and pulls back on every token the base model weighed. Measured on teach-a-fact (tests/test_teach_fact.py: bundled
+model, LoRA rank 4, lr 2e-3, 8 epochs, 36 replayed; retention = the 26 general facts the base model answered right,
+recall = 12 probes): cross-entropy replay kept 20-23 of 26 over four runs; distillation from the full distribution
+(a second forward every step) kept 25 and 24 (seeds 0 and 1), from the stored top 64 kept 24 and 24; 12 of 12
+recalled in every run.
 
 With LoRA the base model is free: the same weights with the adapter switched off. Its distribution on a replayed
 answer is the same in every epoch, so it is computed once before training (one no-grad pass over the replay, ~1/8
 of what a second forward every step would cost over 8 epochs) and kept compactly: the ``TOP_K`` likeliest tokens at
 each position and the mass of all the rest as one more outcome. The KL between these (k + 1)-outcome distributions
-is still exactly zero at the base model and needs ~0.1% of the full distribution's memory.
+is still exactly zero at the base model and needs under 0.5% of the full distribution's memory.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from .batching import IGNORE_INDEX, Collator
 from .loss import base_model_logits, kept_and_rest
 from .render import RenderedExample
 
-TOP_K = 64  # tokens kept per position: the bundled model's top 64 hold nearly all of its mass on its own answers
+# Tokens kept per position. On its own replay answers the bundled model put 96.5% of its mass (mean) in its top 64;
+# the rest stays one outcome, so the KL still sees it move.
+TOP_K = 64
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ Why: a few dozen conversations trained for several epochs pull every answer towa
 came back as "Quenthal is the capital of the French region..." (full fine-tune and LoRA alike). With general prompts
 answered greedily by the base model mixed in, the facts were still learned and France stayed Paris: the replayed
 answers are already the model's own most likely text, so their loss is near zero unless training moves the model
-away from them, and then their gradient pulls it back. Replay reduces forgetting, it does not abolish it (see
+away from them, and then their gradient pulls it back. With LoRA they are learned by self-distillation: the model
+matches the base model's whole next-token distribution on them, not only its greedy text (``distill.py``; it kept
+more of what the base model knew, measured there). Replay reduces forgetting, it does not abolish it (see
 ``default_replay_count`` and ``retention.py``). It costs training time (the replayed answers are longer than most
 user turns) and, once per base model, the time to generate them: ~40-50 s for 36 answers on this 2-core machine,
 batched 16 at a time (8x the tokens/s of one at a time), then cached in the data home (``base_answers.py``).
