@@ -72,14 +72,16 @@ def main() -> None:
     ensure_bundled(models_dir, progress=lambda what, _: print(f"  {what}", flush=True))
     load = os.getloadavg()[0]
     print(f"bundled model in {models_dir / BUNDLED_DIR}; load average {load:.1f} on {os.cpu_count()} cores")
-    child = ProcessEngine("default", models_dir)
-    engines: dict[str, Engine] = {"in-process": HFEngine("default", models_dir), "child": child}
+    # Eager in both: the child compiles in the background by default (see trainer.devices), which would make it
+    # another decode step, not another process.
+    child = ProcessEngine("default", models_dir, compile=False)
+    engines: dict[str, Engine] = {"in-process": HFEngine("default", models_dir, compile=False), "child": child}
     for label, engine in engines.items():
         started = time.perf_counter()
         info = engine.load()
         print(
-            f"{label}: {info.device}, {info.dtype}, quantize {info.extra['quantize']}, {info.extra['threads']} "
-            f"thread(s), loaded in {time.perf_counter() - started:.1f} s"
+            f"{label}: {info.device}, {info.dtype}, quantize {info.extra['quantize']}, compile {info.extra['compile']}, "
+            f"{info.extra['threads']} thread(s), loaded in {time.perf_counter() - started:.1f} s"
         )
     rows = [(label, busy) for busy in (False, True) for label in engines]
     best: dict[tuple[str, bool], Run] = {}
