@@ -124,14 +124,12 @@ class ProcessEngine:
     def _usable(self) -> _ModelProcess:
         """A loaded child: after a load, one that ended is replaced and loaded again (no progress shown)."""
         with self._lock:
-            if self._loaded:
-                process = self._running()
-                if not process.loaded:
-                    process.load(None)
-                return process
-            if self._process is None or not self._process.loaded:
+            if not self._loaded:
                 raise EngineError(f"model {self.name} is not loaded yet; call load() first")
-            return self._process
+            process = self._running()
+            if not process.loaded:
+                process.load(None)
+            return process
 
     def _retire(self) -> None:
         if self._closer is not None:
