@@ -391,6 +391,7 @@ def test_int4_engine_on_a_tiny_model(tmp_path: Path) -> None:
     projection = engine.loaded.model.model.layers[0].mlp.down_proj.weight
     assert type(projection).__name__ == "Int4OpaqueTensor"
     assert type(engine.loaded.model.lm_head.weight) is torch.nn.Parameter  # the output projection stays bf16
+    assert type(engine.loaded.model.lm_head).__name__ == "ScreenedHead"  # ... screened by an int8 copy
     deltas, stats = run(engine, ask("hello world"), VARIED)
     assert stats.new_tokens == 16 and "".join(deltas)
     bad = HFEngine(str(path), tmp_path, device="cpu", dtype="float32", quantize="int4")

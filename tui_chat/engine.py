@@ -28,6 +28,7 @@ from trainer.models import BUNDLED_ALIASES, BUNDLED_NAME, LoadedModel, ModelErro
 from .decoding import Decoder, Sampler
 from .generation import Chunk, EngineError, EngineInfo, GenerationParams, GenerationStats, ProgressCallback, TextDelta
 from .quantize import quantize_int4
+from .screened_head import screen_output_projection
 
 # Tokens that end an assistant turn in the common chat formats, added to the model's own eos ids when the
 # vocabulary has them as single tokens (a base model's default template ends turns with its eos token).
@@ -149,6 +150,9 @@ class HFEngine:
                         progress(f"quantizing {self.name} to int4", None)
                     if quantize_int4(loaded.model) == 0:
                         quantization = "none"  # no layer fits (e.g. GPT-2's Conv1D projections)
+                    else:
+                        # The output projection is then the largest read of a token: int8 screens it, exactly.
+                        screen_output_projection(loaded.model)
                 self.quantization = quantization
                 self._stop_ids = _end_of_turn_ids(loaded)
                 compile = pick_compile(loaded.device, self.compile, own_process=self.own_process)

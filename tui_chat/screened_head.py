@@ -1,0 +1,64 @@
+"""The output projection for CPU decoding: int8 weights screen the vocabulary, exact weights score what can win.
+
+With int4 layers the bfloat16 output projection is the largest read of a decoded token (49,152 x 576 for the bundled
+model: 57 MB, ~8 of ~28 ms a token on one core). An int8 copy reads half of that, but rounding every logit changed
+greedy answers (a per-row int8 projection alone changed the first word of one of eight test replies). So the int8
+logits only screen: each comes with a bound on its error, and every token whose logit could reach the largest one
+is scored again with the exact weights. The greedy choice is then the one the bfloat16 projection makes (up to ties
+at bfloat16's resolution; a repetition penalty >= 1 only lowers logits, so it cannot lift a screened-out token);
+the logits of tokens that cannot win keep their int8 value, off by at most the bound (a fraction of a logit).
+
+Measured on one core (bundled model, 6 prompts, 48 tokens each): every greedy reply identical to the bfloat16
+projection's, a median of 2 tokens scored exactly (at most 67), 9.9 against 15.7 ms a call on a busy machine.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# bfloat16 keeps 8 significant bits: the int8 kernel's output (a logit) is rounded by at most this fraction of it.
+_BFLOAT16_ROUNDING = 2.0**-8
+
+
+class ScreenedHead(torch.nn.Module):
+    """Drop-in for a bias-free output ``Linear`` over bfloat16 ``weight`` (shared, not copied: it stays the input
+    embeddings when they are tied). One position at a time is screened; more (never in decoding) go exact."""
+
+    def __init__(self, weight: torch.nn.Parameter) -> None:
+        super().__init__()
+        self.weight = weight
+        exact = weight.detach().float()
+        # One scale per vocabulary row, itself a bfloat16 (the kernel's scale type), so the error below is the real one.
+        scales = (exact.abs().amax(dim=1).clamp_min(1e-12) / 127).to(torch.bfloat16)
+        quantized = torch.round(exact / scales.float()[:, None]).clamp(-127, 127)
+        self.register_buffer("int8_weight", quantized.to(torch.int8).contiguous(), persistent=False)
+        self.register_buffer("scales", scales, persistent=False)
+        # Largest weight error in each row: a logit is off by at most this times the input's L1 norm.
+        error = (exact - quantized * scales.float()[:, None]).abs().amax(dim=1)
+        self.register_buffer("row_error", error, persistent=False)
+        self.exactly_scored = 0  # tokens the last call scored with the exact weights (for tests and benchmarks)
+
+    @torch.compiler.disable  # data-dependent sizes: a compiled decode step calls this as it is
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        if flat.shape[0] != 1 or flat.dtype != torch.bfloat16:
+            return F.linear(hidden, self.weight)
+        logits = torch._weight_int8pack_mm(flat, self.int8_weight, self.scales)
+        screened = logits[0].float()
+        bound = self.row_error * flat.float().abs().sum() + screened.abs() * _BFLOAT16_ROUNDING
+        # A token outside this set has a logit below some token's for sure: it cannot be the largest.
+        contenders = (screened + bound >= (screened - bound).max()).nonzero()[:, 0]
+        self.exactly_scored = len(contenders)
+        logits[0, contenders] = F.linear(flat, self.weight[contenders])[0]
+        return logits.reshape(*hidden.shape[:-1], -1)
+
+
+def screen_output_projection(model: torch.nn.Module) -> bool:
+    """Give ``model`` a ScreenedHead in place of its output projection if that is a bias-free bfloat16 ``Linear``
+    (what int4 decoding on CPU has); returns whether it did."""
+    output = model.get_output_embeddings()
+    if type(output) is not torch.nn.Linear or output.bias is not None or output.weight.dtype != torch.bfloat16:
+        return False
+    model.set_output_embeddings(ScreenedHead(output.weight))
+    return True
