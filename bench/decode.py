@@ -247,9 +247,9 @@ def _same_words(first: str, second: str) -> int:
 
 
 def compiled_engine(models_dir: Path) -> HFEngine:
-    """The engine as the chat's model process runs it on CPU: the decode step compiled (waited for here, and not
-    timed in any row; the chat compiles it in the background while replies take the eager step)."""
-    engine = HFEngine("default", models_dir, own_process=True)
+    """The engine as the chat runs it on CPU once its compile is done (waited for here, and not timed in any row;
+    the chat compiles in a second model process while the first one replies with the eager step)."""
+    engine = HFEngine("default", models_dir, compile=True)
     engine.load()
     started = time.perf_counter()
     engine.decoder.warm_up(wait=True)

@@ -378,8 +378,7 @@ def test_quantization_and_compile_defaults() -> None:
         pick_quantization(cuda, torch.bfloat16, "int4")
     with pytest.raises(ValueError, match="choose one of none, int4"):
         pick_quantization(cpu, torch.bfloat16, "int3")
-    assert pick_compile(cuda) and not pick_compile(cpu)  # in-process: quitting would wait for the compile
-    assert pick_compile(cpu, own_process=True) and not pick_compile(cpu, False, own_process=True)
+    assert pick_compile(cuda) and not pick_compile(cpu)  # the chat compiles in a second process on CPU
     assert pick_compile(cpu, True) and not pick_compile(cuda, False)
 
 
@@ -436,7 +435,7 @@ def test_bundled_compiled_answers_stay_close_to_float32(bundled_models_dir: Path
     """The chat's engine on CPU once its decode step is compiled (fused kernels round differently from eager ones):
     the same tolerance. Measured: 4 of these 5 answers identical to float32's (5 of 8 with three more prompts), every
     opening identical."""
-    compiled = HFEngine("default", bundled_models_dir, own_process=True)
+    compiled = HFEngine("default", bundled_models_dir, compile=True)
     compiled.load()
     compiled.decoder.warm_up(wait=True)  # 30-100 s on 2 cores
     assert compiled.info().extra["compile"] == "ready"

@@ -48,7 +48,8 @@ def local_engine(tiny_path: Path) -> HFEngine:
 
 @pytest.fixture(scope="module")
 def child_engine(tiny_path: Path) -> ProcessEngine:
-    engine = ProcessEngine(str(tiny_path), NO_MODELS, device="cpu", dtype="float32")
+    # compile=False: a second process compiling in the background would only burn a core here (tested below).
+    engine = ProcessEngine(str(tiny_path), NO_MODELS, device="cpu", dtype="float32", compile=False)
     steps: list[tuple[str, float | None]] = []
     engine.load(lambda what, fraction: steps.append((what, fraction)))
     assert steps and steps[-1][1] == 1.0  # the child's progress reached the parent's callback
@@ -92,6 +93,7 @@ def test_info_keeps_the_engine_extras(child_engine: ProcessEngine) -> None:
     assert child_engine.ready and child_engine.name == str(info.name)
     assert (info.device, info.dtype, info.context_limit) == ("cpu", "float32", 256)
     assert {"threads", "quantize", "compile"} <= set(info.extra)
+    assert info.extra["compile"] == "off"
     assert ProcessEngine("default", NO_MODELS).name == "smollm2"
 
 
@@ -195,7 +197,7 @@ def test_the_child_starts_inside_textual_and_ends_when_the_parent_is_killed(tiny
 
                 if __name__ == "__main__":
                     sys.stderr = Captured()
-                    engine = ProcessEngine({str(tiny_path)!r}, Path("/nonexistent"), device="cpu")
+                    engine = ProcessEngine({str(tiny_path)!r}, Path("/nonexistent"), device="cpu", compile=False)
                     engine.load()
                     print(engine.pid, flush=True)
                     time.sleep(60)
@@ -230,5 +232,30 @@ def test_bundled_model_answers_through_the_child(bundled_home: DataHome) -> None
         assert info.name == "smollm2" and info.extra["threads"] >= 1
         text, stats = run(engine, ask("What is the capital of France?"), GenerationParams(temperature=0))
         assert "Paris" in text and stats.finish_reason == "eos"
+    finally:
+        engine.close()
+
+
+@pytest.mark.slow
+def test_a_second_process_compiles_and_takes_over_between_replies(tiny_path: Path, local_engine: HFEngine) -> None:
+    engine = ProcessEngine(str(tiny_path), NO_MODELS, device="cpu", dtype="float32")  # compiling by default
+    expected, _ = run(local_engine, ask("hello world"), GREEDY)
+    try:
+        assert engine.load().extra["compile"] == "warming"
+        serving = engine.pid
+        assert serving is not None
+        reply = engine.stream(ask("hello world"), GREEDY)
+        pieces = [next(reply).text]  # a reply under way while the other process compiles
+        deadline = time.monotonic() + 300
+        while engine.info().extra["compile"] == "warming" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert engine.info().extra["compile"] == "ready"
+        assert engine.pid == serving  # never in the middle of a reply
+        chunks = list(reply)
+        assert "".join(pieces + [c.text for c in chunks[:-1]]) == expected
+        info = engine.info()  # between replies: the compiled process takes over
+        assert engine.pid != serving and gone(serving)
+        assert info.extra["compile"] == "ready"
+        assert run(engine, ask("hello world"), GREEDY)[0] == expected
     finally:
         engine.close()

@@ -33,18 +33,18 @@ DTYPES: dict[str, torch.dtype] = {
 # Per token, the int4 matmuls (the 210 layer projections) take ~8 ms of CPU against ~45 ms in bfloat16; what is left
 # is the bfloat16 output projection (~8 ms), attention and per-op overhead, which compiling trims. Quiet machine, side
 # by side (load 0.4): HF float32 12.0 tok/s, engine eager 25.9, engine compiled 34.9. Compiling takes 30-100 s of a
-# core in the background (30 s once inductor's disk cache is warm), so it is the default only where a process may
-# quit in the middle of it: the chat's model process (tui_chat/engine_process.py), which leaves with os._exit. A
-# process that decodes in-process (tests, benchmarks, tools) would have to wait for an unfinished compile at exit:
-# there it stays opt-in. The fused kernels round differently, so a greedy reply can change once the compiled step
-# takes over (tests/test_engine.py states the tolerance against float32).
+# core (30 s once inductor's disk cache is warm), and while it runs the process's own decoding is ~2x slower (torch
+# wraps module calls process-wide while tracing), so the chat compiles in a second model process and switches to it
+# when it is ready (tui_chat/engine_process.py). In a process that decodes itself (tests, benchmarks, `ask`) it is
+# opt-in: the process would also have to wait for an unfinished compile at exit. The fused kernels round differently,
+# so a greedy reply can change once the compiled step takes over (tests/test_engine.py states the tolerance).
 # bfloat16 activations are what the int4 kernel needs (float32 ones were 10x slower).
 # Greedy answers stay sane: bfloat16 alone kept 6 of 8 test answers identical to float32's, the other two diverging
 # late; bfloat16 + int4 kept 4 of 6 identical and the first 5-6 tokens of the others (the test in
 # tests/test_engine.py states that tolerance), but on open-ended prompts (a story) it takes other words early.
 CPU_DEFAULT_DTYPE = torch.bfloat16
 CPU_DEFAULT_QUANTIZATION = "int4"
-CPU_COMPILES_IN_OWN_PROCESS = True
+CPU_COMPILES = False  # in the engine's own process; the chat compiles in a second one (see above)
 QUANTIZE_CHOICES = ("none", "int4")
 
 
@@ -119,12 +119,12 @@ def pick_quantization(
     return "none"
 
 
-def pick_compile(device: torch.device, requested: bool | None = None, *, own_process: bool = False) -> bool:
-    """Whether to ``torch.compile`` the decode step: as requested, else on CUDA, and on CPU when the engine has a
-    process of its own that may quit in the middle of a background compile (see CPU_COMPILES_IN_OWN_PROCESS)."""
+def pick_compile(device: torch.device, requested: bool | None = None) -> bool:
+    """Whether to ``torch.compile`` the decode step in the engine's process: as requested, else on CUDA only (see
+    CPU_COMPILES)."""
     if requested is not None:
         return requested
-    return device.type == "cuda" or (device.type == "cpu" and own_process and CPU_COMPILES_IN_OWN_PROCESS)
+    return device.type == "cuda" or (device.type == "cpu" and CPU_COMPILES)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

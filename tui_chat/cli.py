@@ -73,9 +73,9 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--compile/--no-compile",
             "compile_step",
             default=None,
-            help="torch.compile the decode step in the background (replies start at once and use it once it is "
-            "ready). Default: on in the chat and the REPL (on CPU ~1.35x faster after 30-100 s of compiling on a "
-            "core), off for `ask` (one reply never uses it).",
+            help="torch.compile the decode step in the background; replies start at once and use it once it is "
+            "ready (on CPU a second model process compiles, 30-100 s of a core, and takes over between replies). "
+            "Default: on in the chat and the REPL, off for `ask` (one reply never uses it).",
         ),
         click.option("--trust-remote-code", is_flag=True, help="Allow a Hub model to run its own Python code."),
     ]

@@ -95,7 +95,6 @@ class HFEngine:
         threads: int | None = None,
         compile: bool | None = None,
         quantize: str | None = None,
-        own_process: bool = False,
     ) -> None:
         self.spec = spec
         self.name = BUNDLED_NAME if spec.strip().lower() in BUNDLED_ALIASES else spec
@@ -105,9 +104,6 @@ class HFEngine:
         self.trust_remote_code = trust_remote_code
         self.threads = threads  # CPU decoding threads; None = trainer.devices.inference_threads()
         self.compile = compile  # torch.compile the decode step; None = trainer.devices.pick_compile
-        # True when this engine is all its process does and the process may exit without waiting for a background
-        # compile (the chat's model process): compiling is then on by default on CPU too.
-        self.own_process = own_process
         self.quantize = quantize  # "none" | "int4"; None = trainer.devices.pick_quantization
         self.quantization = "none"  # what load() applied
         self._loaded: LoadedModel | None = None
@@ -155,7 +151,7 @@ class HFEngine:
                         screen_output_projection(loaded.model)
                 self.quantization = quantization
                 self._stop_ids = _end_of_turn_ids(loaded)
-                compile = pick_compile(loaded.device, self.compile, own_process=self.own_process)
+                compile = pick_compile(loaded.device, self.compile)
                 threads = (self.threads or inference_threads()) if loaded.device.type == "cpu" else None
                 self._decoder = Decoder(
                     loaded.model, loaded.device, loaded.context_limit, compile=compile, threads=threads
