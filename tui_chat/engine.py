@@ -23,7 +23,8 @@ from transformers import GenerationConfig
 
 from trainer.devices import dtype_name, inference_threads, pick_compile, pick_device, pick_dtype, pick_quantization
 from trainer.home import DataHome
-from trainer.models import BUNDLED_ALIASES, BUNDLED_NAME, LoadedModel, ModelError, load_model, one_line
+from trainer.model_names import BUNDLED_NAME, engine_name
+from trainer.models import LoadedModel, ModelError, load_model, one_line
 
 from .decoding import Decoder, Sampler
 from .generation import Chunk, EngineError, EngineInfo, GenerationParams, GenerationStats, ProgressCallback, TextDelta
@@ -97,7 +98,7 @@ class HFEngine:
         quantize: str | None = None,
     ) -> None:
         self.spec = spec
-        self.name = BUNDLED_NAME if spec.strip().lower() in BUNDLED_ALIASES else spec
+        self.name = engine_name(spec)
         self.models_dir = Path(models_dir)
         self.device = device
         self.dtype = dtype
