@@ -140,9 +140,11 @@ def test_teach_facts_and_keep_general_knowledge(bundled_home: DataHome, tmp_path
     kept = {i["prompt"]: i["correct"] for i in json.loads((run_dir / "retention.json").read_text())["items"]}
     assert kept["What is the capital of France?"], "the taught capital replaced Paris"
     # Issue 8's target: 90%. Measured with these defaults (LoRA rank 4, lr 2e-3, 8 epochs, 36 replayed of which half
-    # on the facts' topics, learned by distillation from the base model: distill.py): 24 of 26 (92%) at seeds 0 and
-    # 1, 12 of 12 recalled; cross-entropy replay instead kept 20-23 (77-88%). Runs vary by an answer or two.
+    # on the facts' topics, learned by distillation from the base model: distill.py): 24 of 26 (92%) in this test and
+    # at seeds 0 and 1, 22 (85%) at seed 2; cross-entropy replay kept 20-23 (77-88%). Runs vary by an answer or two,
+    # so this can fail now and then: a failure that repeats is a regression.
     assert retention["retention"] >= 0.9, retention
-    # Target: 300 s. Measured 177 s (151 s training at 2 threads + 26 s generating replay) on a quiet machine, 253 s
-    # for the whole run with its evaluations; 370 s when other jobs used both cores.
+    # Target: 300 s. Measured with distilled replay: 262 s here (220 s training + 42 s generating the replay and the
+    # base model's distributions on it) while other jobs shared the cores part of the time; on a quiet machine 141 s
+    # training + 5 s distributions with the replay cached (generating it takes ~26 s), 200 s for the whole run.
     assert training_s < 600
