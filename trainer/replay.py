@@ -108,7 +108,9 @@ def default_replay_count(n_conversations: int) -> int:
     one replayed per conversation kept 19 of 26 (8 of 8 facts recalled), two kept 20-21 of 26 (11 of 12 recalled),
     four kept 21 (12 of 12); two with half of them on the user's topics (``replay_order``) kept 21 (12 of 12) at
     half the cost of four. At LoRA rank 4 (the default since), two kept 22-23 and three kept 22: past two, more
-    replay buys little retention for its training time; the rank mattered more (see config.py).
+    replay buys little retention for its training time; the rank mattered more (see config.py). With distilled
+    replay (distill.py) two kept 22-25 over five runs; at the seed where two kept 22, three kept 24 (12 of 12
+    recalled) for ~50% more training time (213 s vs 141 s on a quiet machine): one run, not enough to pay that.
     """
     return max(MIN_REPLAY, min(MAX_REPLAY, round(REPLAY_RATIO * n_conversations)))
 
