@@ -26,6 +26,7 @@ from trainer.home import DataHome
 from trainer.model_names import BUNDLED_NAME, engine_name
 from trainer.models import LoadedModel, ModelError, load_model, one_line
 
+from .decode_attention import use_one_query_attention
 from .decoding import Decoder, Sampler
 from .generation import Chunk, EngineError, EngineInfo, GenerationParams, GenerationStats, ProgressCallback, TextDelta
 from .quantize import quantize_int4
@@ -151,6 +152,8 @@ class HFEngine:
                         # The output projection is then the largest read of a token: int8 screens it, exactly.
                         screen_output_projection(loaded.model)
                 self.quantization = quantization
+                if loaded.device.type == "cpu":
+                    use_one_query_attention(loaded.model)  # see decode_attention.py: long chats decoded 3-4x slower
                 self._stop_ids = _end_of_turn_ids(loaded)
                 compile = pick_compile(loaded.device, self.compile)
                 threads = (self.threads or inference_threads()) if loaded.device.type == "cpu" else None
