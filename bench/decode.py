@@ -6,7 +6,8 @@
   one-shot ``tui-chat ask`` and the chat's first replies get);
 - llama.cpp on the package's own GGUF, when ``llama_cpp`` is importable (``pip install -e '.[llamacpp]'``);
 - the ceiling: measured memory copy bandwidth / bytes of weights read per token;
-- time to first token on the 1st and the 10th turn of one conversation (prompt cache), and the 10th without it.
+- time to first token on the 1st and the 10th turn of one conversation (prompt cache), and the 10th without it;
+- decode speed and TTFT as the history grows to ~2,000 tokens.
 
 Each row gives the time to first token (TTFT, prefill included) and decode tokens/s after it, best of ``REPEATS``
 interleaved runs, with the CPU that other processes used meanwhile ("others", in cores): on a shared machine only rows
@@ -354,6 +355,22 @@ def conversation_ttft(engine: HFEngine) -> None:
     print(f"  turn 10 / turn 1 = {tenth.ttft_s / first.ttft_s:.2f} (target <= 1: {verdict})")
 
 
+def history_rows(engine: HFEngine) -> None:
+    """Decode speed as the history grows: every cached position is read by attention, and a long chat once decoded
+    at a third of a short one's speed (see tui_chat/decode_attention.py)."""
+    filler = "The lighthouse stood on the rock for many years, and the keeper watched the sea every night. "
+    print(f"\ndecode speed by history length (the chat's engine, {NEW_TOKENS} new tokens, greedy, best of {REPEATS}):")
+    for copies in (0, 25, 50, 100):
+        messages = [{"role": "user", "content": filler * copies + PROMPT}]
+        best: GenerationStats | None = None
+        for _ in range(REPEATS):
+            engine.decoder.prompt_cache.clear()
+            stats = list(engine.stream(messages, PARAMS))[-1]
+            best = stats if best is None or stats.tokens_per_s > best.tokens_per_s else best
+        assert best is not None
+        print(f"  {best.prompt_tokens:5d} prompt tokens: {best.tokens_per_s:5.1f} tok/s, TTFT {best.ttft_s:5.2f} s")
+
+
 def main() -> None:
     """Print the comparison (with a 30-100 s compile of the decode step first, not timed)."""
     home = DataHome.locate()
@@ -374,6 +391,7 @@ def main() -> None:
     engine = compiled_engine(models_dir)
     speed_rows(eager, engine, models_dir, threads)
     conversation_ttft(engine)
+    history_rows(engine)
     after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nload average {load_average:.1f} at the start, {after:.1f} at the end ({os.cpu_count()} cores)")
 
