@@ -45,6 +45,13 @@ class RenderedSet:
     dropped_too_long: int = 0  # conversations whose first assistant turn does not fit
     dropped_unrenderable: int = 0  # no assistant turn could be located in the template's output
 
+    def extend(self, other: "RenderedSet") -> None:
+        """Append ``other``'s examples and add up what each lost."""
+        self.examples += other.examples
+        self.truncated += other.truncated
+        self.dropped_too_long += other.dropped_too_long
+        self.dropped_unrenderable += other.dropped_unrenderable
+
     @property
     def n_tokens(self) -> int:
         return sum(len(e) for e in self.examples)

@@ -130,11 +130,7 @@ def render_training_data(
     train = render_conversations(tokenizer, files.train, config.max_length)
     replay_from = len(train.examples)
     if replay:
-        replayed = render_conversations(tokenizer, replay, config.max_length)
-        train.examples += replayed.examples
-        train.truncated += replayed.truncated
-        train.dropped_too_long += replayed.dropped_too_long
-        train.dropped_unrenderable += replayed.dropped_unrenderable
+        train.extend(render_conversations(tokenizer, replay, config.max_length))
     if not train.examples:
         raise DataError(
             f"{config.data}: no conversation fits in --max-length {config.max_length} tokens; raise --max-length"

@@ -59,9 +59,10 @@ class ProcessEngine:
         self.name = engine_name(spec)
         self.models_dir = Path(models_dir)
         self.options = options
+        self._compiles = options.get("compile") is not False  # on unless turned off
         # The serving process compiles only where its own decoding does not pay for it (CUDA, by default); on CPU a
-        # second process compiles (unless compile=False) and takes over when it is done: see _CompilingProcess.
-        self._serving_options = {**options, "compile": None if options.get("compile") is not False else False}
+        # second process compiles and takes over when it is done: see _CompilingProcess.
+        self._serving_options = {**options, "compile": None if self._compiles else False}
         self._process: _ModelProcess | None = None
         self._closer: weakref.finalize | None = None  # ends the current child when the engine is dropped
         self._compiling: _CompilingProcess | None = None
@@ -87,7 +88,7 @@ class ProcessEngine:
             process = self._running()
             info = process.load(progress) if not process.loaded else process.call("info")
             self._loaded = True
-            if info.device == "cpu" and self.options.get("compile") is not False and self._compiling is None:
+            if info.device == "cpu" and self._compiles and self._compiling is None:
                 self._compiling = _CompilingProcess(self.spec, self.models_dir, self.options)
                 self._compiling_closer = weakref.finalize(self, self._compiling.close)
         return self._with_compile_state(info)
@@ -112,7 +113,7 @@ class ProcessEngine:
         """Stream the reply decoded in the child; see ``generation.Engine``. Text that arrives while the caller is
         busy comes merged into one delta. Stop, or closing this iterator, stops the child's decoding."""
         with self._lock:
-            process = self._usable_locked(switch=self._streams == 0)
+            process = self._usable_locked()
             self._streams += 1
         try:
             request = process.request("stream", (messages, params))
@@ -158,13 +159,13 @@ class ProcessEngine:
     def _usable(self) -> _ModelProcess:
         """A loaded child: after a load, one that ended is replaced and loaded again (no progress shown)."""
         with self._lock:
-            return self._usable_locked(switch=self._streams == 0)
+            return self._usable_locked()
 
-    def _usable_locked(self, switch: bool) -> _ModelProcess:
+    def _usable_locked(self) -> _ModelProcess:
         if not self._loaded:
             raise EngineError(f"model {self.name} is not loaded yet; call load() first")
         compiling = self._compiling
-        if switch and compiling is not None and compiling.state == "ready":
+        if self._streams == 0 and compiling is not None and compiling.state == "ready":
             # The compiled process takes over (its prompt cache is empty: the next reply encodes the history once).
             self._retire()
             self._process, self._closer = compiling.process, self._compiling_closer
