@@ -152,14 +152,14 @@ class ChatCommands:
         await training.poll()
         action, _, name = args.partition(" ")
         if action == "cancel":
-            training.cancel(training.watch.find(name.strip() or None))
+            training.cancel(training.run_watch.find(name.strip() or None))
             return
         if args:
-            run = training.watch.find(args)
-            progress = training.watch.progress_of(run)
+            run = training.run_watch.find(args)
+            progress = training.run_watch.progress_of(run)
             self.screen.notify(progress_line(run.name, progress) if progress else finish_summary(run), timeout=10)
             return
-        runs = [(run, training.watch.progress_of(run)) for run in self.screen.store.list_training_runs()]
+        runs = [(run, training.run_watch.progress_of(run)) for run in self.screen.store.list_training_runs()]
         self.screen.app.push_screen(RunsScreen(runs), self.screen._model_chosen)
 
     async def cmd_quit(self, args: str) -> None:

@@ -75,7 +75,7 @@ class TrainDialogScreen(ModalScreen["TrainingPlan | None"]):
         self.plan = plan
         self.show_options = show_options
         self._request = 0
-        self._closed = False
+        self._dismissed = False
         self._shown_argv: list[str] | None = None  # the form as it was when the preview shown was asked for
 
     def compose(self) -> ComposeResult:
@@ -192,13 +192,13 @@ class TrainDialogScreen(ModalScreen["TrainingPlan | None"]):
         except (CommandError, StoreError) as exc:
             self.post_message(self.Previewed(number, None, str(exc)))
             return
-        if self._closed:
+        if self._dismissed:
             plan.discard()  # the form closed while this preview was being worked out
             return
         self.post_message(self.Previewed(number, plan, None))
 
     def on_train_dialog_screen_previewed(self, message: Previewed) -> None:
-        if message.number != self._request or self._closed:
+        if message.number != self._request or self._dismissed:
             if message.plan is not None:
                 message.plan.discard()
             return
@@ -222,13 +222,13 @@ class TrainDialogScreen(ModalScreen["TrainingPlan | None"]):
         if event.button.id == "train-refresh":
             self.refresh_preview()
         elif event.button.id == "train-start" and self.plan is not None:
-            self._closed = True
+            self._dismissed = True
             self.dismiss(self.plan)
         elif event.button.id == "train-cancel":
             self.action_cancel()
 
     def action_cancel(self) -> None:
-        self._closed = True
+        self._dismissed = True
         if self.plan is not None:
             self.plan.discard()
         self.dismiss(None)

@@ -132,14 +132,14 @@ class TrainingPanel(Vertical):
         super().__init__(id=id)
         self.store = store
         self.home = home
-        self.watch = RunWatch(store)
+        self.run_watch = RunWatch(store)
 
     def on_mount(self) -> None:
         self.display = False
-        for run in self.watch.catch_up():
+        for run in self.run_watch.catch_up():
             self.notify(f"While the app was closed: {finish_summary(run)}", markup=False, timeout=15,
                         severity="error" if run.status == "failed" else "information")
-        for monitor in self.watch.active:
+        for monitor in self.run_watch.active:
             self._add_row(monitor)
         self.set_interval(POLL_S, self.poll)
 
@@ -153,7 +153,7 @@ class TrainingPanel(Vertical):
 
     def follow(self, monitor: RunMonitor) -> None:
         """Show and follow a run this window just started."""
-        self.watch.follow(monitor)
+        self.run_watch.follow(monitor)
         self._add_row(monitor)
 
     # ---- starting and stopping -------------------------------------------------------------------------------
@@ -228,14 +228,14 @@ class TrainingPanel(Vertical):
                     "once).", markup=False)
 
     async def poll(self) -> None:
-        ended = {run.id: run for run in self.watch.poll()}
+        ended = {run.id: run for run in self.run_watch.poll()}
         for row in self.rows:
             if row.run.id in ended:
                 run = ended[row.run.id]
                 self.notify(finish_summary(run), title="Training", timeout=15, markup=False,
                             severity="error" if run.status == "failed" else "information")
                 await row.show_end(run)
-            elif row.monitor.run.id in self.watch.monitors:
+            elif row.monitor.run.id in self.run_watch.monitors:
                 row.show_progress()
 
     async def on_button_pressed(self, event: Button.Pressed) -> None:
