@@ -30,9 +30,9 @@ from transformers.generation.streamers import BaseStreamer
 
 from trainer.home import DataHome
 from trainer.models import BUNDLED_DIR, bundled_gguf, ensure_bundled, load_model
-from tui_chat.engine import HFEngine
-from tui_chat.generation import GenerationParams, GenerationStats, TextDelta
-from tui_chat.screened_head import ScreenedHead
+from tui_chat.inference.hf_engine import HFEngine
+from tui_chat.inference.contract import GenerationParams, GenerationStats, TextDelta
+from tui_chat.inference.screened_head import ScreenedHead
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 MESSAGES = [{"role": "user", "content": PROMPT}]

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from trainer.home import DataHome
 from trainer.models import BUNDLED_DIR, ensure_bundled
-from tui_chat.engine import HFEngine
-from tui_chat.engine_process import ProcessEngine
-from tui_chat.generation import Engine, GenerationParams, GenerationStats, TextDelta
+from tui_chat.inference.hf_engine import HFEngine
+from tui_chat.inference.process_engine import ProcessEngine
+from tui_chat.inference.contract import Engine, GenerationParams, GenerationStats, TextDelta
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 MESSAGES = [{"role": "user", "content": PROMPT}]

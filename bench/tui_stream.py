@@ -30,16 +30,16 @@ from textual.widgets import Markdown
 
 from sessions import Store, memory_database
 from trainer.home import DataHome
-from tui_chat.app import make_app
-from tui_chat.chat_messages import PendingText
-from tui_chat.generation import (
+from tui_chat.tui.app import make_app
+from tui_chat.tui.worker_messages import PendingText
+from tui_chat.inference.contract import (
     Chunk,
     EngineInfo,
     GenerationParams,
     GenerationStats,
     TextDelta,
 )
-from tui_chat.widgets.message_view import MessageView
+from tui_chat.tui.widgets.message_view import MessageView
 
 TOKENS_PER_S = 500
 REPLY_TOKENS = 600  # 1.2 s of streaming, about 2,400 characters

@@ -19,8 +19,8 @@ sys.path.insert(0, str(ROOT))
 from sessions import Store, memory_database
 from tests.fakes import FakeEngine
 from trainer.home import DataHome
-from tui_chat.app import make_app
-from tui_chat.generation import EngineInfo
+from tui_chat.tui.app import make_app
+from tui_chat.inference.contract import EngineInfo
 
 OUT = ROOT / "docs" / "screenshot.svg"
 SIZE = (120, 38)

@@ -33,7 +33,7 @@ def bundled_home(tmp_path: Path, bundled_models_dir: Path) -> DataHome:
 @pytest.fixture(scope="session")
 def bundled_engine(bundled_models_dir: Path):
     """The real bundled model loaded once per session in an ``HFEngine`` (default device and dtype)."""
-    from tui_chat.engine import HFEngine
+    from tui_chat.inference.hf_engine import HFEngine
 
     engine = HFEngine("default", bundled_models_dir)
     engine.load()

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from typing import Iterator
 
-from tui_chat.generation import (
+from tui_chat.inference.contract import (
     Chunk,
     EngineError,
     EngineInfo,

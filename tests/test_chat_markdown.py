@@ -10,7 +10,7 @@ from textual.selection import Selection
 from textual.widgets import Markdown
 from textual.widgets._markdown import MarkdownBullet
 
-from tui_chat.widgets.chat_markdown import ChatMarkdown, CompactOrderedList, ListItemText
+from tui_chat.tui.widgets.chat_markdown import ChatMarkdown, CompactOrderedList, ListItemText
 
 HALF = 60  # columns of each side of the app below
 DOCUMENT = """Intro with **bold** and `code`.

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from sessions import Store, memory_database
 from trainer.home import DataHome
 from tui_chat.cli import CliContext, main
-from tui_chat.cli_sessions import run_export_command
+from tui_chat.cli.sessions import run_export_command
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from tui_chat.decode_attention import NAME, one_query_attention, use_one_query_attention
+from tui_chat.inference.decode_attention import NAME, one_query_attention, use_one_query_attention
 
 
 def test_one_query_matches_sdpa_with_grouped_heads() -> None:

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from trainer.home import DataHome
-from tui_chat.engine import HFEngine, TextDeltas, open_engine
-from tui_chat.generation import EngineError, GenerationParams, GenerationStats, TextDelta
+from tui_chat.inference.hf_engine import HFEngine, TextDeltas, open_engine
+from tui_chat.inference.contract import EngineError, GenerationParams, GenerationStats, TextDelta
 
 from .tiny_models import save_tiny_model, tiny_tokenizer
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from trainer.home import DataHome
-from tui_chat.engine import HFEngine
-from tui_chat.engine_process import ProcessEngine
-from tui_chat.generation import EngineError, GenerationParams, GenerationStats, TextDelta
+from tui_chat.inference.hf_engine import HFEngine
+from tui_chat.inference.process_engine import ProcessEngine
+from tui_chat.inference.contract import EngineError, GenerationParams, GenerationStats, TextDelta
 
 from .tiny_models import save_tiny_model
 
@@ -188,7 +188,7 @@ def test_the_child_starts_inside_textual_and_ends_when_the_parent_is_killed(tiny
                 f"""
                 import sys, time
                 from pathlib import Path
-                from tui_chat.engine_process import ProcessEngine
+                from tui_chat.inference.process_engine import ProcessEngine
 
                 class Captured:  # what Textual puts in sys.stderr while an app runs
                     def write(self, text): return len(text)
@@ -219,7 +219,7 @@ def test_the_child_starts_inside_textual_and_ends_when_the_parent_is_killed(tiny
 
 
 def test_the_parent_never_imports_torch() -> None:
-    code = "import sys, tui_chat.cli, tui_chat.engine_process; print({'torch', 'transformers'} & set(sys.modules))"
+    code = "import sys, tui_chat.cli, tui_chat.inference.process_engine; print({'torch', 'transformers'} & set(sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "set()"
 

@@ -25,12 +25,13 @@ from rich.console import Console
 from sessions import Store, memory_database
 from tests.fakes import FakeEngine
 from trainer.home import DataHome
-from tui_chat import commands, markdown_stream
-from tui_chat.chat_session import ChatSession
+from tui_chat.chat import commands
+from tui_chat.repl import markdown_stream
+from tui_chat.chat.session import ChatSession
 from tui_chat.cli import CliContext, main
-from tui_chat.markdown_stream import MarkdownStream
-from tui_chat.repl import COPY_FILE, Repl, ReplCompleter
-from tui_chat.terminal_echo import control_keys_unechoed, terminal_fd
+from tui_chat.repl.markdown_stream import MarkdownStream
+from tui_chat.repl.app import COPY_FILE, Repl, ReplCompleter
+from tui_chat.repl.terminal_echo import control_keys_unechoed, terminal_fd
 
 ESC_ENTER = "\x1b\r"  # Alt+Enter as a terminal sends it
 

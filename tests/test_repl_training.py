@@ -14,8 +14,8 @@ from rich.console import Console
 
 from sessions import Store, memory_database
 from trainer.home import DataHome
-from tui_chat.chat_session import ChatSession
-from tui_chat.repl import Repl
+from tui_chat.chat.session import ChatSession
+from tui_chat.repl.app import Repl
 from tui_chat.training.monitor import trainer_alive
 
 from .fakes import FakeEngine
@@ -59,7 +59,7 @@ def home(tmp_path: Path, models_home: DataHome) -> DataHome:
 
 
 def test_train_runs_in_the_background_while_the_prompt_waits_then_the_run_chats(home: DataHome) -> None:
-    from tui_chat.engine import HFEngine
+    from tui_chat.inference.hf_engine import HFEngine
 
     chat = TrainingRepl(home, engine_factory=lambda spec: HFEngine(spec, home.models, device="cpu", dtype="float32"))
     with create_pipe_input() as pipe:

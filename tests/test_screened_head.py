@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tui_chat.screened_head import ScreenedHead, screen_output_projection
+from tui_chat.inference.screened_head import ScreenedHead, screen_output_projection
 
 
 def projection(vocab: int = 3000, width: int = 96, seed: int = 0) -> torch.nn.Linear:

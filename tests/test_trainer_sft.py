@@ -29,8 +29,8 @@ from trainer.render import render_conversations
 from trainer.rundir import RunDirError
 from trainer.sft import SettingsError, TrainingStopped, backward_step, run_sft
 from tui_chat.cli import main as cli_main
-from tui_chat.engine import HFEngine
-from tui_chat.generation import GenerationParams, GenerationStats, TextDelta
+from tui_chat.inference.hf_engine import HFEngine
+from tui_chat.inference.contract import GenerationParams, GenerationStats, TextDelta
 
 from .tiny_models import save_tiny_model, tiny_tokenizer
 from .trainer_helpers import chat_lines, write_jsonl

@@ -11,19 +11,19 @@ from textual.widgets import Input, Markdown, Static
 
 from sessions import Store, memory_database
 from trainer.home import DataHome
-from tui_chat import commands
-from tui_chat.chat_actions import CHAT_ACTIONS
-from tui_chat.chat_messages import PendingText
-from tui_chat.screens.chat import CLIPBOARD_FILE, ERROR_LOG, ChatScreen
-from tui_chat.screens.chat_commands import ChatCommands
-from tui_chat.screens.confirm import ConfirmScreen
-from tui_chat.screens.help import HelpScreen
-from tui_chat.screens.model_picker import ModelPickerScreen
-from tui_chat.screens.params_editor import ParamsEditorScreen
-from tui_chat.screens.text_editor import TextEditorScreen
-from tui_chat.widgets.chat_view import PAGE_SIZE as CHAT_PAGE
-from tui_chat.widgets.conversation_list import PAGE_SIZE
-from tui_chat.widgets.message_view import MessageView, needs_full_render
+from tui_chat.chat import commands
+from tui_chat.tui.keys import CHAT_ACTIONS
+from tui_chat.tui.worker_messages import PendingText
+from tui_chat.tui.screens.chat import CLIPBOARD_FILE, ERROR_LOG, ChatScreen
+from tui_chat.tui.screens.chat_commands import ChatCommands
+from tui_chat.tui.screens.confirm import ConfirmScreen
+from tui_chat.tui.screens.help import HelpScreen
+from tui_chat.tui.screens.model_picker import ModelPickerScreen
+from tui_chat.tui.screens.params_editor import ParamsEditorScreen
+from tui_chat.tui.screens.text_editor import TextEditorScreen
+from tui_chat.tui.widgets.chat_view import PAGE_SIZE as CHAT_PAGE
+from tui_chat.tui.widgets.conversation_list import PAGE_SIZE
+from tui_chat.tui.widgets.message_view import MessageView, needs_full_render
 
 from .fakes import FakeEngine
 from .tui_helpers import (

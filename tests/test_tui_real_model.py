@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sessions import Store, memory_database
-from tui_chat.engine import open_engine
+from tui_chat.inference.hf_engine import open_engine
 
 from .tui_helpers import SIZE, build_app, idle, ready, send, wait_for
 

@@ -13,10 +13,10 @@ from textual.widgets import Button, Input, OptionList, ProgressBar, Sparkline, S
 
 from sessions import Store, memory_database
 from trainer.home import DataHome
-from tui_chat.screens.model_picker import ModelPickerScreen
-from tui_chat.screens.runs_list import RunsScreen
-from tui_chat.screens.train_dialog import TrainDialogScreen
-from tui_chat.widgets.training_panel import RunRow
+from tui_chat.tui.screens.model_picker import ModelPickerScreen
+from tui_chat.tui.screens.runs_list import RunsScreen
+from tui_chat.tui.screens.train_dialog import TrainDialogScreen
+from tui_chat.tui.widgets.training_panel import RunRow
 
 from .fakes import FakeEngine
 from .training_helpers import (
@@ -81,7 +81,7 @@ def row_text(row: RunRow) -> str:
 
 
 async def test_train_runs_to_completion_and_the_chat_switches_to_the_new_model(home, store):
-    from tui_chat.engine import HFEngine
+    from tui_chat.inference.hf_engine import HFEngine
 
     def open_engine(spec: str):
         return HFEngine(spec, home.models, device="cpu", dtype="float32")

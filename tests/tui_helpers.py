@@ -10,9 +10,9 @@ from textual.pilot import Pilot
 
 from sessions import Store, memory_database
 from trainer.home import DataHome
-from tui_chat.app import ChatApp, make_app
-from tui_chat.generation import Chunk, Engine, GenerationParams
-from tui_chat.screens.chat import ChatScreen
+from tui_chat.tui.app import ChatApp, make_app
+from tui_chat.inference.contract import Chunk, Engine, GenerationParams
+from tui_chat.tui.screens.chat import ChatScreen
 
 from .fakes import FakeEngine
 

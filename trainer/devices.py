@@ -35,7 +35,7 @@ DTYPES: dict[str, torch.dtype] = {
 # by side (load 0.4): HF float32 12.0 tok/s, engine eager 25.9, engine compiled 34.9. Compiling takes 30-100 s of a
 # core (30 s once inductor's disk cache is warm), and while it runs the process's own decoding is ~2x slower (torch
 # wraps module calls process-wide while tracing), so the chat compiles in a second model process and switches to it
-# when it is ready (tui_chat/engine_process.py). In a process that decodes itself (tests, benchmarks, `ask`) it is
+# when it is ready (tui_chat/inference/process_engine.py). In a process that decodes itself (tests, benchmarks, `ask`) it is
 # opt-in: the process would also have to wait for an unfinished compile at exit. The fused kernels round differently,
 # so a greedy reply can change once the compiled step takes over (tests/test_engine.py states the tolerance).
 # bfloat16 activations are what the int4 kernel needs (float32 ones were 10x slower).

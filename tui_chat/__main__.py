@@ -1,3 +1,3 @@
-from .cli import main
+from tui_chat.cli import main
 
 main()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..commands import CommandError
+from tui_chat.chat.commands import CommandError
 
 
 class TrainingError(CommandError):

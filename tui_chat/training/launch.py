@@ -16,9 +16,9 @@ import time
 from sessions import Store, TrainingRun
 from trainer.home import DataHome
 
-from .monitor import RunMonitor, is_active, trainer_alive
-from .errors import TrainingError
-from .plan import SNAPSHOT_FILE, TrainingPlan, run_name
+from tui_chat.training.monitor import RunMonitor, is_active, trainer_alive
+from tui_chat.training.errors import TrainingError
+from tui_chat.training.plan import SNAPSHOT_FILE, TrainingPlan, run_name
 
 
 def trainer_command(plan: TrainingPlan, home: DataHome, dataset: str, out_dir: str, python: str) -> list[str]:

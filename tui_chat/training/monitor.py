@@ -24,7 +24,7 @@ from typing import Any
 
 from sessions import Store, TrainingRun
 
-from .errors import TrainingError
+from tui_chat.training.errors import TrainingError
 
 ACTIVE = ("pending", "running")
 TEXT_TAIL = 40  # non-JSON log lines kept for the failure message (tracebacks, warnings)

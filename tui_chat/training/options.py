@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from trainer.config import SFTConfig, add_config_options, validate
 
-from .errors import TrainingError
+from tui_chat.training.errors import TrainingError
 
 # Trainer options the chat fills in itself: the snapshot it exports, the run dir it names, the data home, JSON progress.
 SET_BY_CHAT = frozenset({"data", "model", "out", "home", "progress", "resume", "val", "skip_invalid"})

@@ -22,10 +22,10 @@ from sessions import Store, counted
 from sessions.export import ExportError, ExportFilters, ExportResult, export_messages
 from trainer.home import DataHome
 
-from .estimate import DevicePlan, SpeedEstimate, count_parameters, estimate_speed, plan_device
-from .errors import TrainingError
-from .options import TrainOptions, parse_train_options
-from .summary import duration
+from tui_chat.training.estimate import DevicePlan, SpeedEstimate, count_parameters, estimate_speed, plan_device
+from tui_chat.training.errors import TrainingError
+from tui_chat.training.options import TrainOptions, parse_train_options
+from tui_chat.training.summary import duration
 
 SNAPSHOT_FILE = "messages.jsonl"  # in datasets/<run name>/, next to its manifest
 PENDING_PREFIX = ".pending-"  # a snapshot previewed but not (yet) started

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from sessions import TrainingRun, counted, minute_text
 
-from .monitor import RunProgress, is_active
+from tui_chat.training.monitor import RunProgress, is_active
 
 SPARK = "▁▂▃▄▅▆▇█"
 

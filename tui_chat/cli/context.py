@@ -1,0 +1,93 @@
+"""What every `tui-chat` subcommand shares: the data home, the store (opened on first use), how a model spec
+becomes an engine, and the options that say how the model runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import click
+
+from sessions import Store, StoreError
+from trainer.home import DataHome
+
+from tui_chat.inference.contract import Engine, EngineFactory
+
+
+def open_hf_engine(spec: str, home: DataHome, **options: Any) -> Engine:
+    """The real engine, decoding in a child process: there it has a GIL (and on 2 cores a core) of its own instead
+    of sharing them with the chat window's rendering, and this process never imports torch."""
+    from tui_chat.inference.process_engine import ProcessEngine
+
+    return ProcessEngine(spec, home.models, **options)
+
+
+@dataclass
+class CliContext:
+    home: DataHome
+    _store: Store | None = field(default=None, repr=False)
+    # (spec, home, device=, dtype=, quantize=, compile=, trust_remote_code=) -> an unloaded engine; tests pass a fake.
+    open_engine: Callable[..., Engine] = field(default=open_hf_engine, repr=False)
+    # Engine settings given before the subcommand (`tui-chat --no-compile ask ...`); the subcommand's own win.
+    engine_settings: dict[str, Any] = field(default_factory=dict)
+
+    def engine_factory(self, options: dict[str, Any]) -> EngineFactory:
+        """Model spec -> unloaded engine, with a command's ``engine_options`` over the group's."""
+        settings = {**self.engine_settings, **engine_settings(options)}
+        return lambda spec: self.open_engine(spec, self.home, **settings)
+
+    @property
+    def store(self) -> Store:
+        """The chat store in the data home, opened (and migrated) on first use."""
+        if self._store is None:
+            self.home.ensure()
+            try:
+                self._store = Store.open(self.home.db_path)
+            except StoreError as exc:
+                raise click.ClickException(str(exc)) from exc
+            for suffix in ("", "-wal", "-shm"):
+                self.home.secure_file(self.home.db_path.with_name(self.home.db_path.name + suffix))
+        return self._store
+
+
+pass_context = click.make_pass_decorator(CliContext)
+
+
+def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """How the model runs: --device, --dtype, --quantize, --compile/--no-compile, --trust-remote-code."""
+    options = [
+        click.option("--device", help="cuda, cuda:N, mps or cpu. Default: the best available."),
+        click.option(
+            "--dtype", help="float32, bfloat16 or float16. Default: bfloat16 (CUDA and CPU: measured fastest)."
+        ),
+        click.option(
+            "--quantize",
+            help="Weight quantization: int4 (CPU with bfloat16; ~2x faster decoding, answers can drift after the "
+            "first sentence) or none. Default: int4 for the bundled model on CPU (its weights are 4-bit already), "
+            "none for other models and devices.",
+        ),
+        click.option(
+            "--compile/--no-compile",
+            "compile_step",
+            default=None,
+            help="torch.compile the decode step in the background; replies start at once and use it once it is "
+            "ready (on CPU a second model process compiles, 30-100 s of a core, and takes over between replies). "
+            "Default: on in the chat and the REPL, off for `ask` (one reply never uses it).",
+        ),
+        click.option("--trust-remote-code", is_flag=True, help="Allow a Hub model to run its own Python code."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def engine_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``open_engine`` keyword arguments among a command's ``engine_options`` values that were given."""
+    given = {
+        "device": options.get("device"),
+        "dtype": options.get("dtype"),
+        "quantize": options.get("quantize"),
+        "compile": options.get("compile_step"),
+        "trust_remote_code": options.get("trust_remote_code") or None,
+    }
+    return {name: value for name, value in given.items() if value is not None}

@@ -1,0 +1,295 @@
+"""The decode loop behind ``HFEngine``: prefill, then one forward pass per new token, with the KV cache kept between
+the turns of a conversation.
+
+A reply is a *prefill* (one forward pass over the prompt tokens the cache does not hold yet) and then *decode steps*
+(one forward pass per token, feeding the token just chosen). The cache and the ids it holds outlive the reply: the next
+turn's prompt starts with this turn's prompt and reply, so only the new tokens are encoded (prompt caching). Anything
+else (an edited message, a regenerated reply, old turns dropped to fit the context, another conversation) shows up as
+a difference in the ids: the cache keeps the longest common prefix and the prompt is encoded from there.
+
+Two cache layouts (transformers' cache classes):
+- dynamic (``DynamicCache``): grows token by token, attention reads the tokens so far. Used on CPU, eager or with the
+  decode step compiled for dynamic shapes (one compile serves every length).
+- static (``StaticCache``): ``capacity`` positions allocated up front, so every decode step has the same shapes and
+  CUDA graphs can replay one compiled step (on a GPU). Attention reads all ``capacity`` positions (masked), so the
+  capacity grows in powers of two with the conversation, and each new capacity is compiled in a background thread
+  while replies use the eager step. On CPU that attention made the compiled step slower than the eager one at the
+  1,024 positions a default reply needs (measured ~20 against ~24 tokens per CPU-second).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from transformers import (
+    DynamicCache,
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    StaticCache,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.cache_utils import DynamicLayer, StaticLayer
+
+from tui_chat.inference.contract import GenerationParams
+
+MIN_STATIC_CAPACITY = 1024  # tokens: a short prompt plus the default 512-token reply fits the first capacity
+WARM_UP_PROMPT = 8  # tokens in the compile warm-up's scratch cache: dynamo specialises sizes 0 and 1, not 8
+
+
+def common_prefix(first: list[int], second: list[int]) -> int:
+    """How many leading ids the two lists share."""
+    count = 0
+    for a, b in zip(first, second):
+        if a != b:
+            break
+        count += 1
+    return count
+
+
+def static_capacity(needed: int, limit: int) -> int:
+    """The power-of-two capacity (at least MIN_STATIC_CAPACITY, at most ``limit``) that holds ``needed`` tokens."""
+    capacity = MIN_STATIC_CAPACITY
+    while capacity < needed:
+        capacity *= 2
+    return min(capacity, limit)
+
+
+class PromptCache:
+    """A model's KV cache and the token ids whose keys and values it holds, in order."""
+
+    def __init__(self, model: Any, *, static: bool, context_limit: int) -> None:
+        self.model = model
+        self.static = static
+        self.context_limit = context_limit
+        self.cache: DynamicCache | StaticCache | None = None
+        self.capacity = 0  # positions a static cache holds (0: none allocated yet, or dynamic)
+        self.ids: list[int] = []
+
+    def prepare(self, ids: list[int], new_tokens: int) -> int:
+        """Get ready to encode ``ids`` and then ``new_tokens`` more; returns how many leading ``ids`` need no encoding.
+
+        The last prompt token is always encoded again: its logits choose the first new token.
+        """
+        keep = common_prefix(self.ids, ids[:-1])
+        if self.static and (self.cache is None or len(ids) + new_tokens > self.capacity):
+            self.capacity = static_capacity(len(ids) + new_tokens, self.context_limit)
+            self.cache = StaticCache(config=self.model.config, max_cache_len=self.capacity)
+            self.ids = []
+        elif self.cache is None:
+            self.cache = DynamicCache(config=self.model.config)
+        if keep < len(self.ids):
+            self._rewind(keep)
+        return len(self.ids)
+
+    def _rewind(self, length: int) -> None:
+        """Forget every position from ``length`` on (an edit, a regenerated reply, a different conversation)."""
+        assert self.cache is not None
+        if any(type(layer) not in (DynamicLayer, StaticLayer) for layer in self.cache.layers):
+            # Sliding-window and other special layers cannot be cut at an arbitrary position: start over.
+            self.cache = StaticCache(config=self.model.config, max_cache_len=self.capacity) if self.static else None
+            self.cache = self.cache or DynamicCache(config=self.model.config)
+            self.ids = []
+            return
+        if self.static:
+            # StaticCache has no crop: moving each layer's write position back is enough, because positions past it
+            # are masked by position and overwritten as encoding goes on.
+            for layer in self.cache.layers:
+                if layer.is_initialized:
+                    layer.cumulative_length.fill_(length)
+        else:
+            self.cache.crop(length - len(self.ids))
+        self.ids = self.ids[:length]
+
+    def clear(self) -> None:
+        """Drop everything (after a failed forward pass, whose cache state is unknown)."""
+        self.cache, self.capacity, self.ids = None, 0, []
+
+
+class Sampler:
+    """Chooses each next token as ``generate`` would with the same settings: transformers' repetition penalty, then
+    the argmax at temperature 0, else a draw after temperature, top-k and top-p."""
+
+    def __init__(self, params: GenerationParams, prompt_ids: list[int], max_new_tokens: int, device: torch.device):
+        self.processors = LogitsProcessorList()
+        if params.repetition_penalty != 1.0:
+            self.processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+        self.sampling = params.temperature > 0
+        if self.sampling:
+            self.processors.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_k:
+                self.processors.append(TopKLogitsWarper(params.top_k))
+            if params.top_p < 1.0:
+                self.processors.append(TopPLogitsWarper(params.top_p))
+        self.generator: torch.Generator | None = None
+        if params.seed is not None:
+            self.generator = torch.Generator(device=device).manual_seed(params.seed)
+        # Every id so far (the penalty looks at the prompt too, like generate's), in a buffer filled as tokens come.
+        self.history = torch.zeros((1, len(prompt_ids) + max_new_tokens), dtype=torch.long, device=device)
+        self.history[0, : len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
+        self.length = len(prompt_ids)
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        """The next token for ``logits`` (shape ``[1, vocab]``)."""
+        scores = self.processors(self.history[:, : self.length], logits.to(torch.float32, copy=True))
+        if self.sampling:
+            token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator)[0, 0]
+        else:
+            token = scores[0].argmax()
+        self.history[0, self.length] = token
+        self.length += 1
+        return int(token)
+
+
+class Decoder:
+    """Runs a causal LM's forward passes for generation: prefill, decode steps, the prompt cache, the compiled step.
+
+    ``compile=True`` compiles the decode step with ``torch.compile``: on a GPU over a static cache with CUDA graphs
+    (``mode="reduce-overhead"``), on CPU over the dynamic cache with dynamic shapes (measured ~33 against ~24 tokens
+    per CPU-second eager, int4, after a 90 s compile). Compiling takes from seconds to minutes, so it happens in a
+    background thread (``warm_up``); until the compiled step is ready (for a static cache: for its capacity), replies
+    use the eager step, and a process that ends meanwhile waits for the compile to finish. One reply at a time: the
+    engine serialises calls to ``tokens``.
+    """
+
+    def __init__(
+        self, model: Any, device: torch.device, context_limit: int, *, compile: bool, threads: int | None = None
+    ) -> None:
+        self.model = model
+        self.device = device
+        # Intra-op threads replies decode with: the compiled step is specialised on it (a reply on another count
+        # would recompile on the spot), so the compile uses it too and other counts take the eager step.
+        self.threads = threads
+        static = compile and device.type == "cuda"  # CUDA graphs need fixed shapes; elsewhere the cache grows
+        self.prompt_cache = PromptCache(model, static=static, context_limit=context_limit)
+        self.compiled_step: Callable[..., torch.Tensor] | None = None
+        if compile and static:
+            self.compiled_step = torch.compile(self._step, fullgraph=True, dynamic=False, mode="reduce-overhead")
+        elif compile:
+            # DynamicCache's bookkeeping breaks the graph in a few places: fullgraph would refuse it. Before every
+            # call the compiled step checks guards, among them that the model's modules and parameters are the ones
+            # it was compiled for: they never change after loading (another model is another Decoder), and checking
+            # them took ~5 of ~30 ms a token on CPU (profiled: "TorchDynamo Cache Lookup"), 0.5-0.8 ms without.
+            # The guards on the inputs (token, position, the cache's tensors and length) stay.
+            skip_module_guards = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+            self.compiled_step = torch.compile(self._step, dynamic=True, options=skip_module_guards)
+        self.compile_state = "on" if compile else "off"  # off | on | warming | ready | failed: why
+        self.reused = 0  # prompt tokens the last reply took from the cache instead of encoding them
+        self._compiled: set[int] = set()  # cache capacities whose compiled step is ready (0: the dynamic cache)
+        self._compiling: dict[int, threading.Thread] = {}  # capacity -> the thread compiling for it
+        self._warm_lock = threading.Lock()
+
+    def _step(self, token: torch.Tensor, position: torch.Tensor, cache: Any) -> torch.Tensor:
+        """One decode step: the logits after ``token`` (shape ``[1, 1]``) at ``position``."""
+        output = self.model(input_ids=token, position_ids=position, past_key_values=cache, use_cache=True)
+        return output.logits[:, -1]
+
+    def _prefill(self, ids: list[int], start: int) -> torch.Tensor:
+        """Encode ``ids`` at positions ``start...`` into the cache; the logits after the last one."""
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        positions = torch.arange(start, start + len(ids), device=self.device)[None]
+        output = self.model(
+            input_ids=input_ids,
+            position_ids=positions,
+            past_key_values=self.prompt_cache.cache,
+            use_cache=True,
+            logits_to_keep=1,  # the prompt's other logits are never used: skip the vocabulary projection for them
+        )
+        return output.logits[:, -1]
+
+    def tokens(self, ids: list[int], max_new_tokens: int, choose: Callable[[torch.Tensor], int]) -> Iterator[int]:
+        """Yield up to ``max_new_tokens`` tokens after the prompt ``ids``, each picked by ``choose(logits)``.
+
+        Stop early by closing the iterator (or simply no longer asking): the cache then holds exactly the ids fed so
+        far, ready for the next turn. ``len(ids) + max_new_tokens`` must fit the model's context.
+        """
+        cache = self.prompt_cache
+        try:
+            with torch.inference_mode():
+                start = self.reused = cache.prepare(ids, max_new_tokens)
+                step = self._step_for(cache.capacity)
+                logits = self._prefill(ids[start:], start)
+                cache.ids = list(ids)
+                for _ in range(max_new_tokens - 1):
+                    token = choose(logits)
+                    yield token
+                    if self.device.type == "cuda" and step is self.compiled_step:
+                        torch.compiler.cudagraph_mark_step_begin()  # the previous step's logits are consumed
+                    position = torch.tensor([[len(cache.ids)]], device=self.device)
+                    logits = step(torch.tensor([[token]], device=self.device), position, cache.cache)
+                    cache.ids.append(token)
+                yield choose(logits)  # the last token is never fed: no forward pass it would need
+        except BaseException as exc:
+            if not isinstance(exc, GeneratorExit):
+                cache.clear()  # a forward pass that failed half-way leaves the cache in an unknown state
+            raise
+
+    def _step_for(self, capacity: int) -> Callable[..., torch.Tensor]:
+        """The compiled step if it is ready for ``capacity``; else the eager one (and compile it in the background)."""
+        if self.compiled_step is None:
+            return self._step
+        with self._warm_lock:
+            if capacity in self._compiled:
+                same_threads = self.threads is None or torch.get_num_threads() == self.threads
+                return self.compiled_step if same_threads else self._step
+        self.warm_up(capacity)
+        return self._step
+
+    def warm_up(self, capacity: int | None = None, *, wait: bool = False) -> None:
+        """Compile the decode step in a background thread, for a static cache of ``capacity`` positions (default: the
+        first capacity) or for the dynamic cache; a no-op when compiling is off or failed, or is done or under way
+        for that capacity. ``wait`` blocks until that compile has finished."""
+        if self.compiled_step is None or self.compile_state.startswith("failed"):
+            return
+        if capacity is None:
+            capacity = static_capacity(1, self.prompt_cache.context_limit) if self.prompt_cache.static else 0
+        with self._warm_lock:
+            thread = self._compiling.get(capacity)
+            if thread is None and capacity not in self._compiled:
+                # Not a daemon: interpreter exit waits for it, since a process leaving in the middle of a compile
+                # aborts (std::terminate, exit status 134).
+                thread = threading.Thread(target=self._compile, args=(capacity,), name="compile-decode")
+                self._compiling[capacity] = thread
+                self.compile_state = "warming"
+                thread.start()
+        if wait and thread is not None:
+            thread.join()
+
+    def _compile(self, capacity: int) -> None:
+        assert self.compiled_step is not None
+        # torch warns once that torchao's int4 tensors cannot key its compile cache: not the user's to act on, and
+        # a chat screen must not get stray lines from this thread.
+        warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching", category=UserWarning)
+        try:
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)
+            with torch.inference_mode():
+                # Scratch caches (the live one belongs to the replies that run meanwhile). The first call compiles
+                # for its cache length, the next recompiles for any length: both here, not in a reply.
+                for length in (WARM_UP_PROMPT, 3 * WARM_UP_PROMPT):
+                    if capacity:
+                        scratch: Any = StaticCache(config=self.model.config, max_cache_len=capacity)
+                    else:
+                        scratch = DynamicCache(config=self.model.config)
+                    prompt = torch.zeros((1, length), dtype=torch.long, device=self.device)
+                    self.model(input_ids=prompt, past_key_values=scratch, use_cache=True, logits_to_keep=1)
+                    for position in range(length, length + 2):  # CUDA graphs record on a later call than the first
+                        if self.device.type == "cuda":
+                            torch.compiler.cudagraph_mark_step_begin()
+                        # Fresh tensors, made as tokens() makes them: the compiled step is specialised on strides.
+                        token = torch.tensor([[0]], device=self.device)
+                        self.compiled_step(token, torch.tensor([[position]], device=self.device), scratch)
+        except Exception as exc:  # no C++ compiler, an unsupported model: replies stay on the eager step
+            with self._warm_lock:
+                del self._compiling[capacity]
+                self.compile_state = f"failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+            return
+        with self._warm_lock:
+            del self._compiling[capacity]
+            self._compiled.add(capacity)
+            self.compile_state = "warming" if self._compiling else "ready"
