@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -61,7 +61,7 @@ def test_ask_streams_the_reply_to_stdout_and_saves_the_exchange(cli: FakeCli) ->
     user, reply = cli.store.active_branch(conversation.id)
     assert user.content == "What is the capital of France?"
     assert (reply.content, reply.status, reply.model) == ("The capital of France is Paris.", "complete", "default")
-    assert conversation.model == "default"
+    assert conversation.model == "smollm2"  # the bundled model's one name, whichever alias was typed
 
 
 def test_model_sampling_and_device_options_reach_the_engine_and_the_store(cli: FakeCli) -> None:

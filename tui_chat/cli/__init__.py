@@ -14,8 +14,9 @@ from trainer.home import DataHome
 from tui_chat.cli.chat import ask_command, repl_command
 from tui_chat.cli.context import CliContext, engine_options, engine_settings, pass_context  # noqa: F401  (CliContext: tests build one)
 from tui_chat.cli.models import models_group
-from tui_chat.cli.sessions import backup_command, export_command, import_command, sessions_group
+from tui_chat.cli.sessions import backup_command, import_command, sessions_group
 from tui_chat.cli.train import train_command
+from tui_chat.chat.export import export_command
 
 
 @click.group(invoke_without_command=True)

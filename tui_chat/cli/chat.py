@@ -15,7 +15,7 @@ import click
 
 from sessions import Store, StoreError, memory_database
 
-from tui_chat.chat.session import ChatError, ChatSession, EngineLoader
+from tui_chat.chat.session import ChatSession, EngineLoader
 from tui_chat.cli.context import CliContext, engine_options, pass_context
 from tui_chat.chat.commands import CommandError
 from tui_chat.inference.contract import EngineError, GenerationStats, TextDelta
@@ -69,7 +69,7 @@ def user_errors() -> Iterator[None]:
     """Problems the user can fix become one line (exit 1) instead of a traceback."""
     try:
         yield
-    except (ChatError, CommandError, EngineError, StoreError) as exc:
+    except (CommandError, EngineError, StoreError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

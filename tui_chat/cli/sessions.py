@@ -1,7 +1,7 @@
 """`tui-chat sessions ...`, `export`, `import` and `backup`: the saved conversations from the command line.
 
-The chat's `/export [OPTIONS]` goes through ``run_export_command``, which parses its arguments with the very same
-click command, so the options and their checks exist once.
+`export` itself lives in the chat core (``tui_chat.chat.export``): `/export` in the chat parses its options with
+the same click command, so the options and their checks exist once.
 
 The commands take the ``CliContext`` through ``click.pass_obj`` rather than importing `tui_chat.cli`, so this
 module can be imported on its own (the REPL does, lazily) without a circular import.
@@ -10,9 +10,7 @@ module can be imported on its own (the REPL does, lazily) without a circular imp
 from __future__ import annotations
 
 import re
-import time
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -21,16 +19,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from sessions import Message, Store, StoreError, counted, minute_text
-from sessions.export import FORMATS, ExportFilters, export
+from sessions import Message, StoreError, counted, minute_text
 from sessions.importers import import_file
-from trainer.home import DataHome
 
 if TYPE_CHECKING:
     from tui_chat.cli.context import CliContext
 
-DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
-SUFFIXES = {"messages": "jsonl", "preference": "jsonl", "markdown": "md"}
 RATING_MARKS = {1: "👍", -1: "👎"}
 
 
@@ -218,94 +212,6 @@ def delete_command(obj: CliContext, conversation_id: int, yes: bool) -> None:
 
 
 # ---- export, import, backup ---------------------------------------------------------------------------------
-
-
-@click.command("export")
-@click.option(
-    "--format",
-    "format_",
-    type=click.Choice(FORMATS),
-    default="messages",
-    show_default=True,
-    help="messages: JSONL for fine-tuning; preference: chosen/rejected pairs JSONL; markdown: transcripts.",
-)
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="File to write. Default: a timestamped file in the data home's datasets/.",
-)
-@click.option(
-    "--min-rating",
-    type=click.IntRange(-1, 1),
-    help="Cut each conversation before the first reply rated below N (1: keep only replies rated up or corrected).",
-)
-@click.option(
-    "--since",
-    type=click.DateTime(DATE_FORMATS),
-    help="Only conversations active on or after DATE (YYYY-MM-DD[ HH:MM[:SS]], local time).",
-)
-@click.option(
-    "--conversation",
-    "conversation_ids",
-    type=int,
-    multiple=True,
-    metavar="ID",
-    help="Only this conversation (repeat for several).",
-)
-@click.option(
-    "--val-fraction",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="Share of records for validation: writes NAME.train.jsonl and NAME.val.jsonl (split by content hash).",
-)
-@click.pass_obj
-def export_command(obj: CliContext, **options: object) -> None:
-    """Export conversations as a dataset, with a manifest (counts, filters, sha256) next to it.
-
-    Thumbs-down and unfinished replies (and what follows them) and conversations marked not for training are left
-    out; corrections replace the replies they correct.
-    """
-    click.echo(_export(obj.store, obj.home, **options))
-
-
-def _export(
-    store: Store,
-    home: DataHome,
-    *,
-    format_: str,
-    out: Path | None,
-    min_rating: int | None,
-    since: datetime | None,
-    conversation_ids: tuple[int, ...],
-    val_fraction: float,
-) -> str:
-    if out is None:
-        home.ensure()
-        out = home.datasets / f"{format_}-{time.strftime('%Y%m%d-%H%M%S')}.{SUFFIXES[format_]}"
-    with _user_errors():
-        filters = ExportFilters(
-            min_rating=min_rating,
-            since=since.timestamp() if since else None,
-            conversation_ids=tuple(conversation_ids),
-            val_fraction=val_fraction,
-        )
-        return export(store, format_, out, filters).summary()
-
-
-def run_export_command(store: Store, home: DataHome, argv: list[str]) -> str:
-    """`/export [OPTIONS]` from the chat: the `tui-chat export` options, parsed by the same command.
-
-    Returns the one-line summary (or the help text for ``--help``); raises click.ClickException (one line) for
-    bad options or a failed export. Nothing is printed.
-    """
-    if "--help" in argv:
-        return export_command.get_help(click.Context(export_command, info_name="/export"))
-    try:
-        with export_command.make_context("/export", list(argv)) as ctx:
-            return _export(store, home, **ctx.params)
-    except click.UsageError as exc:
-        raise click.ClickException(exc.format_message().splitlines()[0]) from exc
 
 
 @click.command("import")
