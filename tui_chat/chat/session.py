@@ -234,12 +234,13 @@ class ChatSession:
 
     # ---- model -----------------------------------------------------------------------------------------------
 
-    def use_model(self, spec: str, engine: Engine | None = None) -> None:
-        """From now on replies come from ``spec`` (``engine``: already opened for it), and the conversation says so."""
+    def use_model(self, spec: str, engine: Engine | None = None, *, switched: bool = True) -> None:
+        """From now on replies come from ``spec`` (``engine``: already opened for it). A switch is recorded on the
+        open conversation; the first model a front end loads is not (the conversation keeps the one it had)."""
         self.model = spec
         if engine is not None:
             self.engine, self._engine_spec = engine, spec
-        if self.conversation is not None:
+        if switched and self.conversation is not None:
             self.conversation = self.store.update_conversation(self.conversation.id, model=engine_name(spec))
 
     def ensure_engine(self) -> Engine:

@@ -1,13 +1,14 @@
 """The chat: conversations on the left, the open one in the middle, the message box and the status line below.
 
-The screen owns the chat's state (the open conversation, its active branch, the engine) and does every action;
-slash commands (``ChatCommands``) and the command palette call the same methods. Slow work runs in thread workers
-that post messages back (``chat_messages``): loading a model, generating a reply, counting the context, exporting.
+The chat core (``ChatSession``, ``self.session``) holds the open conversation and decides every rule; the screen
+shows it: the branch as drawn, the engine, the reply streaming. Its actions live in ``chat_actions`` (keys, the
+palette and slash commands all end there; ``chat_commands`` maps a typed slash command to them) and `/train` in
+``chat_training``. Slow work runs in thread workers that post messages back (``worker_messages``): loading a model,
+generating a reply, counting the context, exporting, planning a run.
 """
 
 from __future__ import annotations
 
-import shlex
 import sys
 import threading
 import time
@@ -32,7 +33,6 @@ from tui_chat.chat import commands
 from tui_chat.tui.keys import CHAT_ACTIONS, chat_bindings
 from tui_chat.tui.worker_messages import (
     ContextCounted,
-    ExportFinished,
     ModelLoaded,
     ModelLoadFailed,
     ModelLoadProgress,
@@ -50,7 +50,7 @@ from tui_chat.inference.contract import (
     GenerationStats,
     TextDelta,
 )
-from tui_chat.chat.replies import add_user_message, conversation_messages, generate_reply
+from tui_chat.chat.replies import conversation_messages, generate_reply
 from tui_chat.tui.state import TuiState
 from tui_chat.chat.versions import version_positions
 from tui_chat.tui.widgets.chat_view import ChatView
@@ -61,19 +61,16 @@ from tui_chat.tui.widgets.sidebar import Sidebar
 from tui_chat.tui.widgets.status_line import StatusLine
 from tui_chat.training.summary import metrics_text
 from tui_chat.tui.widgets.training_panel import TrainingPanel
+from tui_chat.chat.session import ChatSession
+from tui_chat.tui.screens.chat_actions import ChatActions
 from tui_chat.tui.screens.chat_commands import ChatCommands
-from tui_chat.tui.screens.confirm import ConfirmScreen
-from tui_chat.tui.screens.export_dialog import ExportDialogScreen
-from tui_chat.tui.screens.help import HelpScreen
-from tui_chat.tui.screens.model_picker import ModelChoice, ModelPickerScreen
-from tui_chat.tui.screens.params_editor import ParamsEditorScreen
-from tui_chat.tui.screens.text_editor import TextEditorScreen
+from tui_chat.tui.screens.chat_training import ChatTraining
+from tui_chat.tui.screens.model_picker import ModelChoice
 
 READY_PLACEHOLDER = "Message  (Enter sends · Shift+Enter or Ctrl+J: new line · /help)"
 LOADING_PLACEHOLDER = "Loading model… (you can type; sending waits until it is ready)"
 GENERATING_PLACEHOLDER = "Generating… (Esc stops)"
 ERROR_LOG = "tui-errors.log"  # in the data home: the tracebacks of unexpected errors, never shown on screen
-CLIPBOARD_FILE = "clipboard.txt"  # in the data home: the copy fallback where OSC 52 does not reach a clipboard
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,7 @@ def user_error_types() -> tuple[type[Exception], ...]:
     return (EngineError, StoreError) + ((models.ModelError,) if models is not None else ())
 
 
-class ChatScreen(Screen):
+class ChatScreen(ChatActions, ChatTraining, Screen):
     BINDINGS = chat_bindings()
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]  # a narrow terminal gets a narrower sidebar
 
@@ -122,7 +119,8 @@ class ChatScreen(Screen):
         self.engine: Engine | None = None
         self.engine_info: EngineInfo | None = None
         self.loading_model: str | None = None  # the spec being loaded
-        self.conversation: Conversation | None = None  # None: a new chat, created by its first message
+        # The chat core: the open conversation (None: a new chat, created by its first message) and its rules.
+        self.session = ChatSession(store, engine_factory, model=engine if isinstance(engine, str) else engine.name)
         self.branch: list[sessions.Message] = []  # the active branch as shown, root first
         self.commands = ChatCommands(self)
         self._job = 0
@@ -142,6 +140,11 @@ class ChatScreen(Screen):
                 yield PromptInput(placeholder=LOADING_PLACEHOLDER, id="prompt")
                 yield StatusLine(id="status")
         yield Footer()
+
+    @property
+    def conversation(self) -> Conversation | None:
+        """The open conversation (the chat core holds it)."""
+        return self.session.conversation
 
     @property
     def chat(self) -> ChatView:
@@ -295,9 +298,8 @@ class ChatScreen(Screen):
         self._update_placeholder()
         self.state.model = message.spec
         self._save_state()
+        self.session.use_model(message.spec, message.engine, switched=switched)
         if switched:
-            if self.conversation is not None:
-                self.conversation = self.store.update_conversation(self.conversation.id, model=message.engine.name)
             self.notify(f"Now chatting with {message.info.name} ({message.info.device}/{message.info.dtype}).")
         self.count_context()
 
@@ -358,7 +360,8 @@ class ChatScreen(Screen):
         positions = version_positions(self.store.messages(conversation_id))
         reveal = next((index for index, m in enumerate(branch) if m.id == message_id), None)
         await self.chat.show(branch, positions, conversation.system_prompt, reveal=reveal)
-        self.conversation, self.branch = conversation, branch
+        self.session.open(conversation.id, adopt_model=False)  # the window keeps one model for every chat
+        self.branch = branch
         self._conversation_changed()
         self.count_context()
         if reveal is not None:
@@ -367,7 +370,8 @@ class ChatScreen(Screen):
 
     async def show_new_chat(self) -> None:
         await self.chat.show([], {}, None)
-        self.conversation, self.branch = None, []
+        self.session.new()
+        self.branch = []
         self._conversation_changed()
         self.status.show_context(None, None)
 
@@ -391,19 +395,12 @@ class ChatScreen(Screen):
             self.notify(f"could not save the window's state in {self.home.root}: {exc}", severity="warning")
 
     def _refresh_conversation(self) -> None:
-        if self.conversation is not None:
-            self.conversation = self.store.get_conversation(self.conversation.id)
+        if self.session.refresh() is not None:
             self._conversation_changed()
-
-    def ensure_conversation(self) -> Conversation:
-        if self.conversation is None:
-            self.conversation = self.store.create_conversation(model=self.engine.name if self.engine else None)
-            self._conversation_changed()
-        return self.conversation
 
     @property
     def params(self) -> GenerationParams:
-        return GenerationParams.from_dict(self.conversation.params if self.conversation else None)
+        return self.session.params
 
     async def on_sidebar_conversation_chosen(self, message: Sidebar.ConversationChosen) -> None:
         if self.require_idle("open another conversation"):
@@ -423,8 +420,7 @@ class ChatScreen(Screen):
             if not await self.run_slash(text):
                 self.prompt.restore(event.text)
             return
-        if text.startswith("//"):
-            text = text[1:]  # "//" escapes a message that starts with a slash
+        text = commands.message_text(text)
         if not self.can_generate():
             self.prompt.restore(event.text)
             return
@@ -433,16 +429,14 @@ class ChatScreen(Screen):
     async def run_slash(self, text: str) -> bool:
         """Run a slash command; False (the text stays in the box to fix) when it was not understood."""
         try:
-            parsed = commands.parse(text)
-            await getattr(self.commands, parsed.command.handler_name)(parsed.args)
+            await self.commands.run(commands.parse(text))
         except (commands.CommandError, StoreError) as exc:
             self.notify(str(exc), severity="error")
             return False
         return True
 
     async def send(self, text: str) -> None:
-        conversation = self.ensure_conversation()
-        user = add_user_message(self.store, conversation.id, text)
+        user = self.session.add_user_message(text)
         self.branch.append(user)
         await self.chat.add(MessageView(user))
         self._refresh_conversation()  # the first message titles the chat and it moves to the top of the list
@@ -534,38 +528,7 @@ class ChatScreen(Screen):
         if self.generating:
             self._stop.set()
 
-    # ---- which message an action means -----------------------------------------------------------------------
-
-    def selected_message(self) -> sessions.Message | None:
-        view = self.chat.selected_view()
-        return view.message if view is not None else None
-
-    def target_reply(self) -> sessions.Message | None:
-        """The selected reply, else the newest reply on the branch; None when there is none yet.
-
-        While a reply streams, the newest reply is that one and it has no stored row to act on: unless the user
-        selected a finished reply, None, rather than the reply before it (``no_target_reply`` says why).
-        """
-        selected = self.selected_message()
-        if selected is not None and selected.role == "assistant":
-            return selected
-        if self.generating:
-            return None
-        return next((m for m in reversed(self.branch) if m.role == "assistant"), None)
-
-    def no_target_reply(self, doing: str) -> str:
-        """The line to show when ``target_reply()`` is None; ``doing`` is the verb (``"rate"``)."""
-        if self.generating:
-            return f"Wait for the reply to finish (Esc stops it), then {doing} it."
-        return f"No reply to {doing} yet."
-
-    def _replace_in_branch(self, message: sessions.Message) -> None:
-        self.branch = [message if m.id == message.id else m for m in self.branch]
-        for view in self.chat.views():
-            if view.message_id == message.id:
-                view.set_message(message)
-
-    async def _show_branch_from(self, index: int, branch: list[sessions.Message]) -> None:
+    async def show_branch_from(self, index: int, branch: list[sessions.Message]) -> None:
         """The branch changed from ``index`` on (a version flipped, a message edited): redraw only that part."""
         assert self.conversation is not None
         positions = version_positions(self.store.messages(self.conversation.id))
@@ -578,268 +541,3 @@ class ChatScreen(Screen):
                 await self.chat.add(self.chat.view_of(message))
         self.branch = branch
         self.count_context()
-
-    # ---- actions (keys, palette, slash commands) -------------------------------------------------------------
-
-    async def action_new_chat(self) -> None:
-        if self.require_idle("start a new chat"):
-            await self.show_new_chat()
-            self.prompt.focus()
-
-    def action_rename(self) -> None:
-        if self.conversation is None:
-            self.notify("Send a first message; the chat is named after it (then F2 renames it).")
-            return
-        screen = TextEditorScreen("Rename this conversation", self.conversation.title, multiline=False)
-        self.app.push_screen(screen, self.rename)
-
-    def rename(self, title: str | None) -> None:
-        if title and self.conversation is not None:
-            self.store.rename_conversation(self.conversation.id, title)
-            self._refresh_conversation()
-
-    def action_delete(self) -> None:
-        if self.conversation is None:
-            self.notify("Nothing to delete: this chat has no messages yet.")
-            return
-        if not self.require_idle("delete the conversation"):
-            return
-        count = len(self.store.messages(self.conversation.id))
-        question = f"Delete “{self.conversation.title}” and its {count} messages? This cannot be undone."
-        self.app.push_screen(ConfirmScreen(question, yes="Delete"), self.delete)
-
-    async def delete(self, confirmed: bool | None) -> None:
-        if not confirmed or self.conversation is None:
-            return
-        title = self.conversation.title
-        self.store.delete_conversation(self.conversation.id)
-        latest = self.store.latest_conversation()
-        if latest is not None:
-            await self.open_conversation(latest.id)
-        else:
-            await self.show_new_chat()
-        self.notify(f"Deleted “{title}”.")
-
-    async def action_regenerate(self) -> None:
-        if not self.can_generate():
-            return
-        if not self.branch:
-            self.notify("Nothing to regenerate yet: send a message first.")
-            return
-        selected = self.selected_message()
-        if self.branch[-1].role == "user" and (selected is None or selected.role == "user"):
-            index, parent_id = len(self.branch), self.branch[-1].id  # its reply never came: answer it now
-        else:
-            reply = self.target_reply()
-            if reply is None or reply.parent_id is None:
-                self.notify("No reply to regenerate.")
-                return
-            index, parent_id = self.branch.index(reply), reply.parent_id
-        await self.chat.remove_from(index)
-        self.branch = self.branch[:index]
-        await self.start_reply(parent_id)
-
-    async def action_previous_version(self) -> None:
-        await self.flip_version(-1)
-
-    async def action_next_version(self) -> None:
-        await self.flip_version(1)
-
-    async def flip_version(self, step: int) -> None:
-        """Show another version of the selected message, else of the newest message that has several."""
-        if not self.require_idle("flip versions") or self.conversation is None:
-            return
-        positions = version_positions(self.store.messages(self.conversation.id))
-        target = self.selected_message() or next(
-            (m for m in reversed(self.branch) if positions.get(m.id, (1, 1))[1] > 1), None
-        )
-        if target is None:
-            self.notify("No message here has other versions (Ctrl+R regenerates a reply).")
-            return
-        siblings = self.store.siblings(target.id)
-        place = [m.id for m in siblings].index(target.id) + step
-        if not 0 <= place < len(siblings):
-            self.app.bell()
-            return
-        index = [m.id for m in self.branch].index(target.id)
-        await self._show_branch_from(index, self.store.switch_branch(siblings[place].id))
-        if self.chat.has_focus:
-            self.chat.select_message(siblings[place].id)
-
-    def action_edit_last(self) -> None:
-        if not self.can_generate():
-            return
-        selected = self.selected_message()
-        target = selected if selected is not None and selected.role == "user" else next(
-            (m for m in reversed(self.branch) if m.role == "user"), None
-        )
-        if target is None:
-            self.notify("No message of yours to edit yet.")
-            return
-        screen = TextEditorScreen("Edit your message (it is sent again as a new branch)", target.content)
-        self.app.push_screen(screen, partial(self.edit_message, target))
-
-    async def edit_message(self, original: sessions.Message, text: str | None) -> None:
-        if not text or text == original.content or self.conversation is None or not self.can_generate():
-            return
-        index = [m.id for m in self.branch].index(original.id)
-        edited = add_user_message(self.store, self.conversation.id, text, edit_of=original)
-        await self._show_branch_from(index, self.branch[:index] + [edited])
-        await self.start_reply(edited.id)
-
-    def action_rate_up(self) -> None:
-        self.rate(1, toggle=True)
-
-    def action_rate_down(self) -> None:
-        self.rate(-1, toggle=True)
-
-    def rate(self, value: int, *, toggle: bool = False) -> None:
-        reply = self.target_reply()
-        if reply is None:
-            self.notify(self.no_target_reply("rate"), severity="warning")
-            return
-        if toggle and reply.rating == value:
-            value = 0
-        self._replace_in_branch(self.store.set_rating(reply.id, value))
-        self.notify({1: "Rated the reply up.", -1: "Rated the reply down.", 0: "Rating cleared."}[value])
-
-    def action_correct(self) -> None:
-        reply = self.target_reply()
-        if reply is None:
-            self.notify(self.no_target_reply("correct"), severity="warning")
-            return
-        screen = TextEditorScreen(
-            "Write the ideal answer (kept for training; empty clears it)", reply.correction or reply.content
-        )
-        self.app.push_screen(screen, partial(self.correct, reply))
-
-    def correct(self, reply: sessions.Message, text: str | None) -> None:
-        if text is None:
-            return
-        self._replace_in_branch(self.store.set_correction(reply.id, text or None))
-        self.notify("Correction saved." if text else "Correction cleared.")
-
-    def action_copy(self) -> None:
-        view, reply = self.chat.selected_view(), self.target_reply()
-        if view is None and reply is None:
-            self.notify(self.no_target_reply("copy"), severity="warning")
-            return
-        text = view.text if view is not None else reply.content
-        self.app.copy_to_clipboard(text)
-        # OSC 52 reaches the clipboard only where the terminal allows it (not macOS Terminal, not tmux by default),
-        # and nothing reports back: so the text also goes to a file the user can open.
-        path = self.home.root / CLIPBOARD_FILE
-        try:
-            self.home.root.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            self.home.secure_file(path)
-            self.notify(f"Copied {len(text)} characters to the clipboard; also saved to {path}")
-        except OSError as exc:
-            self.notify(f"Copied {len(text)} characters to the clipboard (could not also save {path}: {exc})")
-
-    def action_system_prompt(self) -> None:
-        current = self.conversation.system_prompt if self.conversation else ""
-        screen = TextEditorScreen(
-            "System prompt for this conversation (empty: the model's default)", current or ""
-        )
-        self.app.push_screen(screen, self.set_system_prompt)
-
-    async def set_system_prompt(self, text: str | None) -> None:
-        if text is None:
-            return
-        conversation = self.ensure_conversation()
-        self.conversation = self.store.update_conversation(conversation.id, system_prompt=text or None)
-        await self.chat.set_system_prompt(self.conversation.system_prompt)
-        self.count_context()
-        self.notify("System prompt saved for this conversation." if text else "System prompt cleared.")
-
-    def action_params(self) -> None:
-        self.app.push_screen(ParamsEditorScreen(self.params), self.set_params)
-
-    def set_params(self, params: GenerationParams | None) -> None:
-        if params is None:
-            return
-        conversation = self.ensure_conversation()
-        before = GenerationParams.from_dict(conversation.params).to_dict()
-        self.conversation = self.store.update_conversation(conversation.id, params=params.to_dict())
-        changed = [f"{name} {value}" for name, value in params.to_dict().items() if before[name] != value]
-        self.notify(f"This chat now uses {', '.join(changed)}." if changed else "Settings unchanged.")
-
-    def action_switch_model(self) -> None:
-        current = self.engine.name if self.engine else None
-        self.app.push_screen(ModelPickerScreen(current, self.local_models), self._model_chosen)
-
-    def _model_chosen(self, spec: str | None) -> None:
-        if spec:
-            self.switch_model(spec)
-
-    def on_training_panel_switch_model(self, message: TrainingPanel.SwitchModel) -> None:
-        self.switch_model(message.name)
-
-    @property
-    def current_model(self) -> str:
-        """The model a new `/train` starts from: the one in use, else the one loading or remembered."""
-        return self.engine.name if self.engine else self.loading_model or self.state.model or "default"
-
-    def action_export(self) -> None:
-        from tui_chat.cli.sessions import run_export_command
-
-        # `tui-chat export --help`, so the dialog lists the options exactly as the CLI takes them.
-        cli_help = run_export_command(self.store, self.home, ["--help"])
-        self.app.push_screen(ExportDialogScreen(cli_help), self._export_chosen)
-
-    def _export_chosen(self, options: str | None) -> None:
-        if options is None:
-            return
-        try:
-            argv = shlex.split(options)
-        except ValueError as exc:
-            self.notify(f"export options: {exc}", severity="error")
-            return
-        self.export(argv)
-
-    @work(thread=True, exclusive=True, group="export")
-    def export(self, argv: list[str]) -> None:
-        """Run the CLI's export in a thread: a large export must not freeze the chat."""
-        import click
-
-        from tui_chat.cli.sessions import run_export_command
-
-        self.app.call_from_thread(self.notify, "Exporting…")
-        try:
-            summary = run_export_command(self.store, self.home, argv)
-        except click.ClickException as exc:
-            self.post_message(ExportFinished(None, exc.format_message()))
-        except Exception as exc:
-            self.post_message(ExportFinished(None, self.describe_error(exc)))
-        else:
-            self.post_message(ExportFinished(summary, None))
-
-    def on_export_finished(self, message: ExportFinished) -> None:
-        if message.error is not None:
-            self.notify(message.error, title="Export failed", severity="error", timeout=10)
-        else:
-            self.notify(message.summary or "Exported.", title="Export", timeout=10)
-
-    def action_toggle_exclude(self) -> None:
-        self.set_excluded(None)
-
-    def set_excluded(self, excluded: bool | None) -> None:
-        """Set (or with None, toggle) whether this conversation is left out of training."""
-        conversation = self.ensure_conversation()
-        value = not conversation.exclude_from_training if excluded is None else excluded
-        self.store.update_conversation(conversation.id, exclude_from_training=value)
-        self._refresh_conversation()
-        self.notify("This conversation is left out of training." if value else "This conversation is used for training.")
-
-    def action_search(self) -> None:
-        self.sidebar.display = True
-        self.sidebar.focus_search()
-
-    def action_toggle_sidebar(self) -> None:
-        self.sidebar.display = not self.sidebar.display
-        if not self.sidebar.display:
-            self.prompt.focus()
-
-    def action_help(self) -> None:
-        self.app.push_screen(HelpScreen())

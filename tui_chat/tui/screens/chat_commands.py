@@ -1,167 +1,158 @@
-"""The shared slash commands (``tui_chat.chat.commands.COMMANDS``), done by the chat screen.
+"""The chat window's side of the slash commands: one handler per typed action of ``tui_chat.chat.commands``.
 
-Each ``cmd_<name>`` takes the text after the command. Without arguments, commands that take text open the same
-editor as their key; with arguments they act at once (``/rename Trip plans``, ``/set temperature 0.2``).
+The action says what the user asked for, already checked; a handler here opens the editor for what was left out
+(`/correct` alone opens the same editor as Alt+C) or calls the screen's action, which asks the chat core.
+A CommandError raised here keeps the command in the message box, to fix and send again.
 """
 
 from __future__ import annotations
 
-import shlex
+from functools import singledispatchmethod
 from typing import TYPE_CHECKING
 
-from tui_chat.chat.commands import CommandError
+from tui_chat.chat.commands import (
+    Action, CommandError, Copy, Correct, Delete, Edit, Exclude, Export, Help, ListConversations, New, Open, Quit,
+    Rate, Rename, Retry, Runs, SetParam, SwitchModel, SystemPrompt, Train,
+)
 from tui_chat.training.summary import finish_summary, progress_line
 from tui_chat.tui.screens.help import HelpScreen
 from tui_chat.tui.screens.runs_list import RunsScreen
 
 if TYPE_CHECKING:
-    from sessions import Message
-
     from tui_chat.tui.screens.chat import ChatScreen
-
-RATINGS = {"+": 1, "up": 1, "-": -1, "down": -1, "0": 0, "clear": 0}
-SWITCH = {"on": True, "yes": True, "off": False, "no": False}
 
 
 class ChatCommands:
     def __init__(self, screen: ChatScreen) -> None:
         self.screen = screen
 
-    async def cmd_help(self, args: str) -> None:
+    @singledispatchmethod
+    async def run(self, action: Action) -> None:
+        raise TypeError(f"the chat window has no handler for {action!r}")
+
+    @run.register
+    async def _help(self, action: Help) -> None:
         self.screen.app.push_screen(HelpScreen())
 
-    async def cmd_new(self, args: str) -> None:
+    @run.register
+    async def _new(self, action: New) -> None:
         await self.screen.action_new_chat()
 
-    async def cmd_list(self, args: str) -> None:
-        if args and not args.isdigit():
-            raise CommandError("/list [N]: N is how many conversations, e.g. /list 20")
+    @run.register
+    async def _list(self, action: ListConversations) -> None:
         sidebar = self.screen.sidebar
         sidebar.display = True
         conversations = sidebar.conversations
-        while args and conversations.loaded_count < int(args) and conversations.load_more():
+        while action.limit and conversations.loaded_count < action.limit and conversations.load_more():
             pass
         conversations.focus()
         count = self.screen.store.count_conversations()
         self.screen.notify(f"{count} conversations, newest first: Enter opens the highlighted one.")
 
-    async def cmd_open(self, args: str) -> None:
-        if not args.isdigit():
-            raise CommandError("/open ID: ID is a conversation number (shown as #ID in the list)")
+    @run.register
+    async def _open(self, action: Open) -> None:
         if self.screen.require_idle("open another conversation"):
-            await self.screen.open_conversation(int(args))
+            await self.screen.open_conversation(action.conversation_id)
 
-    async def cmd_rename(self, args: str) -> None:
-        if not args:
+    @run.register
+    async def _rename(self, action: Rename) -> None:
+        if action.title is None:
             self.screen.action_rename()
-        elif self.screen.conversation is None:
-            raise CommandError("nothing to rename yet: send a first message")
-        else:
-            self.screen.rename(args)
+            return
+        self.screen.session.rename(action.title)
+        self.screen._conversation_changed()
 
-    async def cmd_delete(self, args: str) -> None:
+    @run.register
+    async def _delete(self, action: Delete) -> None:
         self.screen.action_delete()
 
-    async def cmd_model(self, args: str) -> None:
-        if args:
-            self.screen.switch_model(args)
+    @run.register
+    async def _model(self, action: SwitchModel) -> None:
+        if action.spec:
+            self.screen.switch_model(action.spec)
         else:
             self.screen.action_switch_model()
 
-    async def cmd_system(self, args: str) -> None:
-        if not args:
+    @run.register
+    async def _system(self, action: SystemPrompt) -> None:
+        if action.text is None and not action.clear:
             self.screen.action_system_prompt()
         else:
-            await self.screen.set_system_prompt("" if args == "-" else args)
+            await self.screen.set_system_prompt(action.text or "")
 
-    async def cmd_set(self, args: str) -> None:
-        if not args:
+    @run.register
+    async def _set(self, action: SetParam) -> None:
+        session = self.screen.session
+        if action.name is None:
             self.screen.action_params()
-            return
-        name, _, value = args.partition(" ")
-        params = self.screen.params
-        if not value.strip():
-            if not hasattr(params, name):
-                raise CommandError(f"unknown setting {name!r}; settings: {', '.join(params.to_dict())}")
-            self.screen.notify(f"{name} = {getattr(params, name)}")
-            return
-        try:
-            updated = params.with_value(name, value.strip())
-        except ValueError as exc:
-            raise CommandError(f"/set {name}: {exc}") from exc
-        self.screen.set_params(updated)
+        elif action.value is None:
+            self.screen.notify(f"{action.name} = {getattr(session.params, action.name)}")
+        else:
+            session.set_param(action.name, action.value)
+            self.screen.notify(f"This chat now uses {action.name} {getattr(session.params, action.name)}.")
 
-    async def cmd_retry(self, args: str) -> None:
+    @run.register
+    async def _retry(self, action: Retry) -> None:
         await self.screen.action_regenerate()
 
-    async def cmd_edit(self, args: str) -> None:
-        if not args:
+    @run.register
+    async def _edit(self, action: Edit) -> None:
+        if action.text is None:
             self.screen.action_edit_last()
             return
-        last = next((m for m in reversed(self.screen.branch) if m.role == "user"), None)
-        if last is None:
-            raise CommandError("no message of yours to edit yet")
-        await self.screen.edit_message(last, args)
+        if not self.screen.can_generate():
+            raise CommandError("the model is busy or not loaded: try again in a moment")
+        original = self.screen.session.message_to_edit(selected=self.screen.selected_message())
+        await self.screen.edit_message(original, action.text)
 
-    async def cmd_rate(self, args: str) -> None:
-        if args.lower() not in RATINGS:
-            raise CommandError("/rate +|-|0: + rates the last reply up, - down, 0 clears")
-        self._require_target_reply("rate")
-        self.screen.rate(RATINGS[args.lower()])
+    @run.register
+    async def _rate(self, action: Rate) -> None:
+        self.screen.target_reply("rate")  # a CommandError keeps the command in the box to send later
+        self.screen.rate(action.value)
 
-    async def cmd_correct(self, args: str) -> None:
-        if not args:
+    @run.register
+    async def _correct(self, action: Correct) -> None:
+        if action.text is None and not action.clear:
             self.screen.action_correct()
             return
-        self.screen.correct(self._require_target_reply("correct"), args)
+        self.screen.correct(self.screen.target_reply("correct"), action.text or "")
 
-    def _require_target_reply(self, doing: str) -> Message:
-        """The reply a command means; else CommandError, so the command stays in the box to send again later."""
-        reply = self.screen.target_reply()
-        if reply is None:
-            raise CommandError(self.screen.no_target_reply(doing))
-        return reply
-
-    async def cmd_copy(self, args: str) -> None:
+    @run.register
+    async def _copy(self, action: Copy) -> None:
         self.screen.action_copy()
 
-    async def cmd_exclude(self, args: str) -> None:
-        if args and args.lower() not in SWITCH:
-            raise CommandError("/exclude [on|off]: on leaves this conversation out of training, off puts it back")
-        self.screen.set_excluded(SWITCH[args.lower()] if args else None)
+    @run.register
+    async def _exclude(self, action: Exclude) -> None:
+        self.screen.set_excluded(action.value)
 
-    async def cmd_export(self, args: str) -> None:
-        if not args:
+    @run.register
+    async def _export(self, action: Export) -> None:
+        if action.argv is None:
             self.screen.action_export()
-            return
-        try:
-            argv = shlex.split(args)
-        except ValueError as exc:
-            raise CommandError(f"/export: {exc}") from exc
-        self.screen.export(argv)
+        else:
+            self.screen.export(action.argv)
 
-    async def cmd_train(self, args: str) -> None:
-        try:
-            argv = shlex.split(args)
-        except ValueError as exc:
-            raise CommandError(f"/train: {exc}") from exc
-        self.screen.training.train(argv, self.screen.current_model)
+    @run.register
+    async def _train(self, action: Train) -> None:
+        self.screen.train(action.argv)
 
-    async def cmd_runs(self, args: str) -> None:
-        training = self.screen.training
+    @run.register
+    async def _runs(self, action: Runs) -> None:
+        screen = self.screen
+        training = screen.training
         await training.poll()
-        action, _, name = args.partition(" ")
-        if action == "cancel":
-            training.cancel(training.run_watch.find(name.strip() or None))
+        watch = training.run_watch
+        if action.cancel:
+            screen.cancel_run(watch.find(action.name))
             return
-        if args:
-            run = training.run_watch.find(args)
-            progress = training.run_watch.progress_of(run)
-            self.screen.notify(progress_line(run.name, progress) if progress else finish_summary(run), timeout=10)
+        if action.name:
+            run = watch.find(action.name)
+            progress = watch.progress_of(run)
+            screen.notify(progress_line(run.name, progress) if progress else finish_summary(run), timeout=10)
             return
-        runs = [(run, training.run_watch.progress_of(run)) for run in self.screen.store.list_training_runs()]
-        self.screen.app.push_screen(RunsScreen(runs), self.screen._model_chosen)
+        runs = [(run, watch.progress_of(run)) for run in screen.store.list_training_runs()]
+        screen.app.push_screen(RunsScreen(runs), screen.model_chosen)
 
-    async def cmd_quit(self, args: str) -> None:
+    @run.register
+    async def _quit(self, action: Quit) -> None:
         self.screen.app.exit()
-

@@ -1,32 +1,25 @@
-"""The training panel above the message box: `/train` starts runs here, a row per run the chat follows, and each
-run's result when it ends.
+"""The training panel above the message box: a row per run the chat follows, and each run's result when it ends.
 
 A running run shows its progress bar, its loss as a sparkline, tokens/s and ETA, and a Cancel button. When it
 ends the row says how (the same summary the REPL prints) and, for a finished run, offers to chat with the new model.
-A timer polls the runs' logs (``RunWatch``: a file read, no threads); the preview, which exports and tokenizes, runs
-in a thread worker. The panel hides itself when it has no rows.
+A timer polls the runs' logs (``RunWatch``: a file read, no threads). The panel starts and stops nothing: its
+buttons post messages (``SwitchModel``, ``CancelRun``) and the screen acts. It hides itself when it has no rows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
 
-from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Label, ProgressBar, Sparkline, Static
 
-from sessions import Store, StoreError, TrainingRun
+from sessions import Store, TrainingRun
 from trainer.home import DataHome
 
-from tui_chat.chat.commands import CommandError
 from tui_chat.training.monitor import RunMonitor, RunWatch
 from tui_chat.training.summary import duration, finish_summary
-
-if TYPE_CHECKING:
-    from tui_chat.training.plan import TrainingPlan  # imports torch: only named here
 
 POLL_S = 0.5  # how often the runs' logs are read
 
@@ -117,16 +110,10 @@ class TrainingPanel(Vertical):
         name: str
 
     @dataclass
-    class Planned(Message):
-        """A preview is ready (from the worker)."""
+    class CancelRun(Message):
+        """The user asked to stop a run."""
 
-        plan: TrainingPlan
-        argv: list[str]
-        current_model: str
-
-    @dataclass
-    class PlanFailed(Message):
-        error: str
+        run: TrainingRun
 
     def __init__(self, store: Store, home: DataHome, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -156,77 +143,6 @@ class TrainingPanel(Vertical):
         self.run_watch.follow(monitor)
         self._add_row(monitor)
 
-    # ---- starting and stopping -------------------------------------------------------------------------------
-
-    def train(self, argv: Sequence[str], current_model: str) -> None:
-        """`/train ARGS`: work out the preview in a worker, then start at once (--yes) or show it in the form;
-        `/train --help` opens the form with every option listed."""
-        from tui_chat.training.options import wants_help
-
-        if wants_help(argv):
-            self._open_form([a for a in argv if a not in ("-h", "--help")], current_model, None, show_options=True)
-            return
-        self.notify("Exporting a snapshot of your conversations and counting tokens…")
-        self.plan(list(argv), current_model)
-
-    @work(thread=True, exclusive=True, group="train-plan")
-    def plan(self, argv: list[str], current_model: str) -> None:
-        from tui_chat.training.plan import plan_training
-
-        try:
-            plan = plan_training(self.store, self.home, argv, current_model=current_model)
-        except (CommandError, StoreError) as exc:
-            self.post_message(self.PlanFailed(str(exc)))
-        except Exception as exc:  # logged with its traceback by the chat screen, shown as one line
-            describe = getattr(self.screen, "describe_error", str)
-            self.post_message(self.PlanFailed(describe(exc)))
-        else:
-            self.post_message(self.Planned(plan, argv, current_model))
-
-    def on_training_panel_planned(self, message: Planned) -> None:
-        plan = message.plan
-        if plan.options.yes:
-            self.start(plan)
-        else:
-            self._open_form(message.argv, message.current_model, plan)
-
-    def _open_form(
-        self, argv: list[str], current_model: str, plan: TrainingPlan | None, show_options: bool = False
-    ) -> None:
-        from tui_chat.tui.screens.train_dialog import TrainDialogScreen
-
-        form = TrainDialogScreen(self.store, self.home, current_model, argv, plan, show_options=show_options)
-        self.app.push_screen(form, self.start)
-
-    def on_training_panel_plan_failed(self, message: PlanFailed) -> None:
-        self.notify(message.error, title="Training not started", severity="error", timeout=10, markup=False)
-
-    def start(self, plan: TrainingPlan | None) -> None:
-        """Launch a previewed run (None: the form was cancelled)."""
-        if plan is None:
-            return
-        from tui_chat.training.launch import start_training
-
-        try:
-            monitor = start_training(self.store, self.home, plan)
-        except (CommandError, StoreError) as exc:
-            self.notify(str(exc), title="Training not started", severity="error", timeout=10, markup=False)
-            return
-        self.follow(monitor)
-        self.notify(f"Training {monitor.name} in the background: keep chatting. Log: {monitor.log_path}",
-                    title="Training", markup=False)
-
-    def cancel(self, run: TrainingRun) -> None:
-        from tui_chat.training.launch import cancel_run
-
-        try:
-            run = cancel_run(self.store, run)
-        except (CommandError, StoreError) as exc:
-            self.notify(str(exc), severity="error", markup=False)
-            return
-        self.notify(f"Stopping {run.name}: it finishes its step and saves a checkpoint (Cancel again stops it at "
-                    "once).", markup=False)
-
     async def poll(self) -> None:
         ended = {run.id: run for run in self.run_watch.poll()}
         for row in self.rows:
@@ -242,7 +158,7 @@ class TrainingPanel(Vertical):
         event.stop()
         row = next(node for node in event.button.ancestors if isinstance(node, RunRow))
         if event.button.has_class("run-cancel"):
-            self.cancel(row.run)
+            self.post_message(self.CancelRun(row.run))
         elif event.button.has_class("run-switch"):
             self.post_message(self.SwitchModel(row.run.name))
             await self._dismiss(row)
