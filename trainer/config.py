@@ -10,9 +10,10 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # only named in annotations: the chat's /train planning reads these settings without torch
+    import torch
 
 from .progress import MODES
 from .schedule import LEARNING_RATES as DEFAULT_LR  # peak learning rate by method, measured: see schedule.py
