@@ -105,3 +105,18 @@ async def test_the_window_and_the_repl_leave_the_same_rows(tmp_path: Path):
     assert [m[1] for m in messages if m[0] == "user"] == [
         "What is the capital of France?", "What is the capital of Spain?", "And of Portugal?"
     ]
+
+
+def test_every_action_has_a_handler_in_both_front_ends():
+    from typing import get_args
+
+    from tui_chat.chat.commands import COMMANDS, Action
+    from tui_chat.repl.commands import ReplCommands
+    from tui_chat.tui.screens.chat_commands import ChatCommands
+
+    for front_end in (ReplCommands, ChatCommands):
+        dispatcher = front_end.__dict__["run"].dispatcher
+        fallback = dispatcher.dispatch(object)
+        missing = [action.__name__ for action in get_args(Action) if dispatcher.dispatch(action) is fallback]
+        assert missing == [], f"{front_end.__name__} cannot carry out {missing}"
+    assert len(get_args(Action)) == len(COMMANDS)  # one action a command

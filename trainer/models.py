@@ -226,7 +226,7 @@ def ensure_bundled(models_dir: Path, progress: Progress | None = None) -> Path:
         _remove_abandoned_conversions(models_dir)
         temp = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_DIR}{_TEMP_MARK}{os.getpid()}-", dir=models_dir))
     except OSError as exc:
-        raise ModelError(f"cannot write the bundled model into {models_dir}: {one_line(exc)}") from exc
+        raise ModelError(f"cannot write the bundled model into {models_dir}: {error_line(exc)}") from exc
     try:
         with _quiet_transformers():
             _report(progress, "converting the bundled model (first run only): tokenizer", 0.0)
@@ -256,7 +256,7 @@ def ensure_bundled(models_dir: Path, progress: Progress | None = None) -> Path:
         shutil.rmtree(temp, ignore_errors=True)
         if isinstance(exc, OSError):  # disk full, permissions: the user can fix these
             raise ModelError(
-                f"converting the bundled model into {models_dir} failed: {one_line(exc)}; "
+                f"converting the bundled model into {models_dir} failed: {error_line(exc)}; "
                 "free some disk space (it needs ~540 MB) or fix the folder's permissions"
             ) from exc
         raise
@@ -302,7 +302,7 @@ def _load_pretrained(resolved: ResolvedSpec, dtype: torch.dtype, trust_remote_co
             with _quiet_transformers():
                 return both(local_files_only=True)
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-            raise ModelError(f"cannot load the model in {resolved.location}: {one_line(exc)}") from exc
+            raise ModelError(f"cannot load the model in {resolved.location}: {error_line(exc)}") from exc
     try:
         with _quiet_transformers():
             return both(local_files_only=True)  # cached: no network round trip at all
@@ -316,14 +316,14 @@ def _load_pretrained(resolved: ResolvedSpec, dtype: torch.dtype, trust_remote_co
         return both(local_files_only=False)
     except OSError as exc:
         raise ModelError(
-            f"cannot fetch {resolved.name} from the Hugging Face Hub ({one_line(exc)}); "
+            f"cannot fetch {resolved.name} from the Hugging Face Hub ({error_line(exc)}); "
             "check the id and the network, or pass a local directory as the model"
         ) from exc
     except ValueError as exc:
-        raise ModelError(f"cannot load {resolved.name}: {one_line(exc)}") from exc
+        raise ModelError(f"cannot load {resolved.name}: {error_line(exc)}") from exc
 
 
-def one_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     """The first line of an exception's message (or its type name), for one-line error reports."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
@@ -362,7 +362,7 @@ def _load_adapter(
         with _quiet_transformers():
             model = PeftModel.from_pretrained(base.model, adapter_dir).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"cannot apply the adapter in {adapter_dir} to {base_spec}: {one_line(exc)}") from exc
+        raise ModelError(f"cannot apply the adapter in {adapter_dir} to {base_spec}: {error_line(exc)}") from exc
     tokenizer = base.tokenizer
     if (adapter_dir / "tokenizer_config.json").is_file():
         # The trainer saves the tokenizer it trained with (chat template included) next to the adapter.

@@ -24,7 +24,7 @@ from transformers import GenerationConfig
 from trainer.devices import dtype_name, inference_threads, pick_compile, pick_device, pick_dtype, pick_quantization
 from trainer.home import DataHome
 from trainer.model_names import BUNDLED_NAME, engine_name
-from trainer.models import LoadedModel, ModelError, load_model, one_line
+from trainer.models import LoadedModel, ModelError, error_line, load_model
 
 from tui_chat.inference.decode_attention import use_one_query_attention
 from tui_chat.inference.decoding import Decoder, Sampler
@@ -160,7 +160,7 @@ class HFEngine:
                 self._decoder = Decoder(
                     loaded.model, loaded.device, loaded.context_limit, compile=compile, threads=threads
                 )
-                threading.Thread(target=_serve, args=(self._jobs,), name=f"decode-{self.name}", daemon=True).start()
+                threading.Thread(target=_run_jobs, args=(self._jobs,), name=f"decode-{self.name}", daemon=True).start()
                 weakref.finalize(self, self._jobs.put, None)  # a dropped engine (a model switch) ends its thread
                 self._decoder.warm_up()
                 self._loaded = loaded
@@ -283,7 +283,7 @@ class HFEngine:
                     if item is _DONE:
                         break
                     if isinstance(item, _Failure):
-                        raise EngineError(f"generation failed: {one_line(item.error)}") from item.error
+                        raise EngineError(f"generation failed: {error_line(item.error)}") from item.error
                     yield TextDelta(item)
             finally:
                 reply.abandoned.set()  # no-op after a normal end; ends decoding if the caller stopped iterating
@@ -338,7 +338,7 @@ class HFEngine:
             reply.finished.set()
 
 
-def _serve(jobs: queue.Queue[Callable[[], None] | None]) -> None:
+def _run_jobs(jobs: queue.Queue[Callable[[], None] | None]) -> None:
     """The decode thread: runs one reply job after another until it gets None. It holds no reference to the engine
     between jobs, so the engine can be garbage collected (which sends the None)."""
     while True:

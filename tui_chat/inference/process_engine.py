@@ -1,4 +1,4 @@
-"""``ProcessEngine``: an ``HFEngine`` running in a child process, behind the same ``generation.Engine`` contract.
+"""``ProcessEngine``: an ``HFEngine`` running in a child process, behind the same ``contract.Engine`` contract.
 
 Why a process: decoding is one forward pass per token, hundreds of small torch ops dispatched from Python, so on
 the UI's own process it shares the GIL with Textual's rendering (a reply decoded at 8.6 tok/s in the chat window vs
@@ -7,7 +7,7 @@ torch or transformers, so the window also draws its first frame sooner.
 
 The child is started with ``spawn`` (forking a process that has threads can deadlock it). One duplex pipe carries
 requests ``(kind, id, payload)`` down and replies ``(id, kind, payload)`` up. In the child the main thread listens
-and hands each request to a thread of its own, so a Stop reaches a reply while it decodes; in the parent a reader
+(``model_process``) and hands each request to a thread of its own, so a Stop reaches a reply while it decodes; in the parent a reader
 thread routes each reply to the request waiting for it. Each delta is sent as soon as it is made; text that piles up
 while the parent is busy (rendering) reaches the caller as one delta. A child that ends (killed, out of memory,
 crashed) fails what was waiting on it with one line, and the next call starts a fresh one.
@@ -27,7 +27,6 @@ import queue
 import signal
 import sys
 import threading
-import traceback
 import weakref
 from collections import deque
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from sessions import one_line
 from trainer.model_names import engine_name
 
 from tui_chat.inference.contract import Chunk, EngineError, EngineInfo, GenerationParams, ProgressCallback, TextDelta
+from tui_chat.inference.model_process import serve_model
 
 STOP_POLL_S = 0.05  # how often a streaming caller checks its stop event while no text arrives (Stop latency)
 EXIT_WAIT_S = 5.0  # how long closing waits for the child to leave before killing it
@@ -189,7 +189,7 @@ class _ModelProcess:
         self._conn, child_conn = context.Pipe()
         output_reader, output_writer = context.Pipe(duplex=False)
         self._process = context.Process(
-            target=_serve,
+            target=serve_model,
             args=(child_conn, output_writer, spec, str(models_dir), options),
             name=f"tui-chat model {engine_name(spec)}",
             daemon=True,  # multiprocessing ends it when this process exits normally; EOF on the pipe otherwise
@@ -452,85 +452,3 @@ def _rebuilt(type_name: str, message: str, child_traceback: str) -> Exception:
         error = RuntimeError(f"{type_name}: {message}")
     error.add_note("in the model process:\n" + child_traceback)
     return error
-
-
-# ---- the child ----------------------------------------------------------------------------------------------------
-
-
-def _serve(conn: Connection, output: Connection, spec: str, models_dir: str, options: dict[str, Any]) -> None:
-    """The model process: an HFEngine answering requests until the parent says exit or goes away (EOF)."""
-    # Ctrl+C in a terminal signals the whole process group; the parent decides what it means (Stop, quit).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Warnings and crash reports go to the parent, which keeps the last lines: on a terminal they would land in the
-    # middle of the chat window.
-    os.dup2(output.fileno(), 1)
-    os.dup2(output.fileno(), 2)
-    output.close()
-    from tui_chat.inference.hf_engine import HFEngine  # here, not at the top: the parent process must not import torch
-
-    _Server(conn, HFEngine(spec, Path(models_dir), **options)).listen()
-    # os._exit: no interpreter teardown, which would wait for (or abort in the middle of) a background compile.
-    os._exit(0)
-
-
-class _Server:
-    """The child's side: the main thread reads requests; each runs on a thread of its own and sends its replies."""
-
-    def __init__(self, conn: Connection, engine: Any) -> None:
-        self.conn = conn
-        self.engine = engine
-        self._send_lock = threading.Lock()
-        self._stops: dict[int, threading.Event] = {}  # request id -> the stop event of a streaming reply
-
-    def listen(self) -> None:
-        while True:
-            try:
-                kind, request_id, payload = self.conn.recv()
-            except (EOFError, OSError):  # the parent has gone
-                return
-            if kind == "exit":
-                return
-            if kind == "stop":
-                stop = self._stops.get(request_id)
-                if stop is not None:
-                    stop.set()
-                continue
-            if kind == "stream":  # registered here, before its thread starts, so an early Stop is not lost
-                self._stops[request_id] = threading.Event()
-            threading.Thread(target=self._answer, args=(kind, request_id, payload), daemon=True).start()
-
-    def _send(self, request_id: int, kind: str, payload: Any) -> None:
-        with self._send_lock:
-            self.conn.send((request_id, kind, payload))
-
-    def _answer(self, kind: str, request_id: int, payload: Any) -> None:
-        try:
-            if kind == "load":
-                result = self.engine.load(lambda what, fraction: self._send(request_id, "progress", (what, fraction)))
-            elif kind == "info":
-                result = self.engine.info()
-            elif kind == "count_tokens":
-                result = self.engine.count_tokens(payload)
-            elif kind == "compile":  # a compiling process (_CompilingProcess): compile now, answer when done
-                self.engine.decoder.warm_up(wait=True)
-                result = self.engine.info()
-            elif kind == "stream":
-                result = self._stream(request_id, *payload)
-            else:
-                raise ValueError(f"unknown request {kind!r}")
-        except Exception as exc:  # raised again in the parent (see _rebuilt)
-            self._send(request_id, "error", (type(exc).__name__, str(exc), traceback.format_exc()))
-        else:
-            self._send(request_id, "result", result)
-        finally:
-            self._stops.pop(request_id, None)
-
-    def _stream(self, request_id: int, messages: list[dict[str, str]], params: GenerationParams) -> Any:
-        """Send each delta as it is made (the first one at once); the stats are the result."""
-        stats = None
-        for chunk in self.engine.stream(messages, params, self._stops[request_id]):
-            if isinstance(chunk, TextDelta):
-                self._send(request_id, "delta", chunk.text)
-            else:
-                stats = chunk
-        return stats
