@@ -1,10 +1,10 @@
 """Attention for one new token at a time: two small matmuls instead of torch's CPU flash-attention kernel.
 
 A decode step attends one query to every cached position. torch's CPU SDPA kernel does that in blocks built for many
-queries, and its cost grew with the history far faster than the bytes it reads: at 1,939 cached positions it took
-2.7 ms a layer (81 ms of a ~100 ms token for the bundled model's 30 layers: 10 tok/s against 38 for a short chat),
-where ``softmax(q @ K^T) @ V`` took 0.26 ms (one core, bfloat16, 9 query heads on 3 key/value heads; same output
-within bfloat16 rounding). Prompts (many queries at once) and masked or training calls keep transformers' SDPA.
+queries, and its cost grew with the history far faster than the bytes it reads: with a long chat it took most of
+each decoded token, where ``softmax(q @ K^T) @ V`` takes a tenth of its time (same output within bfloat16 rounding;
+`python -m bench decode` prints decode speed by history length). Prompts (many queries at once) and masked or
+training calls keep transformers' SDPA.
 """
 
 from __future__ import annotations

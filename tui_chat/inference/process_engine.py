@@ -1,8 +1,8 @@
 """``ProcessEngine``: an ``HFEngine`` running in a child process, behind the same ``contract.Engine`` contract.
 
 Why a process: decoding is one forward pass per token, hundreds of small torch ops dispatched from Python, so on
-the UI's own process it shares the GIL with Textual's rendering (a reply decoded at 8.6 tok/s in the chat window vs
-~31 tok/s alone). A child process has its own GIL and, on a 2-core machine, its own core. The parent never imports
+the UI's own process it shares the GIL with Textual's rendering and decodes a fraction as fast as alone (`python -m
+bench decode_process` compares the two). A child process has its own GIL and, on a 2-core machine, its own core. The parent never imports
 torch or transformers, so the window also draws its first frame sooner.
 
 The child is started with ``spawn`` (forking a process that has threads can deadlock it). One duplex pipe carries
@@ -12,7 +12,7 @@ thread routes each reply to the request waiting for it. Each delta is sent as so
 while the parent is busy (rendering) reaches the caller as one delta. A child that ends (killed, out of memory,
 crashed) fails what was waiting on it with one line, and the next call starts a fresh one.
 
-On CPU the decode step is compiled (~1.35x faster decoding) in a second model process, which takes over between two
+On CPU the decode step is compiled (faster decoding: see the README's decode table) in a second model process, which takes over between two
 replies once its compile is done (``_CompilingProcess``); until then the first one replies with the eager step.
 """
 
@@ -334,8 +334,8 @@ class _CompilingProcess:
     """A second model process that loads the model and compiles its decode step, to take over from the serving one.
 
     Why not compile where replies decode: while torch compiles, it wraps module calls process-wide, and replies in
-    that process decoded at about half speed for the 30-100 s a compile takes on CPU (measured in the chat window:
-    4.7 against 9-10.7 tok/s on a busy machine). In a process of its own the compile costs a core, not the replies.
+    that process decoded at about half speed for the tens of seconds a compile takes on CPU. In a process of its own
+    the compile costs a core, not the replies.
     """
 
     def __init__(self, spec: str, models_dir: Path, options: dict[str, Any]) -> None:

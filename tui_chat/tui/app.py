@@ -21,9 +21,9 @@ from tui_chat.tui.screens.chat import ChatScreen
 from tui_chat.tui.state import TuiState
 
 # Textual allocates many short-lived objects per frame. At CPython's default threshold (700 allocations) the cycle
-# collector ran ~170 times a second while a reply streamed and took a third of the UI thread's time, with pauses
-# up to ~300 ms (bench/tui_stream.py, on a busy 2-core machine); at 20,000 it runs a few times a second and
-# pauses ~30 ms. The old thresholds come back when the app ends: tests run many apps in one process.
+# collector runs many times a second while a reply streams, takes a large share of the UI thread and pauses it for
+# visible stretches; a higher threshold runs it a few times a second with short pauses (`python -m bench
+# tui_stream` measures both). The old thresholds come back when the app ends: tests run many apps in one process.
 GC_THRESHOLDS = (20_000, 50, 100)
 
 
