@@ -194,7 +194,7 @@ def test_delete_asks_first(chat: Harness) -> None:
 
 def test_model_shows_and_switches_and_the_conversation_remembers(chat: Harness) -> None:
     chat.run("hello\r")
-    assert "model default: default on cpu (float32)" in chat.run("/model\r")
+    assert "model default on cpu (float32)" in chat.run("/model\r")
     chat.run("/model my-run\rand now?\r")
     assert chat.engines["my-run"].ready and chat.session.model == "my-run"
     assert chat.branch()[-1].model == "my-run"
@@ -558,3 +558,14 @@ def test_markdown_stream_on_a_terminal_ends_with_the_whole_reply_shown() -> None
             stream.feed(word + " ")
     output = console.file.getvalue()
     assert "one two three" in output and "four five" in output
+
+
+def test_the_bundled_model_has_one_name_wherever_it_is_shown(home: DataHome) -> None:
+    """Started with the alias `default`, the banner, the toolbar's model, /list and /model all say `smollm2`, the
+    name its replies carry."""
+    chat = Harness(home)
+    output = chat.run("hello\r/list\r/model\r")
+    assert "model smollm2 (loads with your first message)" in output
+    (row,) = [line for line in output.splitlines() if line.lstrip().startswith("*")]
+    assert "smollm2" in row and "default" not in row
+    assert chat.store.get_conversation(chat.session.conversation_id).model == "smollm2"

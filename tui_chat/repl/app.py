@@ -24,6 +24,7 @@ from rich.text import Text
 
 from sessions import Message, StoreError, TrainingRun
 from trainer.home import DataHome
+from trainer.model_names import engine_name
 
 from tui_chat.chat import commands
 from tui_chat.chat.commands import CommandError
@@ -87,7 +88,7 @@ class Repl:
         """Read and handle input until /quit or Ctrl+D."""
         if not self.plain:
             self.console.print(
-                f"[bold]tui-chat[/] · model [cyan]{escape(self.session.model)}[/] (loads with your first message) · "
+                f"[bold]tui-chat[/] · model [cyan]{escape(engine_name(self.session.model))}[/] (loads with your first message) · "
                 "/help for commands · Ctrl+D to leave",
                 highlight=False,
             )
@@ -138,7 +139,7 @@ class Repl:
 
     def _toolbar(self) -> str:
         where = f"conversation {self.session.conversation_id}" if self.session.conversation_id else "new conversation"
-        line = f" {self.session.model} · {where} │ {TOOLBAR_KEYS}"
+        line = f" {engine_name(self.session.model)} · {where} │ {TOOLBAR_KEYS}"
         training = self._training_lines()
         return "\n".join([*training, line])
 
@@ -223,7 +224,7 @@ class Repl:
         finally:
             if stats:
                 engine = self.session.engine
-                line = _describe(stats[-1], engine.name if engine else self.session.model)
+                line = _describe(stats[-1], engine.name if engine else engine_name(self.session.model))
                 self.status_console.print(Text(line, style="dim"), highlight=False)
         return message
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sessions import Message, minute_text
+from trainer.model_names import engine_name
 
 from tui_chat.chat import commands
 from tui_chat.chat.commands import (
@@ -135,9 +136,9 @@ class ReplCommands:
             return
         info = self.session.engine_info()
         if info is not None:
-            self.repl.info(f"model {self.session.model}: {info.name} on {info.device} ({info.dtype})")
+            self.repl.info(f"model {info.name} on {info.device} ({info.dtype})")
         else:
-            self.repl.info(f"model {self.session.model} (loads with your next message)")
+            self.repl.info(f"model {engine_name(self.session.model)} (loads with your next message)")
         self.repl.info("switch with /model SPEC: " + ", ".join(self.repl.model_names()) + ", a directory or a Hub id")
 
     @run.register
