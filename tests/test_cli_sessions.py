@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from sessions import Store, memory_database
 from trainer.home import DataHome
 from tui_chat.cli import CliContext, main
-from tui_chat.cli.sessions import run_export_command
+from tui_chat.chat.commands import CommandError
+from tui_chat.chat.export import run_export
 
 
 @pytest.fixture
@@ -134,17 +135,17 @@ def test_export_options(invoke, store: Store, tmp_path: Path) -> None:
     assert pairs.exit_code == 1 and "nothing to export" in pairs.output
 
 
-def test_run_export_command_shares_the_options_and_prints_nothing(store, home, tmp_path, capsys) -> None:
+def test_chat_export_shares_the_cli_options_and_prints_nothing(store, home, tmp_path, capsys) -> None:
     chat(store, "q", "question", "answer")
-    summary = run_export_command(store, home, ["--out", str(tmp_path / "x.jsonl"), "--min-rating", "0"])
+    summary = run_export(store, home, ["--out", str(tmp_path / "x.jsonl"), "--min-rating", "0"])
     assert summary.startswith("exported 1 conversation to") and "\n" not in summary
     assert (tmp_path / "x.jsonl").exists()
-    with pytest.raises(click.ClickException) as bad:
-        run_export_command(store, home, ["--format", "yaml"])
-    assert "\n" not in bad.value.format_message() and "'yaml' is not one of" in bad.value.format_message()
-    with pytest.raises(click.ClickException, match="no conversation 7"):
-        run_export_command(store, home, ["--conversation", "7"])
-    assert "--val-fraction" in run_export_command(store, home, ["--help"])
+    with pytest.raises(CommandError) as bad:
+        run_export(store, home, ["--format", "yaml"])
+    assert "\n" not in str(bad.value) and "'yaml' is not one of" in str(bad.value)
+    with pytest.raises(CommandError, match="no conversation 7"):
+        run_export(store, home, ["--conversation", "7"])
+    assert "--val-fraction" in run_export(store, home, ["--help"])
     assert capsys.readouterr().out == ""
 
 
