@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install chat test bench clean
+.PHONY: install chat test test-fast bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ chat: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The edit-test loop: all but the real bundled model (`slow`, which also holds wall-clock bounds) and tmux (`e2e`).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not e2e"
 
 bench: install
 	$(BIN)/python -m bench

@@ -1,18 +1,21 @@
-"""The session store: every conversation kept in SQLite, searchable, exportable as training data."""
+"""The session store: every conversation kept in SQLite, searchable, exportable as training data.
 
-from .store import (
+store.py holds ``Store`` (opening, locking, transactions) and composes one part per table: conversations.py,
+messages.py, search.py, training_runs.py; records.py has the records and errors they share; migrations.py the
+schema; export.py and importers.py move conversations in and out as files; text.py formats them for people.
+"""
+
+from .records import (
     Conversation,
     Message,
     NewConversation,
     NewMessage,
     NotFound,
     SearchHit,
-    Store,
     StoreError,
     TrainingRun,
-    connect,
-    memory_database,
 )
+from .store import Store, connect, memory_database
 from .text import counted, minute_text, one_line, title_from
 
 __all__ = [

@@ -63,7 +63,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .store import Conversation, Message, Store, StoreError
+from .records import Conversation, Message, StoreError
+from .store import Store
 from .text import counted, minute_text
 
 FORMATS = ("messages", "preference", "markdown")

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .store import ROLES, NewConversation, NewMessage, Store, StoreError
+from .records import ROLES, NewConversation, NewMessage, StoreError
+from .store import Store
 from .text import counted, title_from
 
 CHATGPT_TEXT_TYPES = ("text", "multimodal_text")  # content types whose string parts are conversation text

@@ -61,6 +61,8 @@ def test_seed_makes_sampling_reproducible(tiny_engine: HFEngine) -> None:
 
 
 def test_stop_ends_generation_promptly(tiny_engine: HFEngine) -> None:
+    # How soon, in seconds, is test_bundled_stop_returns_within_one_token's claim (slow: wall-clock bounds flake on
+    # a shared machine); here, that Stop ends the reply early.
     stop = threading.Event()
     params = GenerationParams(temperature=0, max_new_tokens=40, repetition_penalty=1.0)
     stream = tiny_engine.stream(ask("tell me a story"), params, stop)
@@ -69,14 +71,11 @@ def test_stop_ends_generation_promptly(tiny_engine: HFEngine) -> None:
         if isinstance(chunk, TextDelta):
             received += 1
             if received == 3:
-                stopped_at = time.perf_counter()
                 stop.set()
         else:
             stats = chunk
-    latency = time.perf_counter() - stopped_at
     assert stats.finish_reason == "stopped"
     assert stats.new_tokens < 40
-    assert latency < 0.2
 
 
 def test_abandoning_a_stream_ends_its_thread_and_frees_the_engine(tiny_engine: HFEngine) -> None:

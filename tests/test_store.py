@@ -124,7 +124,7 @@ def test_search_ranks_among_the_most_recent_matches(store: Store, monkeypatch) -
     best = store.add_message(chat.id, "user", "kiwi kiwi kiwi kiwi")  # the best match, but the oldest
     newer = [store.add_message(chat.id, "user", f"kiwi and other fruit number {n}") for n in range(4)]
     assert store.search("kiwi")[0].message_id == best.id
-    monkeypatch.setattr("sessions.store.SEARCH_CANDIDATES", 3)
+    monkeypatch.setattr("sessions.search.SEARCH_CANDIDATES", 3)
     assert {hit.message_id for hit in store.search("kiwi")} == {m.id for m in newer[-3:]}
 
 

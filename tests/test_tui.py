@@ -30,6 +30,7 @@ from .tui_helpers import (
     SIZE,
     GatedEngine,
     build_app,
+    chat_screen,
     idle,
     notifications,
     ready,
@@ -376,8 +377,9 @@ async def test_a_model_that_fails_to_load_keeps_the_current_one(home, store):
 async def test_load_failure_is_shown_and_the_app_keeps_working(home, store):
     engine = FakeEngine(load_error="the model file is damaged; reinstall it")
     async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
-        screen = await ready(pilot)
-        assert screen.engine is None
+        screen = chat_screen(pilot)
+        await wait_for(pilot, lambda: screen.status.failure is not None, what="the load to fail")
+        assert screen.engine is None and screen.loading_model is None
         assert "the model file is damaged" in str(screen.status.render_text())
         assert any("damaged" in n for n in notifications(pilot))
         assert "No model loaded" in screen.prompt.placeholder
@@ -454,7 +456,9 @@ async def test_slash_commands(home, store):
         assert screen.prompt.text == "/nonsense", "a command that failed stays in the box to fix"
         assert any("unknown command /nonsense" in n for n in notifications(pilot))
         await send(pilot, "/set temperature hot")
-        assert any("temperature" in n for n in notifications(pilot))
+        assert any(n.startswith("/set temperature:") and "'hot'" in n for n in notifications(pilot))
+        assert screen.prompt.text == "/set temperature hot"
+        assert store.get_conversation(conversation_id).params["temperature"] == 0.2
 
         await send(pilot, "//etc/hosts is a file")
         await idle(pilot)

@@ -70,11 +70,17 @@ async def wait_for(pilot: Pilot, condition: Callable[[], object], timeout: float
 
 
 async def ready(pilot: Pilot, timeout: float = 10.0) -> ChatScreen:
-    """Wait until the model has loaded (or failed to)."""
+    """Wait until a model is loaded and no other is loading; a first load that fails fails the test at once."""
     screen = chat_screen(pilot)
-    await wait_for(
-        pilot, lambda: screen.loading_model is None and screen.is_mounted, timeout=timeout, what="the model to load"
-    )
+
+    def loaded() -> bool:
+        if not screen.is_mounted:
+            return False
+        if screen.engine is None and screen.status.failure is not None:
+            raise AssertionError(f"the model failed to load: {screen.status.failure}")
+        return screen.engine is not None and screen.loading_model is None
+
+    await wait_for(pilot, loaded, timeout=timeout, what="the model to load")
     await pilot.pause()
     return screen
 
