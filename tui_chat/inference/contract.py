@@ -42,12 +42,14 @@ class GenerationParams:
         kinds = {f.name: f.type for f in fields(self)}
         if name not in kinds:
             raise ValueError(f"unknown setting {name!r}; settings: {', '.join(kinds)}")
-        if name == "seed":
-            value: Any = None if raw.lower() in ("none", "off", "") else int(raw)
-        elif name in ("top_k", "max_new_tokens"):
-            value = int(raw)
-        else:
-            value = float(raw)
+        whole = name in ("seed", "top_k", "max_new_tokens")
+        try:
+            if name == "seed" and raw.lower() in ("none", "off", ""):
+                value: Any = None
+            else:
+                value = int(raw) if whole else float(raw)
+        except ValueError:
+            raise ValueError(f"{name} takes {'a whole number' if whole else 'a number'}, not {raw!r}") from None
         values = self.to_dict()
         values[name] = value
         return GenerationParams(**values).validated()
