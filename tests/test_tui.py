@@ -32,6 +32,8 @@ from .tui_helpers import (
     build_app,
     idle,
     notifications,
+    SlowLoadingEngine,
+    chat_screen,
     ready,
     send,
     wait_for,
@@ -384,6 +386,34 @@ async def test_load_failure_is_shown_and_the_app_keeps_working(home, store):
         await send(pilot, "hello?")
         assert screen.prompt.text == "hello?", "the message stays in the box to send later"
         assert any("No model is loaded" in n for n in notifications(pilot))
+        assert store.count_conversations() == 0
+
+
+async def test_a_message_sent_while_the_model_loads_is_sent_once_it_is_ready(home, store):
+    engine = SlowLoadingEngine(["hello back"])
+    async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = chat_screen(pilot)
+        await wait_for(pilot, lambda: screen.loading_model is not None, what="the model to start loading")
+        await pilot.press(*"hello", "enter")
+        assert screen.prompt.text == "hello", "it waits in the box"
+        assert any("sent once it is ready" in n for n in notifications(pilot))
+        engine.loaded.set()
+        await wait_for(pilot, lambda: store.count_conversations() == 1, what="the message to be sent")
+        await idle(pilot)
+        assert screen.prompt.text == ""
+        assert [m.content for m in store.active_branch(screen.conversation.id)] == ["hello", "hello back"]
+
+
+async def test_a_waiting_message_changed_before_the_model_is_ready_is_not_sent(home, store):
+    engine = SlowLoadingEngine(["hello back"])
+    async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = chat_screen(pilot)
+        await wait_for(pilot, lambda: screen.loading_model is not None, what="the model to start loading")
+        await pilot.press(*"hello", "enter", *" there")
+        engine.loaded.set()
+        await ready(pilot)
+        await pilot.pause(0.1)
+        assert screen.prompt.text == "hello there", "still being written: Enter sends it"
         assert store.count_conversations() == 0
 
 

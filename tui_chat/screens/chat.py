@@ -122,6 +122,7 @@ class ChatScreen(Screen):
         self.engine: Engine | None = None
         self.engine_info: EngineInfo | None = None
         self.loading_model: str | None = None  # the spec being loaded
+        self._send_when_loaded: str | None = None  # a message sent while the model loaded: it waits in the box
         self.conversation: Conversation | None = None  # None: a new chat, created by its first message
         self.branch: list[sessions.Message] = []  # the active branch as shown, root first
         self.commands = ChatCommands(self)
@@ -300,9 +301,13 @@ class ChatScreen(Screen):
                 self.conversation = self.store.update_conversation(self.conversation.id, model=message.engine.name)
             self.notify(f"Now chatting with {message.info.name} ({message.info.device}/{message.info.dtype}).")
         self.count_context()
+        waiting, self._send_when_loaded = self._send_when_loaded, None
+        if waiting is not None and self.prompt.text == waiting:
+            self.prompt.submit()
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:
         self.loading_model = None
+        self._send_when_loaded = None  # the message stays in the box
         self.status.show_failure(f"model {message.spec} failed to load: {message.error}")  # (still on the old one)
         self._update_placeholder()
         self.notify(message.error, title=f"Model {message.spec} failed to load", severity="error", timeout=10)
@@ -425,6 +430,12 @@ class ChatScreen(Screen):
             return
         if text.startswith("//"):
             text = text[1:]  # "//" escapes a message that starts with a slash
+        if self.loading_model is not None and not self.generating:
+            # As the placeholder promises: sent once the model is ready (unless changed in the box before then).
+            self._send_when_loaded = event.text
+            self.prompt.restore(event.text)
+            self.notify(f"The model ({self.loading_model}) is still loading; the message is sent once it is ready.")
+            return
         if not self.can_generate():
             self.prompt.restore(event.text)
             return
