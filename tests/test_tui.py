@@ -417,6 +417,16 @@ async def test_a_waiting_message_changed_before_the_model_is_ready_is_not_sent(h
         assert store.count_conversations() == 0
 
 
+async def test_a_chat_with_no_messages_yet_is_counted_as_empty(home, store):
+    """/set before the first message saves the chat; opened again (here at start-up), the model must not be asked
+    to count no messages (chat templates reject them: the app crashed on every start)."""
+    empty = store.create_conversation()
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await wait_for(pilot, lambda: "context 0/" in str(screen.status.render_text()), what="the context count")
+        assert screen.conversation.id == empty.id
+
+
 async def test_generation_failure_marks_the_reply_failed(home, store):
     engine = FakeEngine()
     engine.fail_with = "out of memory; try a smaller max_new_tokens"

@@ -343,9 +343,9 @@ class ChatScreen(Screen):
         engine, info, conversation = self.engine, self.engine_info, self.conversation
         if engine is None or info is None:
             return
-        used = 0
-        if conversation is not None:
-            used = engine.count_tokens(conversation_messages(self.store, conversation.id))
+        messages = conversation_messages(self.store, conversation.id) if conversation is not None else []
+        # A chat saved before its first message (/set does that) holds none; chat templates reject an empty list.
+        used = engine.count_tokens(messages) if messages else 0
         self.post_message(ContextCounted(conversation.id if conversation else None, used, info.context_limit))
 
     def on_context_counted(self, message: ContextCounted) -> None:
