@@ -11,6 +11,7 @@ One app session and one model load: ~60 s on the 2-core machine at load ~2.
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -18,7 +19,11 @@ import pytest
 
 from .test_e2e_tmux import TUI_CHAT, Terminal
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+]
 
 ESCAPE_DELAY_S = 0.3  # after Esc: a key sent sooner reaches the app as Alt+key (tmux sends Alt as an Esc prefix)
 FINISHED_REPLY = r"smollm2  ·  \d+ tokens"  # the header of a finished reply
