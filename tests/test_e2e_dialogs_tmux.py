@@ -1,11 +1,13 @@
 """End to end: every dialog of the chat window, opened and closed from the keyboard in a real terminal (tmux).
 
-Each dialog is closed with Esc and then, where it has one, with its own Cancel/Close button (Shift+Tab to it,
-Enter) or close key; after each close, typed text must reach the message box, and messages must still be answered.
-The /train form once left the window deaf to every key after Esc (it overwrote Textual's ``_closed``) while a Pilot
-test passed: only a real terminal showed it.
+Each dialog is closed with Esc and then, where it has one, with its own Cancel button (Shift+Tab to it, Enter) or
+close key (F1 for help; export, the model switcher, the runs list and the palette have only Esc); after each close,
+typed text must reach the message box, and messages must still be answered. The /train form once left the window
+deaf to every key after Esc (it overwrote Textual's ``_closed``) while a Pilot test passed: only a real terminal
+showed it.
 
-One app session and one model load: ~60 s on the 2-core machine at load ~2.
+One app session and one model load: 65 s on the 2-core machine at load ~5 (25 s of it converting the bundled model,
+shared with the other real-model tests), 2 min at load ~7.
 """
 
 from __future__ import annotations
