@@ -58,6 +58,8 @@ class FakeEngine:
         return EngineInfo(name=self.name, device="cpu", dtype="float32", context_limit=self.context_limit)
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        if not messages:  # as real chat templates do
+            raise EngineError("the chat template of fake-model rejects these messages: an empty conversation")
         return sum(len(m["content"].split()) + 4 for m in messages)
 
     def stream(

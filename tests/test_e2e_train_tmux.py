@@ -7,6 +7,7 @@ load ~9."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import time
 
@@ -14,7 +15,11 @@ import pytest
 
 from .test_e2e_tmux import TUI_CHAT, Terminal
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+]
 
 RUN_NAME = r"smollm2-sft-\d{8}-\d{6}(?:-\d+)?"
 QUESTIONS = ["What is the capital of France?", "Name a primary colour.", "How many legs does a spider have?",

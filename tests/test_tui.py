@@ -30,9 +30,10 @@ from .tui_helpers import (
     SIZE,
     GatedEngine,
     build_app,
-    chat_screen,
     idle,
     notifications,
+    SlowLoadingEngine,
+    chat_screen,
     ready,
     send,
     wait_for,
@@ -387,6 +388,44 @@ async def test_load_failure_is_shown_and_the_app_keeps_working(home, store):
         assert screen.prompt.text == "hello?", "the message stays in the box to send later"
         assert any("No model is loaded" in n for n in notifications(pilot))
         assert store.count_conversations() == 0
+
+
+async def test_a_message_sent_while_the_model_loads_is_sent_once_it_is_ready(home, store):
+    engine = SlowLoadingEngine(["hello back"])
+    async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = chat_screen(pilot)
+        await wait_for(pilot, lambda: screen.loading_model is not None, what="the model to start loading")
+        await pilot.press(*"hello", "enter")
+        assert screen.prompt.text == "hello", "it waits in the box"
+        assert any("sent once it is ready" in n for n in notifications(pilot))
+        engine.loaded.set()
+        await wait_for(pilot, lambda: store.count_conversations() == 1, what="the message to be sent")
+        await idle(pilot)
+        assert screen.prompt.text == ""
+        assert [m.content for m in store.active_branch(screen.conversation.id)] == ["hello", "hello back"]
+
+
+async def test_a_waiting_message_changed_before_the_model_is_ready_is_not_sent(home, store):
+    engine = SlowLoadingEngine(["hello back"])
+    async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = chat_screen(pilot)
+        await wait_for(pilot, lambda: screen.loading_model is not None, what="the model to start loading")
+        await pilot.press(*"hello", "enter", *" there")
+        engine.loaded.set()
+        await ready(pilot)
+        await pilot.pause(0.1)
+        assert screen.prompt.text == "hello there", "still being written: Enter sends it"
+        assert store.count_conversations() == 0
+
+
+async def test_a_chat_with_no_messages_yet_is_counted_as_empty(home, store):
+    """/set before the first message saves the chat; opened again (here at start-up), the model must not be asked
+    to count no messages (chat templates reject them: the app crashed on every start)."""
+    empty = store.create_conversation()
+    async with build_app(home=home, store=store).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await wait_for(pilot, lambda: "context 0/" in str(screen.status.render_text()), what="the context count")
+        assert screen.conversation.id == empty.id
 
 
 async def test_generation_failure_marks_the_reply_failed(home, store):

@@ -11,7 +11,7 @@ from textual.pilot import Pilot
 from sessions import Store, memory_database
 from trainer.home import DataHome
 from tui_chat.tui.app import ChatApp, make_app
-from tui_chat.inference.contract import Chunk, Engine, GenerationParams
+from tui_chat.inference.contract import Chunk, Engine, EngineInfo, GenerationParams, ProgressCallback
 from tui_chat.tui.screens.chat import ChatScreen
 
 from .fakes import FakeEngine
@@ -54,6 +54,18 @@ class GatedEngine(FakeEngine):
                 if stopped():
                     continue  # the held word is never sent; the fake then ends with its stats
             yield chunk
+
+
+class SlowLoadingEngine(FakeEngine):
+    """Loads only once ``loaded`` is set: a test can act while the model is still loading."""
+
+    def __init__(self, replies: list[str]) -> None:
+        super().__init__(replies)
+        self.loaded = threading.Event()
+
+    def load(self, progress: ProgressCallback | None = None) -> EngineInfo:
+        self.loaded.wait(timeout=10)
+        return super().load(progress)
 
 
 def chat_screen(pilot: Pilot) -> ChatScreen:

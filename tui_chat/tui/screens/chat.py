@@ -28,6 +28,7 @@ from textual.widgets import Footer, Header, TextArea
 import sessions
 from sessions import Conversation, Store, StoreError
 from trainer.home import DataHome
+from trainer.model_names import engine_name
 
 from tui_chat.chat import commands
 from tui_chat.tui.keys import CHAT_ACTIONS, chat_bindings
@@ -121,6 +122,7 @@ class ChatScreen(ChatActions, ChatTraining, Screen):
         self.loading_model: str | None = None  # the spec being loaded
         # The chat core: the open conversation (None: a new chat, created by its first message) and its rules.
         self.session = ChatSession(store, engine_factory, model=engine if isinstance(engine, str) else engine.name)
+        self._send_when_loaded: str | None = None  # a message sent while the model loaded: it waits in the box
         self.branch: list[sessions.Message] = []  # the active branch as shown, root first
         self.commands = ChatCommands(self)
         self._job = 0
@@ -250,7 +252,7 @@ class ChatScreen(ChatActions, ChatTraining, Screen):
         if self.generating:
             self.notify("A reply is being generated: wait for it, or press Esc to stop it.", severity="warning")
         elif self.loading_model is not None:
-            self.notify(f"The model ({self.loading_model}) is still loading; try again in a moment.", severity="warning")
+            self.notify(f"The model ({engine_name(self.loading_model)}) is still loading; try again in a moment.", severity="warning")
         elif self.engine is None:
             self.notify("No model is loaded: switch model with Alt+M or /model SPEC.", severity="error")
         else:
@@ -285,11 +287,11 @@ class ChatScreen(ChatActions, ChatTraining, Screen):
 
     def _loading(self, spec: str) -> None:
         self.loading_model = spec
-        self.status.show_loading(f"loading model {spec}…", None)
+        self.status.show_loading(f"loading model {engine_name(spec)}…", None)
         self._update_placeholder()
 
     def on_model_load_progress(self, message: ModelLoadProgress) -> None:
-        self.status.show_loading(f"{self.loading_model or 'model'}: {message.what}", message.fraction)  # bar: %
+        self.status.show_loading(f"{engine_name(self.loading_model or 'model')}: {message.what}", message.fraction)  # bar: %
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         switched = self.engine is not None
@@ -302,9 +304,13 @@ class ChatScreen(ChatActions, ChatTraining, Screen):
         if switched:
             self.notify(f"Now chatting with {message.info.name} ({message.info.device}/{message.info.dtype}).")
         self.count_context()
+        waiting, self._send_when_loaded = self._send_when_loaded, None
+        if waiting is not None and self.prompt.text == waiting:
+            self.prompt.submit()
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:
         self.loading_model = None
+        self._send_when_loaded = None  # the message stays in the box
         self.status.show_failure(f"model {message.spec} failed to load: {message.error}")  # (still on the old one)
         self._update_placeholder()
         self.notify(message.error, title=f"Model {message.spec} failed to load", severity="error", timeout=10)
@@ -313,7 +319,7 @@ class ChatScreen(ChatActions, ChatTraining, Screen):
         if self.require_idle("switch models") and self.loading_model is None:
             self.load_model(spec.strip())
         elif self.loading_model is not None:
-            self.notify(f"{self.loading_model} is still loading; switch once it is ready.", severity="warning")
+            self.notify(f"{engine_name(self.loading_model)} is still loading; switch once it is ready.", severity="warning")
 
     def local_models(self) -> list[ModelChoice]:
         """The bundled model and the trained runs in the data home (imports torch: call it from a thread)."""
@@ -340,9 +346,9 @@ class ChatScreen(ChatActions, ChatTraining, Screen):
         engine, info, conversation = self.engine, self.engine_info, self.conversation
         if engine is None or info is None:
             return
-        used = 0
-        if conversation is not None:
-            used = engine.count_tokens(conversation_messages(self.store, conversation.id))
+        messages = conversation_messages(self.store, conversation.id) if conversation is not None else []
+        # A chat saved before its first message (/set does that) holds none; chat templates reject an empty list.
+        used = engine.count_tokens(messages) if messages else 0
         self.post_message(ContextCounted(conversation.id if conversation else None, used, info.context_limit))
 
     def on_context_counted(self, message: ContextCounted) -> None:
@@ -421,6 +427,13 @@ class ChatScreen(ChatActions, ChatTraining, Screen):
                 self.prompt.restore(event.text)
             return
         text = commands.message_text(text)
+        if self.loading_model is not None and not self.generating:
+            # As the placeholder promises: sent once the model is ready (unless changed in the box before then).
+            self._send_when_loaded = event.text
+            self.prompt.restore(event.text)
+            self.notify(f"The model ({engine_name(self.loading_model)}) is still loading; the message is sent once it "
+                        "is ready.")
+            return
         if not self.can_generate():
             self.prompt.restore(event.text)
             return

@@ -40,10 +40,7 @@ class PromptInput(TextArea):
         if event.key == "enter":
             event.stop()
             event.prevent_default()
-            text = self.text
-            if text.strip():
-                self.clear()
-                self.post_message(self.Submitted(self, text))
+            self.submit()
             return
         if event.key == "tab" and (completed := completion(self.text)) is not None:
             event.stop()
@@ -57,6 +54,13 @@ class PromptInput(TextArea):
             self.insert("\n")
             return
         await super()._on_key(event)
+
+    def submit(self) -> None:
+        """What Enter does: take the text (unless blank) out of the box and post it."""
+        text = self.text
+        if text.strip():
+            self.clear()
+            self.post_message(self.Submitted(self, text))
 
     def restore(self, text: str) -> None:
         """Put back a message that could not be sent (or a command to fix), unless the user is typing a new one."""
