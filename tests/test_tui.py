@@ -25,6 +25,8 @@ from tui_chat.tui.widgets.chat_view import PAGE_SIZE as CHAT_PAGE
 from tui_chat.tui.widgets.conversation_list import PAGE_SIZE
 from tui_chat.tui.widgets.message_view import MessageView, needs_full_render
 
+from tui_chat.inference.contract import EngineError
+
 from .fakes import FakeEngine
 from .tui_helpers import (
     SIZE,
@@ -725,3 +727,19 @@ async def test_slash_commands_are_hinted_and_tab_completes(home, store):
         screen.prompt.load_text("hello")
         await pilot.press("tab")
         assert not screen.prompt.has_focus  # outside a command, Tab moves on as usual
+
+
+async def test_a_context_count_the_model_refuses_leaves_the_window_running(home, store):
+    """Counting the context is a nicety: an engine that cannot count (its template refuses the messages, its process
+    went away) must not end the app, as a failed worker would."""
+
+    class RefusingToCount(FakeEngine):
+        def count_tokens(self, messages):
+            raise EngineError("the chat template refuses these messages")
+
+    engine = RefusingToCount(["fine"])
+    async with build_app(engine, home=home, store=store).run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "hello")
+        screen = await idle(pilot)
+        assert pilot.app.is_running and screen.branch[-1].content == "fine"

@@ -348,7 +348,10 @@ class ChatScreen(ChatActions, ChatTraining, Screen):
             return
         messages = conversation_messages(self.store, conversation.id) if conversation is not None else []
         # A chat saved before its first message (/set does that) holds none; chat templates reject an empty list.
-        used = engine.count_tokens(messages) if messages else 0
+        try:
+            used = engine.count_tokens(messages) if messages else 0
+        except EngineError:  # a template that refuses these messages, a model process that went away: the count
+            return  # is a nicety, and the next reply says what is wrong if anything is
         self.post_message(ContextCounted(conversation.id if conversation else None, used, info.context_limit))
 
     def on_context_counted(self, message: ContextCounted) -> None:
