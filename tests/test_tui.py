@@ -742,4 +742,6 @@ async def test_a_context_count_the_model_refuses_leaves_the_window_running(home,
         await ready(pilot)
         await send(pilot, "hello")
         screen = await idle(pilot)
+        await send(pilot, "/system Be brief.")  # the context is counted again
+        await pilot.pause(0.2)
         assert pilot.app.is_running and screen.branch[-1].content == "fine"
