@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import pytest
 from textual.pilot import Pilot
 
 from sessions import Store, memory_database
@@ -13,10 +14,25 @@ from trainer.home import DataHome
 from tui_chat.tui.app import ChatApp, make_app
 from tui_chat.inference.contract import Chunk, Engine, EngineInfo, GenerationParams, ProgressCallback
 from tui_chat.tui.screens.chat import ChatScreen
+from tui_chat.tui.widgets.message_view import MessageView
 
 from .fakes import FakeEngine
 
 SIZE = (120, 40)
+
+
+@pytest.fixture
+def home(tmp_path) -> DataHome:
+    return DataHome(tmp_path / "home")
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store(memory_database())
+
+
+def header(view: MessageView) -> str:
+    return str(view.query_one(".message-header").render())
 
 
 def build_app(
