@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx2 as httpx  # the maintained httpx (openai and huggingface_hub use it; so does TestClient)
 import pytest
-import uvicorn
 from starlette.testclient import TestClient
 
 from tests.fakes import FakeEngine
@@ -26,6 +25,7 @@ from tui_chat.inference.contract import GenerationParams, GenerationStats
 from tui_chat.serve.app import make_app
 from tui_chat.serve.catalog import ModelCatalog, ServedModel
 from tui_chat.serve.scheduler import ModelScheduler
+from tui_chat.serve.server import ModelServer
 from tui_chat.serve.stop_strings import StopStrings
 
 URL = "/v1/chat/completions"
@@ -353,17 +353,17 @@ def test_concurrent_requests_queue_and_each_gets_its_own_reply(served: Served, e
 
 
 @contextmanager
-def live_server(app: Any) -> Iterator[str]:
-    """The app on a real uvicorn in a thread, on a free port; yields its base URL."""
+def live_server(served: Served) -> Iterator[tuple[str, ModelServer, threading.Thread]]:
+    """The app on a real uvicorn (as `tui-chat serve` runs it) in a thread, on a free port: its base URL, the server
+    and the thread."""
     listener = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    server = ModelServer(served.scheduler, served.catalog)
+    server.config.log_level = "warning"
+    thread = threading.Thread(target=server.serve_on, args=(listener,), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait_until(lambda: server.started, 10.0)
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", server, thread
     finally:
         server.should_exit = True
         thread.join(10)
@@ -379,7 +379,7 @@ def wait_until(condition: Any, timeout_s: float = 5.0) -> bool:
 def test_a_client_that_disconnects_mid_stream_stops_its_generation(served: Served, engine: WatchedEngine) -> None:
     engine.delay_s = 0.02  # 200 words: 4 s if nobody stopped it
     engine.will_reply(LONG_REPLY)
-    with live_server(served.app()) as base, httpx.Client(base_url=base) as http:
+    with live_server(served) as (base, _, _), httpx.Client(base_url=base) as http:
         with http.stream("POST", URL, json=ask(stream=True)) as response:
             lines = response.iter_lines()
             assert next(line for line in lines if line).startswith("data: ")
@@ -397,7 +397,7 @@ def test_a_client_that_leaves_a_plain_request_stops_it_and_a_queued_one_never_ru
 ) -> None:
     engine.delay_s = 0.02  # 200 words: 4 s if nobody stopped it
     engine.will_reply(LONG_REPLY, "never sent")
-    with live_server(served.app()) as base:
+    with live_server(served) as (base, _, _):
         def leave_after(question: str, seconds: float) -> None:
             with pytest.raises(httpx.ReadTimeout):
                 httpx.post(base + URL, json=ask(question), timeout=seconds)
@@ -411,6 +411,23 @@ def test_a_client_that_leaves_a_plain_request_stops_it_and_a_queued_one_never_ru
         assert engine.finished[0].finish_reason == "stopped" and engine.finished[0].new_tokens < 150
         assert [messages[-1]["content"] for messages, _ in engine.calls] == ["long"]  # the queued one was skipped
         assert httpx.get(base + "/health").json()["pending"] == 0
+
+
+def test_shutting_down_cuts_the_reply_in_progress_short(served: Served, engine: WatchedEngine) -> None:
+    engine.delay_s = 0.02  # 200 words: 4 s, longer than uvicorn's graceful shutdown would wait
+    engine.will_reply(LONG_REPLY)
+    with live_server(served) as (base, server, thread):
+        with httpx.stream("POST", base + URL, json=ask(stream=True)) as response:
+            lines = (line for line in response.iter_lines() if line)
+            assert next(lines).startswith("data: ")
+            asked_at = time.monotonic()
+            server.handle_exit(signal.SIGINT, None)  # what Ctrl+C calls
+            *_, last = lines
+        assert json.loads(last[6:])["error"] == {"message": "the server is shutting down; this reply was cut short",
+                                                 "type": "server_error", "param": None, "code": None}
+        thread.join(5)
+        assert not thread.is_alive() and time.monotonic() - asked_at < 2.0
+    assert engine.finished[-1].finish_reason == "stopped"
 
 
 # ---- the prompt cache, with a tiny real model -------------------------------------------------------------------

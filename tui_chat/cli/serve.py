@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import socket
+import sys
 from typing import Any
 
 import click
 
+from tui_chat.cli.chat import EXIT_INTERRUPTED
 from tui_chat.cli.context import CliContext, engine_options, pass_context
 from tui_chat.inference.contract import EngineError
-
-GRACEFUL_SHUTDOWN_S = 3  # on Ctrl+C, how long replies in progress may go on before their connections are closed
 
 
 @click.command("serve")
@@ -48,13 +48,12 @@ def serve_command(ctx: CliContext, model: str, host: str, port: int, **options: 
       curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
            -d '{"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}]}'
     """
-    import uvicorn
     from rich.console import Console
 
     from tui_chat.repl.load_progress import load_with_progress
-    from tui_chat.serve.app import make_app
     from tui_chat.serve.catalog import ModelCatalog, local_models
     from tui_chat.serve.scheduler import ModelScheduler
+    from tui_chat.serve.server import ModelServer
 
     log = Console(stderr=True, highlight=False)
     try:  # the port first: a busy one fails before seconds of loading
@@ -70,12 +69,11 @@ def serve_command(ctx: CliContext, model: str, host: str, port: int, **options: 
     except EngineError as exc:
         listener.close()
         raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:  # Ctrl+C while the model loads
+        log.print("cancelled")
+        sys.exit(EXIT_INTERRUPTED)
     catalog.models()  # the listing's imports (torch, through the trainer), here rather than in the first request
     bound_host, bound_port = listener.getsockname()[:2]
     click.echo(f"serving {info.name} at http://{bound_host}:{bound_port}/v1 (OpenAI API; conversations are not "
                "stored) · Ctrl+C to stop", err=True)
-    config = uvicorn.Config(make_app(scheduler, catalog), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
-    try:
-        uvicorn.Server(config).run(sockets=[listener])
-    finally:
-        scheduler.close()
+    ModelServer(scheduler, catalog).serve_on(listener)

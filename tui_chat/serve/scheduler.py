@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from tui_chat.inference.contract import (
     Chunk,
     Engine,
+    EngineError,
     EngineFactory,
     EngineInfo,
     GenerationParams,
+    GenerationStats,
 )
 from trainer.model_names import engine_name
 
@@ -51,6 +53,8 @@ class ModelScheduler:
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self.pending = 0  # requests queued or running
+        self.closing = False  # the server is shutting down: replies are cut short, new ones refused
+        self._stops: set[threading.Event] = set()  # the stop events of the requests queued or running
         self._pending_lock = threading.Lock()  # counted on the event loop's thread and on the worker's
 
     @property
@@ -73,6 +77,13 @@ class ModelScheduler:
             self._worker = threading.Thread(target=self._run, name="serve-scheduler", daemon=True)
             self._worker.start()
 
+    def stop_all(self) -> None:
+        """The server is shutting down: the reply in progress ends within a token (its client gets an error saying
+        why) and the queued ones never start, so the connections close at once instead of when the replies end."""
+        self.closing = True
+        for stop in list(self._stops):
+            stop.set()
+
     def close(self) -> None:
         """End the worker after the job it runs; the engine goes with this scheduler."""
         self._jobs.put(None)
@@ -91,15 +102,21 @@ class ModelScheduler:
             except RuntimeError:  # the event loop is closed (the server is shutting down): nobody reads this reply
                 stop.set()
 
+        self._stops.add(stop)
+        if self.closing:
+            stop.set()
         self._count(+1)
         self._jobs.put(_Job(spec, messages, params, stop, deliver))
         try:
             while (item := await items.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise item
+                if self.closing and isinstance(item, GenerationStats) and item.finish_reason == "stopped":
+                    raise EngineError("the server is shutting down; this reply was cut short")
                 yield item  # type: ignore[misc]  # a Chunk
         finally:
             stop.set()
+            self._stops.discard(stop)
 
     def _run(self) -> None:
         """The worker: one job after another until close()."""
