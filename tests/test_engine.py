@@ -282,7 +282,8 @@ def conversation(engine: HFEngine, questions: list[str], params: GenerationParam
     turns = []
     for question in questions:
         messages.append({"role": "user", "content": question})
-        deltas, _ = run(engine, messages, params)
+        deltas, stats = run(engine, messages, params)
+        assert stats.cached_tokens == engine.decoder.reused  # the stats tell callers (the server's usage) too
         turns.append(("".join(deltas), engine.decoder.reused))
         messages.append({"role": "assistant", "content": "".join(deltas)})
     return turns

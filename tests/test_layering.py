@@ -84,6 +84,12 @@ def test_front_ends_do_not_import_each_other():
     assert violations("tui_chat/tui", ("tui_chat.repl", "prompt_toolkit")) == []
     assert violations("tui_chat/repl", ("tui_chat.tui", "textual")) == []
     assert violations("tui_chat/training", ("tui_chat.tui", "tui_chat.repl", "textual", "prompt_toolkit")) == []
+    # The server speaks HTTP to programs: no chat window, no REPL, not the chat core's store-bound session.
+    assert violations("tui_chat/serve", ("tui_chat.tui", "tui_chat.repl", "tui_chat.chat", "tui_chat.cli", "textual",
+                                         "prompt_toolkit")) == []
+    # It drives whatever engine it is given; the model (and torch) lives in that engine.
+    assert violations("tui_chat/serve", ("torch", "transformers", "tui_chat.inference.hf_engine",
+                                         "tui_chat.inference.process_engine")) == []
 
 
 def test_the_rules_see_a_wrong_arrow(tmp_path, monkeypatch):

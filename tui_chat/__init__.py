@@ -8,4 +8,6 @@ The packages, by role (the arrows are checked by tests/test_layering.py):
 - ``tui``: the Textual chat window (app, stylesheet, screens, widgets). Displays the core; never imports torch.
 - ``repl``: the line-oriented front end (prompt-toolkit) and console output shared with `ask`.
 - ``training``: `/train` from inside the chat: plan, launch, monitor, summary. Never imports torch when planning.
+- ``serve``: `tui-chat serve`, the model behind an OpenAI-compatible HTTP API (Starlette on uvicorn). Imports
+  ``inference.contract``; no front end and not the chat core (what it is sent is not stored yet).
 """

@@ -14,6 +14,7 @@ from trainer.home import DataHome
 from tui_chat.cli.chat import ask_command, repl_command
 from tui_chat.cli.context import CliContext, engine_options, engine_settings, pass_context  # noqa: F401  (CliContext: tests build one)
 from tui_chat.cli.models import models_group
+from tui_chat.cli.serve import serve_command
 from tui_chat.cli.sessions import backup_command, import_command, sessions_group
 from tui_chat.cli.train import train_command
 from tui_chat.chat.export import export_command
@@ -60,5 +61,5 @@ def chat_command(ctx: CliContext, model: str | None, **options: Any) -> None:
 
 
 for command in (ask_command, repl_command, sessions_group, export_command, import_command, backup_command,
-                train_command, models_group):
+                train_command, models_group, serve_command):
     main.add_command(command)

@@ -82,6 +82,7 @@ class GenerationStats:
     finish_reason: str  # one of FINISH_REASONS
     dropped_messages: int = 0  # oldest turns left out to fit the context window
     context_limit: int | None = None
+    cached_tokens: int = 0  # prompt tokens taken from the engine's prompt cache instead of being encoded again
 
     @property
     def tokens_per_s(self) -> float:

@@ -297,6 +297,7 @@ class HFEngine:
                 finish_reason=reply.finish_reason,
                 dropped_messages=dropped,
                 context_limit=loaded.context_limit,
+                cached_tokens=self.decoder.reused,
             )
         finally:
             self._generate_lock.release()

@@ -1,0 +1,179 @@
+"""The Starlette app: `POST /v1/chat/completions` (plain or streamed), `GET /v1/models`, `GET /health`.
+
+Built by ``make_app(scheduler, catalog)`` from objects the caller made, so tests hand in a fake engine's scheduler.
+A request is checked in full before it queues: a bad one gets 400 and an unknown model 404 at once, with an OpenAI
+error body. A stream's status goes out as it starts (a queued client knows it is connected); a failure after that
+(a model that fails to load, a model process that died) ends the stream with an error event, which OpenAI clients
+raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import traceback
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from sessions import one_line
+from trainer.model_names import engine_name
+
+from tui_chat.inference.contract import EngineError, TextDelta
+from tui_chat.serve.catalog import ModelCatalog
+from tui_chat.serve.protocol import (
+    CompletionRequest,
+    RequestError,
+    chunk_body,
+    completion_body,
+    completion_id,
+    error_body,
+    finish_reason,
+    now,
+    parse_completion_request,
+    sse,
+    usage_body,
+)
+from tui_chat.serve.scheduler import ModelScheduler
+from tui_chat.serve.stop_strings import StopStrings
+
+CLIENT_CLOSED_REQUEST = 499  # the status access logs show for a client that left before its reply (nginx's code)
+
+
+def make_app(scheduler: ModelScheduler, catalog: ModelCatalog) -> Starlette:
+    """The server's app around a started ``scheduler`` and the ``catalog`` of model names it answers to."""
+
+    async def chat_completions(request: Request) -> Response:
+        completion = parse_completion_request(await request.body())
+        # No `model`: whichever is loaded now. Resolving lists the data home's models: disk, off the event loop.
+        spec = await run_in_threadpool(catalog.resolve, completion.model) if completion.model else scheduler.spec
+        stop = threading.Event()
+        if completion.stream:
+            return StreamingResponse(_events(scheduler, spec, completion, stop), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        watcher = asyncio.create_task(_stop_on_disconnect(request, stop))
+        try:
+            body = await _complete(scheduler, spec, completion, stop)
+        except Exception as exc:
+            return JSONResponse(_failure_body(exc), status_code=500)
+        finally:
+            watcher.cancel()
+        # None: the client left while its request waited (skipped) or ran; nobody reads this status.
+        return JSONResponse(body) if body is not None else Response(status_code=CLIENT_CLOSED_REQUEST)
+
+    async def models(request: Request) -> Response:
+        served = await run_in_threadpool(catalog.models)
+        return JSONResponse({"object": "list", "data": [
+            {"id": model.id, "object": "model", "created": model.created, "owned_by": "tui-chat"} for model in served
+        ]})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": scheduler.model, "loaded": scheduler.ready,
+                             "pending": scheduler.pending})
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+        ],
+        exception_handlers={RequestError: _request_error, HTTPException: _http_error, Exception: _server_error},
+    )
+
+
+async def _complete(scheduler: ModelScheduler, spec: str, completion: CompletionRequest,
+                    stop: threading.Event) -> dict | None:
+    """The whole reply as one chat.completion object; None when the client left before it was made."""
+    request_id, created = completion_id(), now()
+    stops = StopStrings(completion.stop)
+    text, stats = [], None
+    async for chunk in scheduler.stream(spec, completion.messages, completion.params, stop):
+        if isinstance(chunk, TextDelta):
+            text.append(stops.feed(chunk.text))
+            if stops.hit:
+                stop.set()  # the reply ends at the stop string: no need to decode past it
+        else:
+            stats = chunk
+    if stats is None:
+        return None
+    text.append(stops.flush())
+    finish = finish_reason(stats, stops.hit)
+    return completion_body(request_id, created, engine_name(spec), "".join(text), finish, stats)
+
+
+async def _events(scheduler: ModelScheduler, spec: str, completion: CompletionRequest,
+                  stop: threading.Event) -> AsyncIterator[str]:
+    """The reply as server-sent chunks: the role with the first text, the text as it comes, the finish reason, the
+    usage when asked for, then ``[DONE]``. If the client disconnects, Starlette cancels this generator (its
+    ``listen_for_disconnect``), and leaving it sets ``stop``: the model stops within one token."""
+    request_id, created, model = completion_id(), now(), engine_name(spec)
+    stops = StopStrings(completion.stop)
+    role = {"role": "assistant"}  # sent once, with the first chunk
+    try:
+        async for chunk in scheduler.stream(spec, completion.messages, completion.params, stop):
+            if isinstance(chunk, TextDelta):
+                text = stops.feed(chunk.text)
+                if stops.hit:
+                    stop.set()
+                if text or role:
+                    yield sse(chunk_body(request_id, created, model, {**role, "content": text}))
+                    role = {}
+                continue
+            tail = stops.flush()
+            if tail or role:
+                yield sse(chunk_body(request_id, created, model, {**role, "content": tail}))
+            yield sse(chunk_body(request_id, created, model, {}, finish_reason(chunk, stops.hit)))
+            if completion.include_usage:
+                yield sse(chunk_body(request_id, created, model, {}, usage=usage_body(chunk)))
+        yield sse("[DONE]")
+    except Exception as exc:  # the status (200) went out as the stream began: the error is its last event
+        yield sse(_failure_body(exc))
+    finally:
+        stop.set()
+
+
+async def _stop_on_disconnect(request: Request, stop: threading.Event) -> None:
+    """Set ``stop`` when the client goes away while its (non-streamed) reply is made. The body has been read, so
+    the next ASGI message is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    stop.set()
+
+
+def _failure_body(exc: Exception) -> dict:
+    """The error body for a reply that failed: the engine's own line, or for a bug its type and message (the
+    traceback goes to the server's log)."""
+    if isinstance(exc, EngineError):
+        return error_body(one_line(str(exc), 500), kind="server_error")
+    traceback.print_exception(exc, file=sys.stderr)
+    return _internal_error_body(exc)
+
+
+def _internal_error_body(exc: Exception) -> dict:
+    message = f"internal error: {one_line(f'{type(exc).__name__}: {exc}', 300)}; see the server's log"
+    return error_body(message, kind="server_error")
+
+
+async def _request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 (no such path) and 405 (wrong method), as OpenAI error bodies."""
+    assert isinstance(exc, HTTPException)
+    message = {404: f"no such endpoint: {request.url.path}; the endpoints are POST /v1/chat/completions, "
+                    "GET /v1/models and GET /health",
+               405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    return JSONResponse(error_body(message, kind="invalid_request_error"), status_code=exc.status_code)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """A bug outside a reply: one line to the client; Starlette then raises it again for uvicorn to log."""
+    return JSONResponse(_internal_error_body(exc), status_code=500)
