@@ -35,6 +35,7 @@ from .base_answers import CACHE_DIR
 from .batching import IGNORE_INDEX, Collator, LengthGroupedBatches, padding_efficiency
 from .config import SFTConfig, validate
 from .data import Conversation, DataError, read_jsonl, split_conversations
+from .devices import bf16_is_fast
 from .distill import mass_outside_top_k, teacher_targets
 from .cpu_threads import ThreadGovernor
 from .evaluate import EvalResult, evaluate
@@ -78,20 +79,6 @@ class TrainingData:
     val_conversations: list[Conversation]
     files: TrainingFiles
     replay_from: int  # index of the first replay example in ``train``
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bf16 autocast speeds training up on ``device``.
-
-    CUDA: on every GPU with bf16 units. CPU: where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); measured on
-    this project's 2-core AVX512-BF16 machine with the bundled model (LoRA, 4 x 256 tokens), bf16 autocast trained
-    ~1.6x faster than fp32 (see bench/train.py). Without native bf16 the emulation is slower than fp32.
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
 
 
 def _slug(text: str) -> str:
