@@ -252,9 +252,9 @@ def _save_model(
     if hasattr(final, "config"):
         final.config.use_cache = True  # gradient checkpointing turns the KV cache off; the chat needs it
     if accelerator.is_main_process:
-        from .models import _quiet_transformers  # no tqdm "Writing model shards" bar under our progress
+        from .models import quiet_transformers  # no tqdm "Writing model shards" bar under our progress
 
-        with _quiet_transformers():
+        with quiet_transformers():
             final.save_pretrained(run_dir, state_dict=state_dict)
             tokenizer.save_pretrained(run_dir)
 
