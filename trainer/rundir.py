@@ -4,6 +4,9 @@ A run dir holds ``train_config.json`` and ``progress.jsonl`` from the start, ``c
 trains, and at the end the model (or adapter), tokenizer, ``metrics.json``, ``loss.png`` and ``report.md``. The
 ``COMPLETE`` marker is written last (atomically); a directory with ``train_config.json`` and no ``COMPLETE`` is an
 unfinished run (training, stopped or crashed) and must not be offered as a model.
+
+Everything in it is private to the user (dirs 0700, files 0600): it holds their chats (the replay, the report's
+samples) and a model trained on them.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,29 @@ def is_run_dir(path: Path) -> bool:
 def is_complete(path: Path) -> bool:
     """A run that finished and saved its model: the only kind of run dir that may be loaded as a model."""
     return (Path(path) / COMPLETE).is_file()
+
+
+@contextmanager
+def private_files() -> Iterator[None]:
+    """Create every file and folder private to the user while the block runs (umask 077), then restore the umask.
+
+    A umask rather than a chmod after each write: most files of a run are written by libraries (transformers'
+    save_pretrained, safetensors, torch.save for checkpoints, matplotlib), so only the process's umask reaches them
+    all, and new writers are covered without anyone remembering to. It is process-wide: threads writing files
+    meanwhile get private files too, which is harmless.
+    """
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def create(path: Path) -> None:
+    """Make the run dir (and its missing parents) 0700, also when ``--out`` named an existing empty folder."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

@@ -274,7 +274,7 @@ def run_sft(config: SFTConfig, progress: ProgressReporter) -> Path:
     else:
         governor.start()
     try:
-        with stop_on_signals() as stop:
+        with stop_on_signals() as stop, rundir.private_files():
             return _run(config, progress, stop, governor)
     finally:
         torch.set_num_threads(threads)  # a caller in the same process (tests, `tui-chat train`) gets its own back
@@ -351,7 +351,7 @@ def _run(
         # The run dir appears only once model and data are known good: a typo in --model leaves nothing behind.
         if not config.resume:
             home.ensure()
-            run_dir.mkdir(parents=True, exist_ok=True)
+            rundir.create(run_dir)
             rundir.write_json_atomic(
                 run_dir / rundir.TRAIN_CONFIG,
                 {"config": dataclasses.asdict(config), "model": config.model, "dataset_sha256": files.sha256},
