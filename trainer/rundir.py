@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,13 @@ TRAIN_CONFIG = "train_config.json"
 PROGRESS_LOG = "progress.jsonl"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_STATE = "trainer_state.json"
+
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+SMALL_FILES_BYTES = 8 * 2**20  # tokenizer, report, plot, logs, replay: a few MB with the usual tokenizers
+# LoRA's trainable share of the parameters when the caller does not know it: adapters on every linear layer at the
+# ranks the trainer offers stay under it on small models (it only sizes the optimizer state and a kept adapter).
+LORA_SHARE = 0.02
 
 
 class RunDirError(Exception):
@@ -93,6 +101,59 @@ def check(path: Path, *, resume: bool) -> None:
         raise RunDirError(f"{path} holds an unfinished run; pass --resume to continue it, or choose another --out")
     if path.exists() and any(path.iterdir()):
         raise RunDirError(f"{path} exists and is not empty; choose another --out")
+
+
+@dataclass(frozen=True)
+class RunBytes:
+    """Disk a run takes, in bytes."""
+
+    model: int  # the saved model (or adapter) files
+    checkpoint: int  # one checkpoint: the weights as they train and the optimizer state (accelerate's save_state)
+
+    @property
+    def final(self) -> int:
+        """What the finished run keeps (its checkpoints are deleted at the end)."""
+        return self.model + SMALL_FILES_BYTES
+
+    @property
+    def peak(self) -> int:
+        """The most it holds: the last checkpoint stays until the model is saved (and a stopped run keeps it)."""
+        return self.final + self.checkpoint
+
+
+def estimated_run_bytes(
+    parameters: int,
+    *,
+    method: str,
+    saved_dtype: str = "bfloat16",
+    base_dtype: str = "bfloat16",
+    trainable_parameters: int | None = None,
+    keep_adapter: bool = False,
+) -> RunBytes:
+    """The disk a run of a model with ``parameters`` parameters (tied weights counted once) takes.
+
+    ``saved_dtype``: the dtype the model is saved in (the chat's on the training device: bf16 on CPU and most GPUs,
+    fp16 on MPS); ``base_dtype``: the dtype LoRA's frozen base trains in (bf16 where bf16 autocast is fast, else
+    float32); a full fine-tune trains float32 weights. Checkpoints hold the whole model's weights, LoRA's frozen base
+    included, and AdamW's two float32 moments per trainable parameter.
+    """
+    if method not in ("lora", "full"):
+        raise ValueError(f"unknown method {method!r}; use lora or full")
+    for dtype in (saved_dtype, base_dtype):
+        if dtype not in DTYPE_BYTES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_BYTES)}")
+    if method == "full":
+        trainable = parameters
+        weights = parameters * DTYPE_BYTES["float32"]
+    else:
+        trainable = trainable_parameters if trainable_parameters is not None else int(parameters * LORA_SHARE)
+        weights = parameters * DTYPE_BYTES[base_dtype] + trainable * DTYPE_BYTES["float32"]
+    adamw = 2 * trainable * DTYPE_BYTES["float32"]
+    if method == "lora" and keep_adapter:
+        model = trainable * DTYPE_BYTES["float32"]
+    else:
+        model = parameters * DTYPE_BYTES[saved_dtype]
+    return RunBytes(model=model, checkpoint=weights + adamw)
 
 
 def latest_checkpoint(path: Path) -> Path | None:
