@@ -27,11 +27,11 @@ DTYPES: dict[str, torch.dtype] = {
 # were 4-bit to begin with (pick_quantization); the int4 kernel needs bfloat16 activations (float32 ones are far
 # slower). What is left per token (the bfloat16 output projection, attention, per-op overhead) is what compiling
 # trims. `python -m bench decode` measures each choice side by side; the README states the numbers.
-# Compiling keeps a core busy for tens of seconds, and while it traces, the process's own decoding slows down (torch wraps
-# module calls process-wide), so the chat compiles in a second model process and switches to it when it is ready
-# (tui_chat/engine_process.py). In a process that decodes itself (tests, benchmarks, `ask`) it is opt-in: the process
-# would also have to wait for an unfinished compile at exit. The fused kernels round differently, so a greedy reply can
-# change once the compiled step takes over.
+# Compiling keeps a core busy for tens of seconds, and while it traces, the process's own decoding slows down (torch
+# wraps module calls process-wide), so the chat compiles in a second model process and switches to it when it is
+# ready (tui_chat/engine_process.py). In a process that decodes itself (tests, benchmarks, `ask`) it is opt-in: the
+# process would also have to wait for an unfinished compile at exit. The fused kernels round differently, so a greedy
+# reply can change once the compiled step takes over.
 # Greedy answers stay sane: bfloat16, with or without int4, keeps short factual answers the same as float32 or diverges
 # only late (tests/test_engine.py states the tolerance); on open-ended prompts (a story) int4 takes other words early.
 CPU_DEFAULT_DTYPE = torch.bfloat16
