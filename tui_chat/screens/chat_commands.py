@@ -160,7 +160,7 @@ class ChatCommands:
             self.screen.notify(progress_line(run.name, progress) if progress else finish_summary(run), timeout=10)
             return
         runs = [(run, training.run_watch.progress_of(run)) for run in self.screen.store.list_training_runs()]
-        self.screen.app.push_screen(RunsScreen(runs), self.screen._model_chosen)
+        self.screen.app.push_screen(RunsScreen(runs, self.screen.store, self.screen.home), self.screen._model_chosen)
 
     async def cmd_quit(self, args: str) -> None:
         self.screen.app.exit()

@@ -78,6 +78,9 @@ class RunFolder:
 
 
 def _size(path: Path) -> int:
+    """Bytes deleting ``path`` frees: none for a link (only the link goes), files only once."""
+    if path.is_symlink():
+        return 0
     return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
@@ -105,7 +108,7 @@ def run_to_delete(store: Store, home: DataHome, name: str) -> RunFolder:
                                 "delete it by hand if it is")
         return RunFolder(name, folder, run, _size(folder))
     folder = home.models / name
-    if not folder.is_dir() or folder.is_symlink():
+    if not folder.is_dir():
         raise TrainingError(f"no run or model called {name!r}; `tui-chat models` lists them")
     if rundir.is_run_dir(folder) and not rundir.is_complete(folder):
         if rundir.unfinished_state(folder)[0] == "training":
@@ -126,6 +129,9 @@ def delete_run(store: Store, target: RunFolder) -> None:
         raise TrainingError(str(exc)) from exc
     if target.path is not None:
         try:
-            shutil.rmtree(target.path)
+            if target.path.is_symlink():
+                target.path.unlink()  # a model linked into the models dir: the link goes, what it points to stays
+            else:
+                shutil.rmtree(target.path)
         except OSError as exc:
             raise TrainingError(f"cannot delete {target.path} ({exc}); delete it by hand") from exc
