@@ -27,8 +27,6 @@ PROGRESS_LOG = "progress.jsonl"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_STATE = "trainer_state.json"
 PROGRESS_TAIL_BYTES = 64 * 1024  # enough for the last few events of any run
-
-
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 SMALL_FILES_BYTES = 8 * 2**20  # tokenizer, report, plot, logs, replay: a few MB with the usual tokenizers
 # LoRA's trainable share of the parameters when the caller does not know it: adapters on every linear layer at the
