@@ -67,7 +67,7 @@ class TrainingRun:
     id: int
     name: str
     created_at: float
-    status: str
+    status: str  # pending | running | finished | failed | cancelled | deleted (its model folder; the record stays)
     finished_at: float | None = None
     base_model: str | None = None
     dataset_path: str | None = None

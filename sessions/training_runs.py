@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from .records import UNSET, Message, NotFound, TrainingRun, message_from_row, training_run_from_row
+from .records import UNSET, Message, NotFound, StoreError, TrainingRun, message_from_row, training_run_from_row
 
 
 class TrainingRuns:
@@ -80,6 +80,20 @@ class TrainingRuns:
             columns = ", ".join(f"{name} = :{name}" for name in changes)
             self._write(f"UPDATE training_runs SET {columns} WHERE id = :id", {**changes, "id": run_id})
         return self.get_training_run(run_id)
+
+    def mark_training_run_deleted(self, run_id: int) -> TrainingRun:
+        """Record that a run's model folder was deleted; its settings, conversations and replies stay for lineage.
+        StoreError for a run that is pending or running (checked in the same write, so it cannot start meanwhile)."""
+        cursor = self._write(
+            "UPDATE training_runs SET status = 'deleted', pid = NULL "
+            "WHERE id = ? AND status NOT IN ('pending', 'running')",
+            (run_id,),
+        )
+        run = self.get_training_run(run_id)
+        if cursor.rowcount == 0:
+            raise StoreError(f"run {run.name} is still {run.status}; stop it first (/runs cancel {run.name} in the "
+                             "chat), then delete it")
+        return run
 
     def messages_by_model(self, model: str, limit: int = 100) -> list[Message]:
         """Assistant messages produced by ``model`` (lineage: what a base model or run has said)."""

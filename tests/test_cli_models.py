@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,8 +29,9 @@ def store() -> Store:
 
 @pytest.fixture
 def invoke(home: DataHome, store: Store):
-    def run(*args: str):
-        return CliRunner(env={"COLUMNS": "200"}).invoke(main, list(args), obj=CliContext(home, _store=store))
+    def run(*args: str, input: str | None = None):
+        context = CliContext(home, _store=store)
+        return CliRunner(env={"COLUMNS": "200"}).invoke(main, list(args), input=input, obj=context)
 
     return run
 
@@ -105,3 +108,106 @@ def test_models_show_an_unknown_name_is_one_line(invoke) -> None:
     assert result.output.strip() == (
         "Error: no run or model called 'nobody' has trained or replied; `tui-chat models` lists them"
     )
+
+
+@pytest.fixture
+def trainer_process():
+    """A live process that passes for a trainer (its command line says so), for runs that are still going."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "trainer"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def running_run(store: Store, home: DataHome, name: str, pid: int) -> None:
+    run = store.create_training_run(name, base_model="smollm2", output_dir=str(home.models / name),
+                                    log_path=str(home.runs / f"{name}.log"))
+    store.update_training_run(run.id, status="running", pid=pid)
+    (home.runs / f"{name}.log").write_text(json.dumps(step_event(2, 8, 1.5)) + "\n")
+
+
+def test_a_run_without_a_model_says_why_instead_of_asking_the_hub(home, store, trainer_process) -> None:
+    def no_engine(spec: str, home: DataHome, **options):
+        raise AssertionError(f"{spec} has no model: nothing should try to load it")
+
+    def ask(model: str):
+        context = CliContext(home, _store=store, open_engine=no_engine)
+        return CliRunner().invoke(main, ["ask", "--model", model, "hello"], obj=context)
+
+    running_run(store, home, "sft-running", trainer_process.pid)  # no folder yet: the trainer is loading the model
+    result = ask("sft-running")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: run sft-running is still training (step 2/8), so it has no model yet; "
+                                    "wait for it to finish")
+    running_run(store, home, "sft-died", 2**22 + 999)  # the store says running; its trainer is gone
+    assert ask("sft-died").output.startswith("Error: run sft-died failed (")
+    assert store.get_training_run("sft-died").status == "failed"  # and the store now says so
+    cancelled = store.create_training_run("sft-cancelled", base_model="smollm2")
+    store.update_training_run(cancelled.id, status="cancelled", finished_at=cancelled.created_at + 5)
+    assert "was cancelled before it finished, so it has no model; continue it with `tui-chat train --resume --out " \
+        f"{home.models / 'sft-cancelled'}`" in ask("sft-cancelled").output
+    failed = store.create_training_run("sft-failed", base_model="smollm2")
+    store.update_training_run(failed.id, status="failed", error="RuntimeError: out of memory")
+    assert ask("sft-failed").output.startswith("Error: run sft-failed failed (RuntimeError: out of memory)")
+
+
+def test_models_delete_asks_then_frees_the_disk_and_keeps_the_lineage(invoke, store, home) -> None:
+    used = [add_chat(store, [("question", "answer")], model="smollm2")]
+    finished_run(store, home, "smollm2-sft-1", used)
+    (home.models / "smollm2-sft-1" / "model.safetensors").write_bytes(b"\0" * 3_000_000)
+    folder = home.models / "smollm2-sft-1"
+
+    result = invoke("models", "delete", "smollm2-sft-1", input="n\n")
+    assert result.exit_code == 1 and f"Delete {folder} (3 MB)? [y/N]" in result.output
+    assert folder.is_dir() and store.get_training_run("smollm2-sft-1").status == "finished"
+
+    result = invoke("models", "delete", "smollm2-sft-1", input="y\n")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == (
+        "deleted smollm2-sft-1: 3 MB freed; its lineage stays in `tui-chat models show`"
+    )
+    assert not folder.exists() and store.get_training_run("smollm2-sft-1").status == "deleted"
+    assert "smollm2-sft-1" not in invoke("models").output  # nothing left to load
+    assert "Trained on 1 conversation:" in invoke("models", "show", "smollm2-sft-1").output
+    result = CliRunner().invoke(
+        main, ["ask", "--model", "smollm2-sft-1", "hi"],
+        obj=CliContext(home, _store=store, open_engine=lambda *a, **k: pytest.fail("loaded a deleted run")),
+    )
+    assert result.output.startswith("Error: run smollm2-sft-1's model was deleted")
+    assert invoke("models", "delete", "smollm2-sft-1", "--yes").output.strip() == (
+        "Error: run smollm2-sft-1's model is already deleted"
+    )
+
+
+def test_models_delete_refuses_what_must_stay(invoke, store, home, trainer_process) -> None:
+    running_run(store, home, "sft-running", trainer_process.pid)
+    (home.models / "sft-running").mkdir()
+    (home.models / "sft-running" / "train_config.json").write_text("{}")
+    result = invoke("models", "delete", "sft-running", "--yes")
+    assert result.exit_code == 1
+    assert result.output.strip() == ("Error: run sft-running is still training; stop it first (/runs cancel "
+                                     "sft-running in the chat, or wait for it to finish), then delete it")
+    assert (home.models / "sft-running").is_dir()
+    for name in ("default", "smollm2", "smollm2-135m-instruct"):
+        assert "the bundled model cannot be deleted" in invoke("models", "delete", name, "--yes").output
+    assert invoke("models", "delete", "nobody", "--yes").output.strip() == (
+        "Error: no run or model called 'nobody'; `tui-chat models` lists them"
+    )
+    assert "is not a model name" in invoke("models", "delete", "../home", "--yes").output
+    # A run dir no chat recorded (`tui-chat train` in another terminal) whose log has no end may still be training.
+    other = home.models / "cli-run"
+    other.mkdir()
+    (other / "train_config.json").write_text("{}")
+    (other / "progress.jsonl").write_text(json.dumps(step_event(1, 8, 2.0)) + "\n")
+    assert "cli-run may still be training" in invoke("models", "delete", "cli-run", "--yes").output
+    (other / "progress.jsonl").write_text(json.dumps({"event": "stopped", "step": 1}) + "\n")
+    assert invoke("models", "delete", "cli-run", "--yes").exit_code == 0 and not other.exists()
+
+
+def test_models_delete_removes_an_unrecorded_model_folder(invoke, home) -> None:
+    (home.models / "my-import").mkdir()
+    (home.models / "my-import" / "config.json").write_text("{}")
+    result = invoke("models", "delete", "my-import", "--yes")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "deleted my-import: 0 kB freed"
+    assert not (home.models / "my-import").exists()

@@ -267,8 +267,17 @@ def test_an_unfinished_run_dir_is_not_a_model(tmp_path: Path) -> None:
     (run / "config.json").write_text("{}")
     (run / rundir.TRAIN_CONFIG).write_text("{}")
     assert "my-run" not in [m.name for m in list_local_models(tmp_path)]
-    with pytest.raises(ModelError, match="has not finished"):
+    with pytest.raises(ModelError, match=r"^run my-run is still training \(no model until it finishes\); wait for it"):
         resolve_spec("my-run", tmp_path)
+    # How it stands comes from the last event of its progress log (a long log is read from its end).
+    steps = "".join(json.dumps({"event": "step", "step": i, "message": "x" * 100}) + "\n" for i in range(1, 2000))
+    (run / rundir.PROGRESS_LOG).write_text(steps + json.dumps({"event": "stopped", "step": 1999}) + "\n")
+    with pytest.raises(ModelError, match=r"^run my-run was stopped at step 1999 before it finished.*--resume --out"):
+        resolve_spec("my-run", tmp_path)
+    with (run / rundir.PROGRESS_LOG).open("a") as log:
+        log.write(json.dumps({"event": "error", "message": "out of memory"}) + "\n" + '{"event": "st')  # cut short
+    with pytest.raises(ModelError, match=r"^run \S*my-run failed \(out of memory\), so it has no model"):
+        resolve_spec(str(run), tmp_path)
     (run / rundir.COMPLETE).write_text("{}")
     assert resolve_spec("my-run", tmp_path).kind == "run"
     assert "my-run" in [m.name for m in list_local_models(tmp_path)]

@@ -350,3 +350,18 @@ def sqlite_utils_database(path):
     from sqlite_utils import Database
 
     return Database(sqlite3.connect(str(path)))
+
+
+def test_a_deleted_run_keeps_its_record_and_a_running_one_cannot_be_deleted(store: Store) -> None:
+    chat = store.create_conversation("taught")
+    run = store.create_training_run("smollm2-sft-1", base_model="smollm2", conversation_ids=[chat.id])
+    store.update_training_run(run.id, status="running", pid=1234)
+    with pytest.raises(StoreError, match="^run smollm2-sft-1 is still running; stop it first"):
+        store.mark_training_run_deleted(run.id)
+    assert store.get_training_run(run.id).status == "running"
+    store.update_training_run(run.id, status="finished", metrics={"steps": 6})
+    deleted = store.mark_training_run_deleted(run.id)
+    assert (deleted.status, deleted.pid, deleted.metrics, deleted.conversation_ids) == ("deleted", None, {"steps": 6},
+                                                                                         [chat.id])
+    with pytest.raises(NotFound):
+        store.mark_training_run_deleted(run.id + 1)

@@ -21,7 +21,8 @@ from trainer.models import load_model
 from trainer.progress import ProgressReporter
 from trainer.recall import Probe, evaluate_recall
 from trainer.retention import measure_baseline
-from trainer.sft import bf16_is_fast, run_sft
+from trainer.devices import bf16_is_fast
+from trainer.sft import run_sft
 
 from .trainer_helpers import write_jsonl
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from textual.widgets import Button, Input, OptionList, ProgressBar, Sparkline, Static
+from textual.widgets import Button, Input, Label, OptionList, ProgressBar, Sparkline, Static
 
 from sessions import Store, memory_database
 from trainer.home import DataHome
+from tui_chat.tui.screens.confirm import ConfirmScreen
 from tui_chat.tui.screens.model_picker import ModelPickerScreen
 from tui_chat.tui.screens.runs_list import RunsScreen
 from tui_chat.tui.screens.train_dialog import TrainDialogScreen
@@ -212,3 +215,53 @@ async def test_runs_finished_while_closed_are_told_and_offered_in_the_switcher(h
         runs.highlighted = runs.get_option_index("tiny-sft-1")
         await pilot.press("enter")
         await wait_for(pilot, lambda: chat_screen(pilot).engine.name == "tiny-sft-1", what="the switch")
+
+
+async def test_runs_list_deletes_a_finished_runs_folder_after_asking_and_refuses_a_running_one(home, store):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "trainer"])  # passes for one
+    try:
+        running = store.create_training_run("tiny-sft-2", base_model="tiny", log_path=str(home.runs / "r2.log"))
+        store.update_training_run(running.id, status="running", pid=sleeper.pid)
+        (home.runs / "r2.log").write_text(json.dumps(step_event(1, 8, 2.0)) + "\n")
+        folder = home.models / "tiny-sft-1"
+        run = store.create_training_run("tiny-sft-1", base_model="tiny", output_dir=str(folder))
+        store.update_training_run(run.id, status="finished", metrics=done_event()["metrics"])
+        folder.mkdir()
+        for name in ("train_config.json", "config.json", "COMPLETE"):
+            (folder / name).write_text("{}")
+        (folder / "model.safetensors").write_bytes(b"\0" * 2_000_000)
+        async with build_app(FakeEngine(name="tiny"), home=home, store=store).run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            await send(pilot, "/runs")
+            await wait_for(pilot, lambda: isinstance(pilot.app.screen, RunsScreen), what="the runs list")
+            runs = pilot.app.screen.query_one("#runs", OptionList)
+
+            runs.highlighted = runs.get_option_index("tiny-sft-2")
+            await pilot.press("d")
+            await wait_for(pilot, lambda: any("run tiny-sft-2 is still training; stop it first" in n
+                                              for n in notifications(pilot)), what="the refusal")
+            assert isinstance(pilot.app.screen, RunsScreen)  # nothing asked
+
+            runs.highlighted = runs.get_option_index("tiny-sft-1")
+            await pilot.press("d")
+            await wait_for(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen), what="the question")
+            assert "Delete run tiny-sft-1's model folder (2 MB)?" in str(
+                pilot.app.screen.query_one(".dialog-title", Label).render())
+            await pilot.press("escape")  # no: nothing happens
+            await wait_for(pilot, lambda: isinstance(pilot.app.screen, RunsScreen), what="the list again")
+            assert folder.is_dir()
+
+            await pilot.press("d")
+            await wait_for(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen), what="the question")
+            await pilot.press("y")
+            await wait_for(pilot, lambda: "deleted tiny-sft-1's model folder: 2 MB freed" in notifications(pilot),
+                           what="the deletion")
+            assert not folder.exists() and store.get_training_run(run.id).status == "deleted"
+            assert "tiny-sft-1  deleted" in str(runs.get_option("tiny-sft-1").prompt)
+            await pilot.press("enter")  # a deleted run has nothing to chat with
+            await wait_for(pilot, lambda: "tiny-sft-1 is deleted: only a finished run has a model to chat with"
+                           in notifications(pilot), what="the warning")
+            assert isinstance(pilot.app.screen, RunsScreen)
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -34,16 +34,17 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def save_tiny_model(path: Path, *, arch: str = "llama", context: int = 256, seed: int = 0) -> Path:
-    """Write a tiny random model and its tokenizer to ``path`` with ``save_pretrained``; returns ``path``."""
+def save_tiny_model(path: Path, *, arch: str = "llama", context: int = 256, seed: int = 0, hidden: int = 32) -> Path:
+    """Write a tiny random model and its tokenizer to ``path`` with ``save_pretrained``; returns ``path``. ``hidden``:
+    the width (a few hundred makes the weights outweigh file headers, for tests of sizes on disk)."""
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
     eos = tokenizer.eos_token_id
     if arch == "llama":
         config = LlamaConfig(
             vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
@@ -57,7 +58,7 @@ def save_tiny_model(path: Path, *, arch: str = "llama", context: int = 256, seed
     elif arch == "gpt2":
         config = GPT2Config(
             vocab_size=len(tokenizer),
-            n_embd=32,
+            n_embd=hidden,
             n_layer=2,
             n_head=4,
             n_positions=context,

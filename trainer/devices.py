@@ -1,5 +1,5 @@
-"""Where a model runs and how: cuda > mps > cpu, the dtype, weight quantization and compiling, each the measured best
-for the device.
+"""Where a model runs and how: cuda > mps > cpu, the dtype, weight quantization and compiling, each the best for the
+device as `python -m bench decode` measures it.
 
 ``--device`` / ``--dtype`` / ``--quantize`` / ``--compile`` override them; bad values are a ValueError with one line
 naming the choices.
@@ -22,26 +22,18 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
 }
 
-# CPU defaults, measured on this project's dev machine (AMD EPYC, 2 cores with AVX-512, shared with other jobs), the
-# bundled SmolLM2-135M-Instruct, one decoding thread. The machine was never quiet (load 4-9 on 2 cores), so the
-# comparisons use tokens per CPU-second of the decoding process (about what an idle core gives), side by side
-# (`python -m bench decode`, load 1.9-4: HF generate float32 13.1, bfloat16 13.7; engine default 24.4; llama.cpp 45.3):
-#   engine loop, bfloat16:            ~11 eager, ~12 with torch.compile (static cache)
-#   engine loop, bfloat16 + int4:     ~22-27 eager (dynamic cache); compiled for dynamic shapes over the
-#                                     dynamic cache ~31-36 (over a 1,024-position static cache ~20: attention reads
-#                                     every position)
-# Per token, the int4 matmuls (the 210 layer projections) take ~8 ms of CPU against ~45 ms in bfloat16; what is left
-# is the bfloat16 output projection (~8 ms), attention and per-op overhead, which compiling trims. Quiet machine, side
-# by side (load 0.4): HF float32 12.0 tok/s, engine eager 25.9, engine compiled 34.9. Compiling takes 30-100 s of a
-# core (30 s once inductor's disk cache is warm), and while it runs the process's own decoding is ~2x slower (torch
-# wraps module calls process-wide while tracing), so the chat compiles in a second model process and switches to it
-# when it is ready (tui_chat/inference/process_engine.py). In a process that decodes itself (tests, benchmarks, `ask`) it is
-# opt-in: the process would also have to wait for an unfinished compile at exit. The fused kernels round differently,
-# so a greedy reply can change once the compiled step takes over (tests/test_engine.py states the tolerance).
-# bfloat16 activations are what the int4 kernel needs (float32 ones were 10x slower).
-# Greedy answers stay sane: bfloat16 alone kept 6 of 8 test answers identical to float32's, the other two diverging
-# late; bfloat16 + int4 kept 4 of 6 identical and the first 5-6 tokens of the others (the test in
-# tests/test_engine.py states that tolerance), but on open-ended prompts (a story) it takes other words early.
+# CPU defaults. Decoding a small model on CPU is bound by reading the weights: int4 weight-only quantization reads
+# a quarter of bfloat16's bytes and its matmuls cost a fraction of bfloat16's, so it is the default where the weights
+# were 4-bit to begin with (pick_quantization); the int4 kernel needs bfloat16 activations (float32 ones are far
+# slower). What is left per token (the bfloat16 output projection, attention, per-op overhead) is what compiling
+# trims. `python -m bench decode` measures each choice side by side; the README states the numbers.
+# Compiling keeps a core busy for tens of seconds, and while it traces, the process's own decoding slows down (torch
+# wraps module calls process-wide), so the chat compiles in a second model process and switches to it when it is
+# ready (tui_chat/inference/process_engine.py). In a process that decodes itself (tests, benchmarks, `ask`) it is opt-in: the
+# process would also have to wait for an unfinished compile at exit. The fused kernels round differently, so a greedy
+# reply can change once the compiled step takes over.
+# Greedy answers stay sane: bfloat16, with or without int4, keeps short factual answers the same as float32 or diverges
+# only late (tests/test_engine.py states the tolerance); on open-ended prompts (a story) int4 takes other words early.
 CPU_DEFAULT_DTYPE = torch.bfloat16
 CPU_DEFAULT_QUANTIZATION = "int4"
 CPU_COMPILES = False  # in the engine's own process; the chat compiles in a second one (see above)
@@ -49,10 +41,9 @@ QUANTIZE_CHOICES = ("none", "int4")
 
 
 # Threads: OpenMP workers spin at every barrier, so when all cores are busy with decoding and anything else wants
-# a core (the chat UI, another program) a worker gets descheduled and the others wait: 2 threads on 2 cores fell
-# to 1-3 tok/s in the first float32 runs here while 1 thread kept 15-21. With int4 (load 5.3), 2 threads gave 20.3
-# tok/cpu-s against 22.3 for 1: more wall speed only while they win cores from other jobs, less work per core.
-# Decoding keeps one core free for everything else.
+# a core (the chat UI, another program) a worker gets descheduled and the others wait: on a busy machine every
+# thread past the first can cost more than it gives (`python -m bench decode` compares thread counts). Decoding keeps
+# one core free for everything else.
 _TORCH_DEFAULT_THREADS = torch.get_num_threads()  # physical cores, before anything changes it
 
 
@@ -125,6 +116,17 @@ def pick_compile(device: torch.device, requested: bool | None = None) -> bool:
     if requested is not None:
         return requested
     return device.type == "cuda" or (device.type == "cpu" and CPU_COMPILES)
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds training up on ``device``: on every CUDA GPU with bf16 units, and on a CPU where
+    oneDNN has native bf16 kernels (AVX512-BF16 / AMX; `python -m bench train` compares it with fp32). Without native
+    bf16 the emulation is slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
 
 
 def dtype_name(dtype: torch.dtype) -> str:

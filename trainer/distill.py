@@ -20,7 +20,6 @@ is still exactly zero at the base model and needs under 0.5% of the full distrib
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -28,19 +27,11 @@ import torch.nn.functional as F
 
 from .batching import IGNORE_INDEX, Collator
 from .loss import base_model_logits, kept_and_rest
-from .render import RenderedExample
+from .render import RenderedExample, TeacherTargets
 
 # Tokens kept per position. On its own replay answers the bundled model put 96.5% of its mass (mean) in its top 64;
 # the rest stays one outcome, so the KL still sees it move.
 TOP_K = 64
-
-
-@dataclass(frozen=True)
-class TeacherTargets:
-    """The base model's distribution at each assistant position of one example (in order)."""
-
-    ids: torch.Tensor  # [positions, k] int64: the k likeliest next tokens
-    logprobs: torch.Tensor  # [positions, k + 1] float32: their log-probabilities, then the log of the rest's mass
 
 
 def targets_from_logits(logits: torch.Tensor, k: int = TOP_K) -> TeacherTargets:

@@ -173,9 +173,9 @@ def evaluate_dataset(
     """Load ``model_spec`` and evaluate it on every conversation of ``data_path`` (``python -m trainer eval``)."""
     from .batching import Collator, LengthGroupedBatches
     from .data import read_jsonl
+    from .devices import bf16_is_fast
     from .models import load_model
     from .render import render_conversations
-    from .sft import bf16_is_fast
 
     loaded = load_model(model_spec, models_dir=models_dir, dtype="float32", trust_remote_code=trust_remote_code)
     conversations = read_jsonl(data_path, skip_invalid=skip_invalid).conversations

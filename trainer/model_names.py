@@ -5,6 +5,7 @@ from __future__ import annotations
 
 BUNDLED_ALIASES = ("default", "smollm2")
 BUNDLED_NAME = "smollm2"  # the name recorded on replies made with the bundled model
+BUNDLED_DIR = "smollm2-135m-instruct"  # its converted copy in the models dir
 
 
 def engine_name(spec: str) -> str:

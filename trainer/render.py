@@ -16,7 +16,16 @@ from .chat_template import ensure_chat_template
 from .data import Conversation
 
 if TYPE_CHECKING:
-    from .distill import TeacherTargets
+    import torch
+
+
+@dataclass(frozen=True)
+class TeacherTargets:
+    """The base model's distribution at each assistant position of one example (in order): what a replayed example
+    learns instead of its text's tokens (made by distill.py, read by the loss)."""
+
+    ids: torch.Tensor  # [positions, k] int64: the k likeliest next tokens
+    logprobs: torch.Tensor  # [positions, k + 1] float32: their log-probabilities, then the log of the rest's mass
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from .base_answers import CACHE_DIR
 from .batching import IGNORE_INDEX, Collator, LengthGroupedBatches, padding_efficiency
 from .config import SFTConfig, validate
 from .data import Conversation, DataError, read_jsonl, split_conversations
+from .devices import bf16_is_fast, pick_dtype
 from .distill import mass_outside_top_k, teacher_targets
 from .cpu_threads import ThreadGovernor
 from .evaluate import EvalResult, evaluate
@@ -78,20 +79,6 @@ class TrainingData:
     val_conversations: list[Conversation]
     files: TrainingFiles
     replay_from: int  # index of the first replay example in ``train``
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bf16 autocast speeds training up on ``device``.
-
-    CUDA: on every GPU with bf16 units. CPU: where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); measured on
-    this project's 2-core AVX512-BF16 machine with the bundled model (LoRA, 4 x 256 tokens), bf16 autocast trained
-    ~1.6x faster than fp32 (see bench/train.py). Without native bf16 the emulation is slower than fp32.
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
 
 
 def _slug(text: str) -> str:
@@ -244,12 +231,33 @@ def _merge_lora(unwrapped: Any, config: SFTConfig, models_dir: Path) -> Any:
     return fp32.merge_and_unload()
 
 
+def _cast_floats(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Floating tensors in ``dtype``. Tensors that shared storage (tied input embeddings and output layer) still do,
+    so save_pretrained writes them once."""
+    cast: dict[tuple[int, torch.Size], torch.Tensor] = {}
+    result = {}
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point():
+            key = (tensor.data_ptr(), tensor.shape)
+            if key not in cast:
+                cast[key] = tensor.to(dtype)
+            tensor = cast[key]
+        result[name] = tensor
+    return result
+
+
 def _save_model(
     accelerator: Accelerator, model: Any, tokenizer: Any, run_dir: Path, config: SFTConfig, base_source: str,
     models_dir: Path,
 ) -> None:
-    """The merged model (or, with --keep-adapter, the adapter naming its base), and the tokenizer with its template."""
+    """The merged model (or, with --keep-adapter, the adapter naming its base), and the tokenizer with its template.
+
+    The model is saved in the dtype the chat loads it in on this device (bf16 on CPU and most GPUs): half of fp32's
+    disk, and loading needs no cast. Training kept fp32 weights (or merged in fp32) up to here, so this is the one
+    rounding. An adapter stays fp32: it is small, and the loader merges it into the base it loads.
+    """
     unwrapped = accelerator.unwrap_model(model).model
+    saved_dtype = pick_dtype(accelerator.device)
     state_dict = None
     if config.method == "lora" and config.keep_adapter:
         # The loader resolves base_model_name_or_path as a spec: the same one this run started from.
@@ -257,17 +265,18 @@ def _save_model(
         unwrapped.peft_config["default"].base_model_name_or_path = base
         final = unwrapped
     elif config.method == "lora":
-        final = _merge_lora(unwrapped, config, models_dir)
+        final = _merge_lora(unwrapped, config, models_dir).to(saved_dtype)
     else:
-        final = unwrapped
         # Gathers FSDP / DeepSpeed shards; the keys lose TokenLossModel's "model." prefix.
-        state_dict = {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(model).items()}
+        gathered = accelerator.get_state_dict(model)
+        state_dict = _cast_floats({k.removeprefix("model."): v for k, v in gathered.items()}, saved_dtype)
+        final = unwrapped.to(saved_dtype)  # training is over; config.json then names the dtype the weights have
     if hasattr(final, "config"):
         final.config.use_cache = True  # gradient checkpointing turns the KV cache off; the chat needs it
     if accelerator.is_main_process:
-        from .models import _quiet_transformers  # no tqdm "Writing model shards" bar under our progress
+        from .models import quiet_transformers  # no tqdm "Writing model shards" bar under our progress
 
-        with _quiet_transformers():
+        with quiet_transformers():
             final.save_pretrained(run_dir, state_dict=state_dict)
             tokenizer.save_pretrained(run_dir)
 
@@ -287,7 +296,7 @@ def run_sft(config: SFTConfig, progress: ProgressReporter) -> Path:
     else:
         governor.start()
     try:
-        with stop_on_signals() as stop:
+        with stop_on_signals() as stop, rundir.private_files():
             return _run(config, progress, stop, governor)
     finally:
         torch.set_num_threads(threads)  # a caller in the same process (tests, `tui-chat train`) gets its own back
@@ -364,7 +373,7 @@ def _run(
         # The run dir appears only once model and data are known good: a typo in --model leaves nothing behind.
         if not config.resume:
             home.ensure()
-            run_dir.mkdir(parents=True, exist_ok=True)
+            rundir.create(run_dir)
             rundir.write_json_atomic(
                 run_dir / rundir.TRAIN_CONFIG,
                 {"config": dataclasses.asdict(config), "model": config.model, "dataset_sha256": files.sha256},

@@ -11,7 +11,7 @@ import click
 from sessions import Store, StoreError
 from trainer.home import DataHome
 
-from tui_chat.inference.contract import Engine, EngineFactory
+from tui_chat.inference.contract import Engine, EngineError, EngineFactory
 
 
 def open_hf_engine(spec: str, home: DataHome, **options: Any) -> Engine:
@@ -32,9 +32,21 @@ class CliContext:
     engine_settings: dict[str, Any] = field(default_factory=dict)
 
     def engine_factory(self, options: dict[str, Any]) -> EngineFactory:
-        """Model spec -> unloaded engine, with a command's ``engine_options`` over the group's."""
+        """Model spec -> unloaded engine, with a command's ``engine_options`` over the group's. A spec naming a run
+        with no model yet (training, cancelled, failed, deleted) is an EngineError saying so, before anything loads:
+        the loader alone would take a name with no folder for a Hub id."""
         settings = {**self.engine_settings, **engine_settings(options)}
-        return lambda spec: self.open_engine(spec, self.home, **settings)
+
+        def open_engine(spec: str) -> Engine:
+            if self._store is not None or self.home.db_path.exists():  # `ask --no-save` in a new home creates no DB
+                from tui_chat.training.run_folder import unfinished_run_message
+
+                message = unfinished_run_message(self.store, self.home, spec)
+                if message:
+                    raise EngineError(message)
+            return self.open_engine(spec, self.home, **settings)
+
+        return open_engine
 
     @property
     def store(self) -> Store:

@@ -1,5 +1,6 @@
-"""`tui-chat models`: the models the chat can load (the bundled one, trained runs, other local models), and
-`tui-chat models show NAME`: a model's lineage both ways (the conversations a run learned from, the replies it wrote).
+"""`tui-chat models`: the models the chat can load (the bundled one, trained runs, other local models),
+`tui-chat models show NAME`: a model's lineage both ways (the conversations a run learned from, the replies it wrote),
+and `tui-chat models delete NAME`: a run's model folder gone, its record kept.
 
 Runs that went on while no app watched are brought up to date first (``reconcile_runs``), so the statuses are current.
 """
@@ -14,7 +15,9 @@ from rich.text import Text
 
 from sessions import NotFound, Store, TrainingRun, counted, minute_text, one_line
 
+from tui_chat.training.errors import TrainingError
 from tui_chat.training.monitor import is_active, reconcile_runs
+from tui_chat.training.run_folder import delete_run, run_to_delete
 from tui_chat.training.summary import finish_summary, metrics_text, progress_text
 
 if TYPE_CHECKING:
@@ -46,6 +49,8 @@ def list_command(obj: CliContext) -> None:
     status = "ready" if bundled.ready else "converted on first use"
     console.print(Text.assemble((bundled.name, "bold"), f"  bundled  {status}  SmolLM2-135M-Instruct (`default`)"))
     for run in runs:
+        if run.status == "deleted":
+            continue  # no model to load; `tui-chat models show NAME` still has its lineage
         if run.id in progress:
             result = progress_text(progress[run.id].progress)
         elif run.status == "failed":
@@ -61,8 +66,8 @@ def list_command(obj: CliContext) -> None:
     for model in local.values():
         if model.kind != "bundled" and model.name not in recorded:
             console.print(Text.assemble((model.name, "bold"), f"  {model.kind}  ready  ", (str(model.path), "dim")))
-    console.print(Text("`tui-chat models show NAME` shows a model's lineage; `tui-chat --model NAME` chats with it",
-                       style="dim"))
+    console.print(Text("`tui-chat models show NAME` shows a model's lineage; `tui-chat --model NAME` chats with it; "
+                       "`tui-chat models delete NAME` frees its disk", style="dim"))
 
 
 def _show_run(console: Console, store: Store, run: TrainingRun, limit: int) -> None:
@@ -124,3 +129,24 @@ def show_command(obj: CliContext, name: str, limit: int) -> None:
         console.print(Text(f"  none yet: chat with it with `tui-chat --model {name}` or /model {name}", style="dim"))
     for reply in replies:
         console.print(Text(f"  #{reply.conversation_id}  {minute_text(reply.created_at)}  {one_line(reply.content, 72)}"))
+
+
+@models_group.command("delete")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Delete without asking first.")
+@click.pass_obj
+def delete_command(obj: CliContext, name: str, yes: bool) -> None:
+    """Delete NAME's model folder to free its disk: a trained run (its record stays, so `tui-chat models show NAME`
+    still gives its lineage) or another model in the models folder. Asks first; refuses a run that is training."""
+    store, home = obj.store, obj.home
+    reconcile_runs(store)  # a run whose trainer died still says running until someone looks
+    try:
+        target = run_to_delete(store, home, name)
+        if target.path is not None and not yes:
+            click.confirm(f"Delete {target.path} ({target.size_text})?", abort=True)
+        delete_run(store, target)
+    except TrainingError as exc:
+        raise click.ClickException(str(exc)) from exc
+    freed = f"{target.size_text} freed" if target.path is not None else "its folder was already gone"
+    lineage = "; its lineage stays in `tui-chat models show`" if target.run is not None else ""
+    click.echo(f"deleted {name}: {freed}{lineage}")

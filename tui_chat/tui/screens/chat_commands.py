@@ -151,7 +151,7 @@ class ChatCommands:
             screen.notify(progress_line(run.name, progress) if progress else finish_summary(run), timeout=10)
             return
         runs = [(run, watch.progress_of(run)) for run in screen.store.list_training_runs()]
-        screen.app.push_screen(RunsScreen(runs), screen.model_chosen)
+        screen.app.push_screen(RunsScreen(runs, screen.store, screen.home), screen.model_chosen)
 
     @run.register
     async def _quit(self, action: Quit) -> None:
