@@ -1,0 +1,73 @@
+"""Save the trained model as the chat loads it: LoRA merged into the base weights (or kept as an adapter naming its
+base with --keep-adapter), a full fine-tune's gathered weights, and the tokenizer with its chat template."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from accelerate import Accelerator
+
+from .config import SFTConfig
+
+
+@contextlib.contextmanager
+def merged_for_inference(model: Any) -> Iterator[None]:
+    """Inside, a LoRA model's adapter is merged into its weights (other models are left alone): generating token by
+    token then pays no adapter matmuls. Merging into a bf16 base rounds, as a model saved and loaded in bf16 does;
+    the saved model is merged apart from this, in fp32 (``merge_lora``)."""
+    if not hasattr(model, "merge_adapter"):
+        yield
+        return
+    model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()
+
+
+def merge_lora(unwrapped: Any, config: SFTConfig, models_dir: Path) -> Any:
+    """The adapter merged into the base model. A base trained in bf16 is reloaded in fp32 first, so the saved model
+    is the original weights plus the update (merging into bf16 weights would round both)."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    from .models import load_model
+
+    if next(unwrapped.base_model.parameters()).dtype == torch.float32:
+        return unwrapped.merge_and_unload()
+    base = load_model(config.model, models_dir=models_dir, device="cpu", dtype="float32",
+                      trust_remote_code=config.trust_remote_code).model
+    fp32 = get_peft_model(base, unwrapped.peft_config["default"])
+    set_peft_model_state_dict(fp32, get_peft_model_state_dict(unwrapped))
+    return fp32.merge_and_unload()
+
+
+def save_model(
+    accelerator: Accelerator, model: Any, tokenizer: Any, run_dir: Path, config: SFTConfig, base_source: str,
+    models_dir: Path,
+) -> None:
+    """The merged model (or, with --keep-adapter, the adapter naming its base), and the tokenizer with its template.
+    ``model`` is the prepared ``TokenLossModel``."""
+    unwrapped = accelerator.unwrap_model(model).model
+    state_dict = None
+    if config.method == "lora" and config.keep_adapter:
+        # The loader resolves base_model_name_or_path as a spec: the same one this run started from.
+        base = config.model if not Path(config.model).expanduser().exists() else base_source
+        unwrapped.peft_config["default"].base_model_name_or_path = base
+        final = unwrapped
+    elif config.method == "lora":
+        final = merge_lora(unwrapped, config, models_dir)
+    else:
+        final = unwrapped
+        # Gathers FSDP / DeepSpeed shards; the keys lose TokenLossModel's "model." prefix.
+        state_dict = {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(model).items()}
+    if hasattr(final, "config"):
+        final.config.use_cache = True  # gradient checkpointing turns the KV cache off; the chat needs it
+    if accelerator.is_main_process:
+        from .models import _quiet_transformers  # no tqdm "Writing model shards" bar under our progress
+
+        with _quiet_transformers():
+            final.save_pretrained(run_dir, state_dict=state_dict)
+            tokenizer.save_pretrained(run_dir)
