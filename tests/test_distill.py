@@ -15,8 +15,6 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from trainer import distill as distill_module
-from trainer import replay as replay_module
-from trainer.base_answers import Answer
 from trainer.batching import IGNORE_INDEX, Collator
 from trainer.chat_template import ensure_chat_template
 from trainer.config import SFTConfig
@@ -28,7 +26,7 @@ from trainer.render import render_conversations
 from trainer.sft import SettingsError, run_sft
 
 from .tiny_models import save_tiny_model, tiny_tokenizer
-from .trainer_helpers import chat_lines, write_jsonl
+from .trainer_helpers import can_replay_answers, chat_lines, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -140,17 +138,13 @@ def test_rows_without_targets_keep_cross_entropy(tiny_dir: Path) -> None:
 def test_training_distills_replay_by_default_and_can_turn_it_off(
     tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A random tiny model never finishes a sentence, so its replay answers are canned (as in test_retention.py).
-    def canned(model, tokenizer, set_name, prompts, settings, cache_dir, *, select, progress):
-        return [Answer(p.prompt, "hello world.", True) for p in select]
-
     teacher_rows: list[int] = []
 
     def counted(model, input_ids, attention_mask, where):
         teacher_rows.append(int(where.any(dim=1).sum()))
         return base_model_logits(model, input_ids, attention_mask, where)
 
-    monkeypatch.setattr(replay_module, "base_answers", canned)
+    can_replay_answers(monkeypatch)
     monkeypatch.setattr(distill_module, "base_model_logits", counted)
     data = write_jsonl(tmp_path / "chats.jsonl", chat_lines(12))
     config = SFTConfig(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -15,9 +16,16 @@ from trainer.__main__ import main as trainer_main
 from trainer.config import SFTConfig
 from trainer.progress import ProgressReporter
 from trainer.sft import run_sft
-from trainer import replay as replay_module
 from trainer.answer_match import contains_answer, rouge_l
-from trainer.base_answers import Answer, AnswerSettings, base_answers, cache_path, greedy_answers, load_prompt_set
+from trainer.base_answers import (
+    Answer,
+    AnswerCache,
+    AnswerSettings,
+    greedy_answers,
+    load_prompt_set,
+    model_fingerprint,
+    model_identity,
+)
 from trainer.chat_template import ensure_chat_template
 from trainer.data import DataError
 from trainer.recall import Probe, evaluate_recall, probes_from_corrections, read_probes, write_probes
@@ -26,6 +34,7 @@ from trainer.retention import (
     ROUGE_THRESHOLD,
     RetentionItem,
     RetentionResult,
+    baseline_cached,
     evaluate_retention,
     measure_baseline,
     report_section,
@@ -33,7 +42,7 @@ from trainer.retention import (
 from trainer.schedule import auto_schedule
 
 from .tiny_models import save_tiny_model
-from .trainer_helpers import chat_lines, write_jsonl
+from .trainer_helpers import can_replay_answers, chat_lines, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +123,45 @@ def test_greedy_answers_batched_match_one_by_one(tiny) -> None:
     assert tokenizer.padding_side == "right"  # restored after generating
 
 
+def test_drafts_give_the_same_answers_with_less_generation(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tokenizer = tiny
+    # The random tiny model answers in blank tokens (newlines), which an answer's text drops; kept from picking
+    # them (a copy: the fixture is shared), it says something a draft can spell.
+    model = copy.deepcopy(model)
+    blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i]).strip() and i != tokenizer.eos_token_id]
+    with torch.no_grad():
+        model.lm_head.weight[blank] = 0
+    prompts = ["hello", "What is the capital of France? The capital", "the quick brown fox jumps", "lazy dog"]
+    settings = AnswerSettings(max_new_tokens=6, bf16=False, batch_size=4)
+    plain = greedy_answers(model, tokenizer, prompts, settings)
+    assert all(a.reply for a in plain)
+    rows: list[int] = []
+    real = model.generate
+
+    def counting(**kwargs):
+        rows.append(int(kwargs["input_ids"].shape[0]))
+        return real(**kwargs)
+
+    monkeypatch.setattr(model, "generate", counting)
+    # Its own answers as drafts: every token agrees, nothing is left to generate.
+    assert greedy_answers(model, tokenizer, prompts, settings, drafts=plain) == plain and rows == []
+    # Drafts it parts from at once, or half way: generated on from there, to the same answers.
+    wrong = [Answer(p, "fox fox fox", True) for p in prompts]
+    assert greedy_answers(model, tokenizer, prompts, settings, drafts=wrong) == plain and rows == [4]
+    halves = [Answer(a.prompt, tokenizer.decode(tokenizer(a.reply)["input_ids"][:3]), False) for a in plain]
+    assert greedy_answers(model, tokenizer, prompts, settings, drafts=halves) == plain
+
+
 def test_base_answers_are_cached_and_extended(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model, tokenizer = tiny
+    cache = AnswerCache.of(model, tokenizer, tmp_path)
     prompts = load_prompt_set("retention")[:6]
     settings = AnswerSettings(max_new_tokens=4, bf16=False)
-    first = base_answers(model, tokenizer, "retention", prompts, settings, tmp_path, count=3)
-    assert [a.prompt for a in first] == [p.prompt for p in prompts[:3]]
-    path = cache_path(tmp_path, "retention", model, tokenizer, prompts, settings)
+    first = cache.answers(model, tokenizer, "retention", prompts, settings, select=prompts[:3])
+    assert [a.prompt for a in first] == [p.prompt for p in prompts[:3]] and cache.generated == {"retention": 3}
+    path = cache.path("retention", prompts, settings)
     assert len(path.read_text().splitlines()) == 3
+    assert path.stat().st_mode & 0o777 == 0o600  # the answers may quote the user's chats one day: private
 
     asked: list[list[str]] = []
     real = answers_module.greedy_answers
@@ -131,34 +171,49 @@ def test_base_answers_are_cached_and_extended(tiny, tmp_path: Path, monkeypatch:
         return real(model, tokenizer, texts, settings, **kwargs)
 
     monkeypatch.setattr(answers_module, "greedy_answers", counting)
-    again = base_answers(model, tokenizer, "retention", prompts, settings, tmp_path, count=3)
+    again = cache.answers(model, tokenizer, "retention", prompts, settings, select=prompts[:3])
     assert again == first and asked == []  # served from the cache
-    more = base_answers(model, tokenizer, "retention", prompts, settings, tmp_path)
+    more = cache.answers(model, tokenizer, "retention", prompts, settings)
     assert asked == [[p.prompt for p in prompts[3:]]] and more[:3] == first and len(more) == 6
+    assert cache.generated == {"retention": 6}
     # Other settings or changed weights are other keys.
-    assert cache_path(tmp_path, "retention", model, tokenizer, prompts, AnswerSettings(5, False)) != path
+    assert cache.path("retention", prompts, AnswerSettings(5, False)) != path
     with torch.no_grad():
         model.lm_head.weight[0, 0] += 1.0
     try:
-        assert cache_path(tmp_path, "retention", model, tokenizer, prompts, settings) != path
+        assert AnswerCache.of(model, tokenizer, tmp_path).path("retention", prompts, settings) != path
     finally:
         with torch.no_grad():
             model.lm_head.weight[0, 0] -= 1.0
 
 
+def test_the_fingerprint_is_remembered_by_the_files_identity(tiny, tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    files = tmp_path / "model"
+    files.mkdir()
+    (files / "config.json").write_text("{}")
+    identity = model_identity(files, "float32")
+    assert AnswerCache.known(tmp_path / "cache", identity) is None  # never used: nothing to look up
+    cache = AnswerCache.of(model, tokenizer, tmp_path / "cache", identity)
+    assert cache.fingerprint == model_fingerprint(model, tokenizer)
+    assert AnswerCache.known(tmp_path / "cache", identity) == AnswerCache(tmp_path / "cache", cache.fingerprint)
+    assert model_identity(files, "bfloat16") != identity  # the fingerprint hashes the weights as loaded
+    (files / "config.json").write_text('{"changed": true}')
+    assert model_identity(files, "float32") != identity
+    assert model_identity("HuggingFaceTB/SmolLM2-135M-Instruct", "float32") is None  # a Hub id: no files here
+
+
 def test_damaged_cache_is_regenerated(tiny, tmp_path: Path) -> None:
     model, tokenizer = tiny
+    cache = AnswerCache.of(model, tokenizer, tmp_path)
     prompts = load_prompt_set("retention")[:2]
     settings = AnswerSettings(max_new_tokens=3, bf16=False)
-    path = cache_path(tmp_path, "retention", model, tokenizer, prompts, settings)
+    path = cache.path("retention", prompts, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('{"prompt": "cut sh')
-    answers = base_answers(model, tokenizer, "retention", prompts, settings, tmp_path)
+    answers = cache.answers(model, tokenizer, "retention", prompts, settings)
     assert [a.prompt for a in answers] == [p.prompt for p in prompts]
     assert all(json.loads(line)["prompt"] for line in path.read_text().splitlines())
-
-
-# -- replay
 
 
 def test_usable_reply_cuts_unfinished_answers_at_a_sentence() -> None:
@@ -178,25 +233,27 @@ def test_default_replay_count_follows_the_data_within_bounds() -> None:
 
 def test_replay_conversations_come_from_the_model(tiny, tmp_path: Path) -> None:
     model, tokenizer = tiny
-    conversations = replay_conversations(model, tokenizer, 2, tmp_path, bf16=False)
+    cache = AnswerCache.of(model, tokenizer, tmp_path)
+    conversations = replay_conversations(model, tokenizer, 2, cache, bf16=False)
     prompts = {p.prompt for p in load_prompt_set("replay")}
     assert len(conversations) <= 2
     for conversation in conversations:
         user, assistant = conversation["messages"]
         assert user["role"] == "user" and user["content"] in prompts
         assert assistant["role"] == "assistant" and assistant["content"].strip()
-    assert replay_conversations(model, tokenizer, 0, tmp_path, bf16=False) == []
+    assert replay_conversations(model, tokenizer, 0, cache, bf16=False) == []
 
 
 def test_replay_asks_for_more_answers_until_enough_are_usable(monkeypatch: pytest.MonkeyPatch) -> None:
     asked: list[int] = []
 
-    def every_other_usable(model, tokenizer, set_name, prompts, settings, cache_dir, *, select, progress):
+    def every_other_usable(model, tokenizer, set_name, prompts, settings, *, select, progress):
         asked.append(len(select))
         return [Answer(p.prompt, "A full sentence." if i % 2 else "cut mid", i % 2 == 1) for i, p in enumerate(select)]
 
-    monkeypatch.setattr(replay_module, "base_answers", every_other_usable)
-    conversations = replay_conversations(None, None, 10, Path("unused"), bf16=False)
+    cache = AnswerCache(Path("unused"), "fingerprint")
+    monkeypatch.setattr(cache, "answers", every_other_usable)
+    conversations = replay_conversations(None, None, 10, cache, bf16=False)
     assert len(conversations) == 10 and asked == [13, 26]
     assert [c["messages"][0]["content"] for c in conversations] == [p.prompt for p in replay_prompts()[1:20:2]]
 
@@ -231,13 +288,19 @@ def test_retention_counts_kept_facts_and_warns() -> None:
 
 def test_unchanged_model_retains_everything(tiny, tmp_path: Path) -> None:
     model, tokenizer = tiny
-    baseline = measure_baseline(model, tokenizer, tmp_path, bf16=False)
+    cache = AnswerCache.of(model, tokenizer, tmp_path)
+    assert not baseline_cached(cache, bf16=False)
+    baseline = measure_baseline(model, tokenizer, cache, bf16=False)
     assert len(baseline.references) == len(baseline.prompts) == len(load_prompt_set("retention"))
     result = evaluate_retention(model, tokenizer, baseline, bf16=False)
     assert [i.reply for i in result.items] == [a.reply for a in baseline.references]
     assert result.perplexity == pytest.approx(baseline.perplexity)
     assert result.mean_rouge_l == 1.0 and result.retention == 1.0 and result.substance == 1.0
     assert 1.0 <= result.perplexity < float("inf")
+    # The base model's side is measured once: answers and perplexity come from the cache the next time.
+    assert not baseline.cached and baseline_cached(cache, bf16=False)
+    again = measure_baseline(model, tokenizer, AnswerCache.of(model, tokenizer, tmp_path), bf16=False)
+    assert again.cached and again.perplexity == baseline.perplexity and again.references == baseline.references
 
 
 # -- recall
@@ -309,12 +372,7 @@ def test_eval_probes_command(tiny_dir: Path, tmp_path: Path, capsys: pytest.Capt
 def test_training_mixes_in_replay_and_reports_retention(
     tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A random tiny model never finishes a sentence, so its replay answers are canned here (the real model's are
-    # tested in test_teach_fact.py).
-    def canned(model, tokenizer, set_name, prompts, settings, cache_dir, *, select, progress):
-        return [Answer(p.prompt, "hello world.", True) for p in select]
-
-    monkeypatch.setattr(replay_module, "base_answers", canned)
+    can_replay_answers(monkeypatch)  # the real model's own answers are tested in test_teach_fact.py
     data = write_jsonl(tmp_path / "chats.jsonl", chat_lines(12))
     config = SFTConfig(
         data=str(data), model=str(tiny_dir), out=str(tmp_path / "run"), home=str(tmp_path / "home"), threads=1,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from trainer.answer_match import contains_answer
-from trainer.base_answers import CACHE_DIR
+from trainer.base_answers import CACHE_DIR, AnswerCache
 from trainer.config import SFTConfig
 from trainer.home import DataHome
 from trainer.models import load_model
@@ -108,7 +108,8 @@ def test_teach_facts_and_keep_general_knowledge(bundled_home: DataHome, tmp_path
     # retention check compares with, and the run finds them in the cache.
     dtype = "bfloat16" if bf16_is_fast(CPU) else "float32"
     base = load_model("default", models_dir=bundled_home.models, dtype=dtype)
-    baseline = measure_baseline(base.model, base.tokenizer, bundled_home.root / CACHE_DIR, bf16=True)
+    cache = AnswerCache.of(base.model, base.tokenizer, bundled_home.root / CACHE_DIR)
+    baseline = measure_baseline(base.model, base.tokenizer, cache, bf16=True)
     known = [p.prompt for p, a in zip(baseline.prompts, baseline.references) if contains_answer(a.reply, p.expect)]
     assert len(known) >= 20 and "What is the capital of France?" in known
     before = evaluate_recall(base.model, base.tokenizer, fact_probes(), bf16=True)

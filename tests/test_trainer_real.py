@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import torch
@@ -76,6 +77,36 @@ def test_bundled_model_trains_a_few_steps(bundled_home: DataHome, tmp_path: Path
     # The default system prompt survives into the saved template: chat renders as training did.
     prompt = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert "You are a helpful AI assistant named SmolLM" in prompt
+
+
+def test_a_second_small_run_takes_the_base_models_side_from_the_cache(bundled_home: DataHome, tmp_path: Path) -> None:
+    """What the base model contributes (replay answers, retention answers and perplexity, its evaluation) is paid
+    by the first run only; the second run's report says so."""
+    data = write_jsonl(tmp_path / "small.jsonl", fact_conversations()[:4])
+    val = write_jsonl(tmp_path / "val.jsonl", fact_conversations()[-1:])
+
+    def run(name: str) -> tuple[dict, str]:
+        config = SFTConfig(data=str(data), val=str(val), home=str(bundled_home.root), out=str(tmp_path / name),
+                           max_steps=2, progress="none")
+        run_dir = run_sft(config, ProgressReporter("none"))
+        return json.loads((run_dir / "metrics.json").read_text()), (run_dir / "report.md").read_text()
+
+    first, _ = run("first")
+    phases = first["phases"]
+    assert phases["replay"]["generated"] > 0 and phases["baseline"]["generated"] == first["retention"]["prompts"]
+    assert not phases["baseline"]["cached"] and not phases["eval_before"]["cached"]
+    second, report = run("second")
+    phases = second["phases"]
+    assert phases["replay"]["generated"] == 0 and phases["baseline"] == {"generated": 0, "cached": True, "s": ANY}
+    assert phases["eval_before"]["cached"] and second["before"] == first["before"]
+    assert second["retention"]["base_perplexity"] == first["retention"]["base_perplexity"]
+    assert "every answer from the cache: no generation" in report
+    assert "retention: the base model's side: " in report and "(the base model's side came from the cache)" in report
+    # Every run's timings are kept for the next estimate; the cache and the timings are private.
+    timings = [json.loads(line) for line in (bundled_home.runs / "timings.jsonl").read_text().splitlines()]
+    assert [t["phases"]["replay"]["generated"] == 0 for t in timings] == [False, True]
+    for path in [bundled_home.runs / "timings.jsonl", *(bundled_home.root / "base_answers").iterdir()]:
+        assert path.stat().st_mode & 0o777 == 0o600, path
 
 
 @pytest.mark.skipif(

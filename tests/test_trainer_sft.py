@@ -27,7 +27,8 @@ from trainer.models import load_model
 from trainer.progress import ProgressReporter
 from trainer.render import render_conversations
 from trainer.rundir import RunDirError
-from trainer.sft import SettingsError, TrainingStopped, backward_step, run_sft
+from trainer.loop import TrainingStopped, backward_step
+from trainer.sft import SettingsError, run_sft
 from tui_chat.cli import main as cli_main
 from tui_chat.inference.hf_engine import HFEngine
 from tui_chat.inference.contract import GenerationParams, GenerationStats, TextDelta

@@ -5,6 +5,7 @@ Runs here use scripted fake trainers (fast and exact); the real trainer runs in 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,12 +22,12 @@ from trainer.schedule import auto_epochs
 from tui_chat.training.errors import TrainingError
 from tui_chat.training.estimate import (
     GIB,
-    REFERENCE_OVERHEAD_S,
-    REFERENCE_PARAMETERS,
-    REFERENCE_TOKENS_PER_S,
+    REFERENCE,
+    RunWork,
     count_parameters,
-    estimate_speed,
+    estimate_time,
     plan_device,
+    replay_tokens_each,
 )
 from tui_chat.training.launch import cancel_run, start_training
 from tui_chat.training.monitor import RunMonitor, RunWatch, reconcile_runs
@@ -145,6 +146,27 @@ def test_preview_follows_the_trainers_schedule(store: Store, home: DataHome) -> 
     assert plan(store, home, "--replay", "40").schedule.replay == 40
 
 
+def test_the_preview_knows_what_the_base_models_cache_holds(store: Store, home: DataHome) -> None:
+    from trainer.config import SFTConfig
+    from trainer.progress import ProgressReporter
+    from trainer.sft import run_sft
+
+    fill_store(store, 10)
+    first = plan(store, home)
+    assert first.work.replay_answers > 0 and not first.work.baseline_cached and not first.work.eval_before_cached
+    assert first.work.eval_samples == 1 and first.estimate.first_time_s > 0
+    assert "(tui-chat's 2-core test machine; your first run measures this one)" in "\n".join(first.preview_lines())
+    # A run of the same base model on the same conversations fills the cache (and the timings) ...
+    run_sft(SFTConfig(data=str(first.export.paths["all"]), model="tiny", home=str(home.root), max_steps=1,
+                      out=str(home.models / "filled"), progress="none"), ProgressReporter("none"))
+    first.discard()
+    # ... so the next preview knows only training is left to pay for, and times it from that run.
+    again = plan(store, home)
+    assert (again.work.replay_answers, again.work.baseline_cached, again.work.eval_before_cached) == (0, True, True)
+    assert again.estimate.first_time_s == 0 and again.estimate.source == "from your last run of tiny on this machine"
+    assert "(from your last run of tiny on this machine)" in "\n".join(again.preview_lines())
+
+
 def test_preview_finds_over_long_conversations_with_the_base_tokenizer(store: Store, home: DataHome) -> None:
     fill_store(store, 6)
     add_chat(store, [("tell me everything " * 40, "the quick brown fox " * 40)])
@@ -171,27 +193,52 @@ def test_preview_errors_are_one_line(store: Store, home: DataHome) -> None:
     assert list(home.datasets.iterdir()) == []  # nothing left behind
 
 
-def test_speed_comes_from_the_newest_comparable_run_then_scaled_then_the_reference(store: Store) -> None:
-    def finished(name: str, base: str, tokens_per_s: float, parameters: int) -> None:
-        run = store.create_training_run(name, base_model=base, params={"base_parameters": parameters})
-        store.update_training_run(run.id, status="finished", metrics={
-            "method": "lora", "device": "cpu", "tokens_per_s": tokens_per_s, "train_time_s": 100.0, "wall_s": 160.0,
-            "after": {"val_ppl": 3.0}})
+def timing(base: str, parameters: int, *, train_s: float = 10.0, cached: bool = True) -> dict:
+    """A runs/timings.jsonl line as the trainer writes it: 1,000 tokens trained, 0.5 s outside the phases."""
+    phases = {"load": {"s": 1.0}, "replay": {"generated": 0 if cached else 10, "s": 0.0 if cached else 5.0},
+              "baseline": {"cached": cached, "generated": 0 if cached else 48, "s": 0.5 if cached else 8.0},
+              "distill": {"tokens": 1000, "s": 1.0}, "train": {"tokens": 1000, "s": train_s},
+              "retention": {"prompts": 48, "s": 6.0}, "save": {"s": 1.0}}
+    return {"base_model": base, "base_parameters": parameters, "method": "lora", "device": "cpu", "startup_s": 4.0,
+            "total_s": 4.5 + sum(p["s"] for p in phases.values()), "replay_tokens_each": 80.0, "phases": phases}
 
-    assert estimate_speed([], base_name="x", method="lora", device="cuda", parameters=None) is None
-    reference = estimate_speed([], base_name="x", method="lora", device="cpu", parameters=REFERENCE_PARAMETERS * 2)
-    assert reference.tokens_per_s == REFERENCE_TOKENS_PER_S["lora"] / 2 and "test machine" in reference.source
-    finished("big-run", "big", 100.0, 400)
-    scaled = estimate_speed(store.list_training_runs(), base_name="small", method="lora", device="cpu",
-                            parameters=100)
-    assert scaled.tokens_per_s == 400.0 and "scaled by model size from run big-run" in scaled.source
-    finished("small-run", "small", 300.0, 100)
-    same = estimate_speed(store.list_training_runs(), base_name="small", method="lora", device="cpu", parameters=100)
-    assert (same.tokens_per_s, same.overhead_s, same.source) == (300.0, 60.0, "measured in run small-run")
-    assert same.seconds(3000) == 70.0
-    quick = estimate_speed(store.list_training_runs(), base_name="small", method="lora", device="cpu",
-                           parameters=REFERENCE_PARAMETERS, evaluate=False)
-    assert quick.tokens_per_s == 300.0 and quick.overhead_s == REFERENCE_OVERHEAD_S[False]  # that run evaluated
+
+WARM = RunWork(trained_tokens=2000, replay_tokens=1000, replay_answers=0, retention=True, baseline_cached=True,
+               eval_samples=0, eval_before_cached=False)
+
+
+def test_the_estimate_comes_from_this_machines_runs_then_other_models_then_the_reference() -> None:
+    options = {"base_name": "small", "method": "lora", "device": "cpu", "parameters": 100}
+    assert estimate_time([], WARM, **{**options, "device": "cuda"}) is None  # a GPU never measured: no guess
+    first = estimate_time([], WARM, **options)
+    assert "2-core test machine" in first.source and "your first run measures this one" in first.source
+    # Another model's runs, scaled by size: one twice this one's size trains this one twice as fast.
+    scaled = estimate_time([timing("big", 200)], WARM, **options)
+    assert scaled.train_s == pytest.approx(2000 * 10.0 / 1000 / 2) and "scaled by model size" in scaled.source
+    # This model's own runs: the median of the last ones, phase by phase. 4 s start-up + 1 load + 1 distill
+    # (1,000 replay tokens) + training + 0.5 cached baseline + 6 retention + 1 save + 0.5 left over from the runs.
+    own = [timing("small", 100, train_s=t) for t in (50.0, 10.0, 20.0)]
+    estimate = estimate_time(own, WARM, **options)
+    assert estimate.source == "from your last 3 runs of small on this machine"
+    assert estimate.train_s == pytest.approx(2000 * 20.0 / 1000) and estimate.tokens_per_s == pytest.approx(50.0)
+    assert estimate.seconds == pytest.approx(4 + 1 + 1 + 40 + 0.5 + 6 + 1 + 0.5) and estimate.first_time_s == 0
+    assert estimate_time(own[:1], WARM, **options).source == "from your last run of small on this machine"
+    # Only the last HISTORY runs count, so the estimate follows the machine.
+    old = [timing("small", 100, train_s=500.0)] * 10
+    assert estimate_time(old + own + own[1:], WARM, **options).train_s == estimate.train_s  # the newest 5
+    assert replay_tokens_each(own, "small") == 80.0 and replay_tokens_each([], "small") == REFERENCE["replay_tokens_each"]
+
+
+def test_the_estimate_adds_what_the_base_models_cache_does_not_hold() -> None:
+    options = {"base_name": "small", "method": "lora", "device": "cpu", "parameters": 100}
+    runs = [timing("small", 100, cached=False), timing("small", 100)]  # the first run generated, the second not
+    warm = estimate_time(runs, WARM, **options)
+    cold = estimate_time(runs, dataclasses.replace(WARM, replay_answers=20, baseline_cached=False), **options)
+    # 20 replay answers at 0.5 s each, and the retention baseline measured whole (8 s) instead of read (0.5 s).
+    assert cold.first_time_s == pytest.approx(20 * 0.5 + 8.0)
+    assert cold.seconds - warm.seconds == pytest.approx(20 * 0.5 + 8.0 - 0.5)
+    evaluated = estimate_time(runs, dataclasses.replace(WARM, eval_samples=2), **options)
+    assert evaluated.seconds > warm.seconds  # no run measured evaluation: the reference's rate per sample
 
 
 def test_gpu_memory_decides_where_training_runs() -> None:

@@ -15,6 +15,7 @@ from textual.widgets import Button, Input, Label, OptionList, ProgressBar, Spark
 
 from sessions import Store, memory_database
 from trainer.home import DataHome
+from trainer.schedule import auto_epochs
 from tui_chat.tui.screens.confirm import ConfirmScreen
 from tui_chat.tui.screens.model_picker import ModelPickerScreen
 from tui_chat.tui.screens.runs_list import RunsScreen
@@ -159,6 +160,29 @@ async def test_the_form_previews_then_starts_the_panel_follows_and_cancel_stops(
         await pilot.click(".run-dismiss")
         await pilot.pause()
         assert not panel.display
+
+
+async def test_the_forms_blank_epochs_say_what_the_run_will_do(home, store):
+    async with build_app(FakeEngine(name="tiny"), home=home, store=store).run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "/train")
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, TrainDialogScreen), timeout=60, what="the form")
+        form = pilot.app.screen
+        epochs = form.query_one("#train-epochs", Input)
+        preview = form.query_one("#train-preview", Static)
+        start = form.query_one("#train-start", Button)
+        await wait_for(pilot, lambda: not start.disabled, what="the preview")
+        assert epochs.value == ""
+        # The trainer's own choice for 7 conversations, in the form and the preview alike.
+        chosen = auto_epochs(7)
+        assert epochs.placeholder == f"{chosen:g} (chosen for 7 conversations)"
+        assert f"{chosen:g} epochs (chosen for 7 conversations)" in str(preview.render())
+        form.query_one("#train-max-steps", Input).value = "2"
+        await pilot.click("#train-refresh")
+        await wait_for(pilot, lambda: not start.disabled and "= 2 steps" in str(preview.render()),
+                       what="the preview of 2 steps")
+        assert epochs.placeholder == f"{form.plan.epochs:.3g} (from the max steps)" and form.plan.epochs < chosen
+        await pilot.press("escape")
 
 
 async def test_a_failed_run_shows_the_error_and_the_log(home, store, fake_python):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 # SmolLM2-135M-Instruct's template: ChatML that adds a default system prompt when the chat has none.
 SMOLLM2_TEMPLATE = (
@@ -32,3 +33,18 @@ def chat_lines(n: int, seed: int = 0) -> list[dict]:
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+def can_replay_answers(monkeypatch: Any, reply: str = "hello world.") -> None:
+    """Make the base model answer every replay prompt with ``reply`` (a random tiny model never finishes a sentence,
+    so none of its own answers would be usable); retention answers stay the model's own."""
+    from trainer.base_answers import Answer, AnswerCache
+
+    real = AnswerCache.answers
+
+    def canned(self, model, tokenizer, set_name, prompts, settings, *, select=None, progress=None):
+        if set_name != "replay":
+            return real(self, model, tokenizer, set_name, prompts, settings, select=select, progress=progress)
+        return [Answer(p.prompt, reply, True) for p in (prompts if select is None else select)]
+
+    monkeypatch.setattr(AnswerCache, "answers", canned)

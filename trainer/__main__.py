@@ -17,7 +17,8 @@ from .home import DataHome
 from .models import ModelError
 from .progress import MODES, ProgressReporter
 from .rundir import RunDirError
-from .sft import SettingsError, TrainingStopped, run_sft
+from .loop import TrainingStopped
+from .sft import SettingsError, run_sft
 
 USER_ERRORS = (DataError, ModelError, SettingsError, RunDirError)
 

@@ -6,10 +6,14 @@ data (``trainer/data/<name>_prompts.jsonl``, one ``{"prompt": ..., "expect": [..
 optional: short answers that a correct reply contains).
 
 Generating costs minutes on a CPU, so answers are cached once per base model under
-``<home>/base_answers/<set>-<key>.jsonl``. The key covers everything that changes the text: the model's weights and
-config (a hash of the parameters, not the spec, so a retrained run of the same name is not mistaken for the old
-one), its chat template, the prompt set and the generation settings. A cache holds answers for a prefix of the set
-and grows when more are asked for; it is rewritten atomically, so a killed run leaves the old file or the new one.
+``<home>/base_answers/<set>-<key>.jsonl`` (``AnswerCache``), next to small measurements of the base model that do
+not depend on a run (``<kind>-<key>.json``: its perplexity on the retention answers, its evaluation on a validation
+set). The key covers everything that changes the result: the model's weights and config (a hash of the parameters,
+not the spec, so a retrained run of the same name is not mistaken for the old one), its chat template, the prompt
+set and the generation settings. Hashing the weights takes about a second, so ``fingerprints.json`` remembers the
+hash by the files' identity (path, sizes, change times), which also lets `/train`'s preview see what is cached
+without loading the model. A cache holds answers to the prompts asked so far and grows when more are asked for;
+files are rewritten atomically (a killed run leaves the old file or the new one) and private to the user (0600).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -30,6 +34,7 @@ from .evaluate import end_of_turn_ids
 
 PROMPT_SETS = ("replay", "retention")
 CACHE_DIR = "base_answers"  # under the data home's root
+FINGERPRINTS_FILE = "fingerprints.json"  # in CACHE_DIR: model_identity -> model_fingerprint, see AnswerCache.of
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,9 @@ def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMan
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
+DRAFT_CHECK_BATCH = 8  # drafts checked per forward pass: its logits cover every position of every row
+
+
 @torch.no_grad()
 def greedy_answers(
     model: Any,
@@ -95,87 +103,132 @@ def greedy_answers(
     prompts: Sequence[str],
     settings: AnswerSettings,
     *,
+    drafts: Sequence[Answer] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Answer]:
     """Greedy answers to single-turn ``prompts`` (rendered with the chat template, as the chat does), in order.
 
     Prompts are batched by length (left padded, so every row's answer starts at the same column) and a batch stops
     when every row has ended its turn. ``progress(done, total)`` is called after each batch.
+
+    ``drafts``: answers to the same prompts that the model is expected mostly to repeat (the base model's, asked of a
+    model fine-tuned from it). One forward pass checks each draft token by token against the model's own greedy pick,
+    and only the rows where the two part are generated on, from there: the answers are the ones generating from
+    scratch gives (up to the rare near-tie that batching also flips), for a fraction of the decoding steps.
     """
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     stops = end_of_turn_ids(model, tokenizer)
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+    prompt_ids = [
+        tokenizer(
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False,
+        )["input_ids"]
         for p in prompts
     ]
-    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    order = sorted(range(len(texts)), key=lengths.__getitem__)  # similar lengths share a batch: little padding
-    answers: dict[int, Answer] = {}
     try:
-        for start in range(0, len(order), settings.batch_size):
-            rows = order[start : start + settings.batch_size]
-            inputs = tokenizer([texts[i] for i in rows], add_special_tokens=False, padding=True, return_tensors="pt")
-            inputs = inputs.to(device)
-            with _autocast(device, settings.bf16):
-                output = model.generate(
-                    **inputs,
-                    do_sample=False,
-                    max_new_tokens=settings.max_new_tokens,
-                    eos_token_id=stops,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
-            finished = torch.isin(new_tokens, torch.tensor(stops, device=new_tokens.device)).any(dim=1)
-            for row, tokens, done in zip(rows, new_tokens, finished.tolist()):
-                reply = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-                answers[row] = Answer(prompts[row], reply, done)
+        prefixes = _agreed_prefixes(model, tokenizer, prompt_ids, drafts, settings, stops) if drafts else [
+            [] for _ in prompts
+        ]
+        budgets = [settings.max_new_tokens - len(prefix) for prefix in prefixes]
+        todo = [i for i, prefix in enumerate(prefixes) if budgets[i] > 0 and not (prefix and prefix[-1] in stops)]
+        todo.sort(key=lambda i: len(prompt_ids[i]) + len(prefixes[i]))  # similar lengths share a batch
+        generated: dict[int, list[int]] = {}
+        for start in range(0, len(todo), settings.batch_size):
+            rows = todo[start : start + settings.batch_size]
+            continued = _generate(
+                model, tokenizer, [prompt_ids[i] + prefixes[i] for i in rows], max(budgets[i] for i in rows),
+                settings, stops,
+            )
+            generated.update(zip(rows, continued))
             if progress is not None:
-                progress(len(answers), len(texts))
+                progress(len(generated), len(todo))
     finally:
-        tokenizer.padding_side = side
         model.train(was_training)
-    return [answers[i] for i in range(len(prompts))]
-
-
-def cache_path(cache_dir: Path, set_name: str, model: Any, tokenizer: Any, prompts: Sequence[Prompt], settings: AnswerSettings) -> Path:
-    """Where the answers of this model to this prompt set with these settings are cached."""
-    key = hashlib.sha256(
-        json.dumps(
-            {
-                "model": model_fingerprint(model, tokenizer),
-                "prompts": prompt_set_hash(prompts),
-                "settings": asdict(settings),
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:24]
-    return Path(cache_dir) / f"{set_name}-{key}.jsonl"
-
-
-def _read_cache(path: Path) -> list[Answer]:
-    if not path.is_file():
-        return []
     answers = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-            answers.append(Answer(record["prompt"], record["reply"], bool(record["finished"])))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            return []  # a damaged cache is regenerated, never trusted
+    for index, prompt in enumerate(prompts):
+        tokens = (prefixes[index] + generated.get(index, []))[: settings.max_new_tokens]
+        end = next((at for at, token in enumerate(tokens) if token in stops), None)
+        answers.append(Answer(prompt, tokenizer.decode(tokens[:end], skip_special_tokens=True).strip(), end is not None))
     return answers
 
 
-def _write_cache(path: Path, answers: Sequence[Answer]) -> None:
+def _generate(
+    model: Any, tokenizer: Any, inputs: Sequence[list[int]], max_new_tokens: int, settings: AnswerSettings,
+    stops: list[int],
+) -> list[list[int]]:
+    """Greedy continuations of token sequences, left padded into one batch (the batch stops when every row has
+    ended its turn)."""
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids in inputs)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in inputs], device=device)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in inputs], device=device)
+    with _autocast(device, settings.bf16):
+        output = model.generate(
+            input_ids=input_ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+            eos_token_id=stops, pad_token_id=pad,
+        )
+    return output[:, width:].tolist()
+
+
+def _agreed_prefixes(
+    model: Any, tokenizer: Any, prompt_ids: Sequence[list[int]], drafts: Sequence[Answer], settings: AnswerSettings,
+    stops: list[int],
+) -> list[list[int]]:
+    """For each prompt, what greedy decoding produces before it needs generating: the longest start of the draft
+    the model agrees with token by token, then the model's own pick where they part (or the draft ends)."""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    prefixes: list[list[int]] = []
+    for start in range(0, len(prompt_ids), DRAFT_CHECK_BATCH):
+        rows = range(start, min(len(prompt_ids), start + DRAFT_CHECK_BATCH))
+        # A finished draft ends its turn: the model must agree on that too.
+        drafted = [
+            (tokenizer(drafts[i].reply, add_special_tokens=False)["input_ids"] + (stops[:1] if drafts[i].finished else []))[
+                : settings.max_new_tokens
+            ]
+            for i in rows
+        ]
+        sequences = [prompt_ids[i] + draft for i, draft in zip(rows, drafted)]
+        width = max(len(ids) for ids in sequences)
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in sequences], device=device)
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in sequences], device=device)
+        with _autocast(device, settings.bf16):
+            picks = model(input_ids=input_ids, attention_mask=mask).logits.argmax(dim=-1).tolist()
+        for i, draft, row in zip(rows, drafted, picks):
+            # own[j]: the model's pick after the prompt and the draft's first j tokens.
+            own = row[len(prompt_ids[i]) - 1 : len(prompt_ids[i]) + len(draft)]
+            agreed = next((j for j, (a, b) in enumerate(zip(own, draft)) if a != b), len(draft))
+            whole = agreed == len(draft) and (len(draft) == settings.max_new_tokens or (draft and draft[-1] in stops))
+            prefixes.append(draft if whole else draft[:agreed] + [own[agreed]])
+    return prefixes
+
+
+def model_identity(location: str | Path, dtype: str) -> str | None:
+    """The identity of a model's files loaded in ``dtype``, cheap to compute: the directory's real path and each
+    file's name, size and change time. None for a Hub id (no directory). Used only to look up a fingerprint computed
+    before (``AnswerCache``): the fingerprint hashes the weights in the dtype they were loaded in."""
+    directory = Path(location).expanduser()
+    if not directory.is_dir():
+        return None
+    directory = directory.resolve()
+    entries = []
+    for path in sorted(directory.iterdir()):
+        if path.is_file():
+            stat = path.stat()
+            entries.append([path.name, stat.st_size, stat.st_mtime_ns])
+    return hashlib.sha256(json.dumps([str(directory), dtype, entries]).encode()).hexdigest()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` atomically to ``path``, readable by its owner only (the cache quotes the user's chats)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.chmod(path.parent, 0o700)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp creates it 0600
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
-            for answer in answers:
-                file.write(json.dumps(asdict(answer), ensure_ascii=False) + "\n")
+            file.write(text)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
@@ -184,29 +237,101 @@ def _write_cache(path: Path, answers: Sequence[Answer]) -> None:
         raise
 
 
-def base_answers(
-    model: Any,
-    tokenizer: Any,
-    set_name: str,
-    prompts: Sequence[Prompt],
-    settings: AnswerSettings,
-    cache_dir: Path,
-    *,
-    count: int | None = None,
-    select: Sequence[Prompt] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[Answer]:
-    """The model's answers to ``select`` (prompts of the set ``prompts``; default: its first ``count``, all when None),
-    from the cache where it has them, in that order.
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # missing or damaged: measured again, never trusted
 
-    The cache holds one answer per prompt of the set, whatever order they were asked in; missing answers are generated
-    and added to it. ``progress(done, total)`` counts generated ones only.
+
+@dataclass
+class AnswerCache:
+    """What one base model said and measured, cached in ``directory`` (the data home's base_answers/): answers to
+    the shipped prompt sets, and small measurements (``value``) such as its perplexity on them.
+
+    Everything is keyed by ``fingerprint`` (the weights, config and chat template) plus what else changes the result.
+    ``generated`` counts the answers this object had to generate, by prompt set: what a run paid for.
     """
-    wanted = list(select if select is not None else prompts if count is None else prompts[:count])
-    path = cache_path(cache_dir, set_name, model, tokenizer, prompts, settings)
-    cached = {answer.prompt: answer for answer in _read_cache(path)}
-    missing = [p.prompt for p in wanted if p.prompt not in cached]
-    if missing:
-        cached.update((a.prompt, a) for a in greedy_answers(model, tokenizer, missing, settings, progress=progress))
-        _write_cache(path, list(cached.values()))
-    return [cached[p.prompt] for p in wanted]
+
+    directory: Path
+    fingerprint: str
+    generated: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: Any, tokenizer: Any, directory: Path, identity: str | None = None) -> "AnswerCache":
+        """The cache of ``model``. With ``identity`` (``model_identity`` of the files it was loaded from) the
+        fingerprint is looked up instead of hashed when these files were seen before."""
+        memo_path = Path(directory) / FINGERPRINTS_FILE
+        memo = (_read_json(memo_path) or {}) if identity else {}
+        fingerprint = memo.get(identity) if identity else None
+        if not isinstance(fingerprint, str):
+            fingerprint = model_fingerprint(model, tokenizer)
+            if identity:
+                _write_private(memo_path, json.dumps({**memo, identity: fingerprint}, indent=1))
+        return cls(Path(directory), fingerprint)
+
+    @classmethod
+    def known(cls, directory: Path, identity: str | None) -> "AnswerCache | None":
+        """The cache of the model whose files have ``identity``, without loading it; None when no run used them."""
+        fingerprint = (_read_json(Path(directory) / FINGERPRINTS_FILE) or {}).get(identity) if identity else None
+        return cls(Path(directory), fingerprint) if isinstance(fingerprint, str) else None
+
+    def _key(self, **parts: Any) -> str:
+        text = json.dumps({"model": self.fingerprint, **parts}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def path(self, set_name: str, prompts: Sequence[Prompt], settings: AnswerSettings) -> Path:
+        """Where the answers to the prompt set ``prompts`` with these settings are cached."""
+        key = self._key(prompts=prompt_set_hash(prompts), settings=asdict(settings))
+        return self.directory / f"{set_name}-{key}.jsonl"
+
+    def cached(self, set_name: str, prompts: Sequence[Prompt], settings: AnswerSettings) -> dict[str, Answer]:
+        """The answers already cached, by prompt."""
+        path = self.path(set_name, prompts, settings)
+        answers: dict[str, Answer] = {}
+        if not path.is_file():
+            return answers
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                answers[record["prompt"]] = Answer(record["prompt"], record["reply"], bool(record["finished"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                return {}  # a damaged cache is regenerated, never trusted
+        return answers
+
+    def answers(
+        self,
+        model: Any,
+        tokenizer: Any,
+        set_name: str,
+        prompts: Sequence[Prompt],
+        settings: AnswerSettings,
+        *,
+        select: Sequence[Prompt] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Answer]:
+        """``model``'s answers to ``select`` (prompts of the set ``prompts``; default: all of them), from the cache
+        where it has them, in that order. ``model`` must be the model this cache belongs to.
+
+        The cache holds one answer per prompt of the set, whatever order they were asked in; missing answers are
+        generated and added to it. ``progress(done, total)`` counts generated ones only.
+        """
+        wanted = list(prompts if select is None else select)
+        cached = self.cached(set_name, prompts, settings)
+        missing = [p.prompt for p in wanted if p.prompt not in cached]
+        if missing:
+            cached.update((a.prompt, a) for a in greedy_answers(model, tokenizer, missing, settings, progress=progress))
+            lines = [json.dumps(asdict(answer), ensure_ascii=False) + "\n" for answer in cached.values()]
+            _write_private(self.path(set_name, prompts, settings), "".join(lines))
+        self.generated[set_name] = self.generated.get(set_name, 0) + len(missing)
+        return [cached[p.prompt] for p in wanted]
+
+    def value_path(self, kind: str, **key: Any) -> Path:
+        return self.directory / f"{kind}-{self._key(kind=kind, **key)}.json"
+
+    def value(self, kind: str, **key: Any) -> Any:
+        """A measurement cached under ``kind`` and ``key`` (JSON values), or None."""
+        return _read_json(self.value_path(kind, **key))
+
+    def store(self, kind: str, value: Any, **key: Any) -> None:
+        _write_private(self.value_path(kind, **key), json.dumps(value, ensure_ascii=False))

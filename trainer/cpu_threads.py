@@ -63,6 +63,10 @@ class ThreadGovernor:
     def update(self) -> int:
         """Record the step just done and choose the count for the next one."""
         self.history.append(self.threads)
+        return self.recheck()
+
+    def recheck(self) -> int:
+        """Choose the count again, between pieces of work that are not steps (batches of generated answers)."""
         if self._mark is not None and self.cores >= 2:
             self._set(self._decide(self.threads))
         return self.threads

@@ -157,6 +157,15 @@ def evaluate(
     return EvalResult(loss, ppl, tokens, bleu, rouge, samples)
 
 
+def eval_key(conversations: Sequence[Conversation], config: Any, bf16: bool) -> dict[str, Any]:
+    """What an evaluation's result depends on besides the model (``config``: the run's SFTConfig): the key of the
+    base model's cached "before" evaluation."""
+    return {
+        "conversations": [c.as_messages() for c in conversations], "bf16": bf16, "max_length": config.max_length,
+        "micro_batch": config.micro_batch, "samples": config.eval_samples, "max_new_tokens": config.max_new_tokens,
+    }
+
+
 def evaluate_dataset(
     model_spec: str,
     data_path: str,

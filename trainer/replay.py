@@ -30,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .base_answers import Answer, AnswerSettings, Prompt, base_answers, load_prompt_set
+from .base_answers import Answer, AnswerCache, AnswerSettings, Prompt, load_prompt_set
 from .data import Conversation, read_jsonl
 
 REPLAY_FILE = "replay.jsonl"  # in the run dir: the replay conversations the run trained on
@@ -133,11 +133,38 @@ def usable_reply(answer: Answer) -> str | None:
     return text
 
 
+def replay_settings(bf16: bool) -> AnswerSettings:
+    return AnswerSettings(max_new_tokens=REPLAY_MAX_NEW_TOKENS, bf16=bf16)
+
+
+def _first_ask(count: int, available: int) -> int:
+    """Answers asked for first, for ``count`` replay conversations (some answers are unusable)."""
+    return min(available, int(count * SPARE) + 1)
+
+
+def _texts(conversations: Sequence[Conversation]) -> list[str]:
+    return [message["content"] for conversation in conversations for message in conversation.messages]
+
+
+def replay_to_generate(
+    cache: AnswerCache | None, count: int, near: Sequence[Conversation], *, bf16: bool
+) -> int:
+    """How many replay answers a run asking for ``count`` conversations near ``near`` (the user's training
+    conversations) will generate: the rest are in ``cache`` (None: nothing is). More only when too few answers are
+    usable, which is rare."""
+    if count <= 0:
+        return 0
+    prompts = replay_prompts()
+    asked = replay_order(prompts, _texts(near))[: _first_ask(count, len(prompts))]
+    cached = cache.cached("replay", prompts, replay_settings(bf16)) if cache is not None else {}
+    return sum(1 for p in asked if p.prompt not in cached)
+
+
 def replay_conversations(
     model: Any,
     tokenizer: Any,
     count: int,
-    cache_dir: Path,
+    cache: AnswerCache,
     *,
     bf16: bool,
     near: Sequence[str] = (),
@@ -153,13 +180,11 @@ def replay_conversations(
         return []
     prompts = replay_prompts()
     order = replay_order(prompts, near)
-    settings = AnswerSettings(max_new_tokens=REPLAY_MAX_NEW_TOKENS, bf16=bf16)
-    asked = min(len(prompts), int(count * SPARE) + 1)
+    settings = replay_settings(bf16)
+    asked = _first_ask(count, len(prompts))
     limit = min(len(prompts), asked * MAX_ROUNDS_FACTOR)
     while True:
-        answers = base_answers(
-            model, tokenizer, "replay", prompts, settings, cache_dir, select=order[:asked], progress=progress
-        )
+        answers = cache.answers(model, tokenizer, "replay", prompts, settings, select=order[:asked], progress=progress)
         usable = [(a.prompt, reply) for a in answers if (reply := usable_reply(a)) is not None]
         if len(usable) >= count or asked >= limit:
             break
@@ -184,7 +209,7 @@ def replay_for_run(
     model: Any,
     tokenizer: Any,
     count: int,
-    cache_dir: Path,
+    cache: AnswerCache,
     *,
     bf16: bool,
     near: Sequence[Conversation] = (),
@@ -196,8 +221,7 @@ def replay_for_run(
     them on the topics of ``near`` (the user's training conversations)."""
     if resume_dir is not None and (resume_dir / REPLAY_FILE).is_file():
         return read_jsonl(resume_dir / REPLAY_FILE).conversations
-    texts = [message["content"] for conversation in near for message in conversation.messages]
-    records = replay_conversations(model, tokenizer, count, cache_dir, bf16=bf16, near=texts, progress=progress)
+    records = replay_conversations(model, tokenizer, count, cache, bf16=bf16, near=_texts(near), progress=progress)
     return [
         Conversation(tuple(r["messages"]), f"replay:{i + 1}", "train") for i, r in enumerate(records)
     ]

@@ -6,7 +6,16 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import rundir
 from .evaluate import EvalResult
+from .retention import RetentionResult, report_section
+
+# The phases report.md lists, in run order, as people call them (timings.py defines them).
+PHASE_NAMES = {
+    "load": "load the base model", "replay": "replay answers", "baseline": "retention: the base model's side",
+    "distill": "replay distributions", "eval_before": "evaluate before", "train": "train",
+    "eval_after": "evaluate after", "retention": "retention: the trained model", "save": "save",
+}
 
 
 def read_progress(path: Path) -> list[dict[str, Any]]:
@@ -97,3 +106,60 @@ def write_report(
     if has_plot:
         lines += ["![loss](loss.png)", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _replay_line(metrics: dict[str, Any]) -> str:
+    replay = metrics["replay"]
+    if not replay["conversations"]:
+        return "- replay: off"
+    learned = (
+        "the model learned the base model's next-token distribution on them (self-distillation, --replay-loss kl)"
+        if replay["loss"] == "kl" else "the model learned their text (cross-entropy, --replay-loss ce)"
+    )
+    phase = metrics["phases"].get("replay", {})
+    if "generated" not in phase:
+        source = "the ones this run started with"
+    elif phase["generated"]:
+        source = f"{phase['generated']} answers generated now, the rest from the cache"
+    else:
+        source = "every answer from the cache: no generation"
+    return (f"- replay: {replay['conversations']} general conversations answered by the base model were mixed into "
+            f"training ({source}; {replay['prepare_s']:.0f} s to prepare); {learned}")
+
+
+def _time_section(metrics: dict[str, Any]) -> str:
+    """Each phase's seconds, and which came from the cache of the base model's side."""
+    lines = ["## Time", ""]
+    if metrics.get("startup_s") is not None:
+        lines.append(f"- start-up (Python and imports): {metrics['startup_s']:.1f} s")
+    for name, label in PHASE_NAMES.items():
+        phase = metrics["phases"].get(name)
+        if phase is None:
+            continue
+        note = ""
+        if phase.get("cached"):
+            note = " (the base model's side came from the cache)"
+        elif phase.get("generated"):
+            note = f" ({phase['generated']} answers generated, then cached)"
+        lines.append(f"- {label}: {phase['s']:.1f} s{note}")
+    return "\n".join(lines) + "\n"
+
+
+def write_run_report(
+    run_dir: Path,
+    metrics: dict[str, Any],
+    before: EvalResult | None,
+    after: EvalResult | None,
+    retention: RetentionResult | None,
+    retention_warning: str | None,
+) -> None:
+    """A finished run's loss.png, report.md and retention.json (metrics.json is written last, by the caller)."""
+    has_plot = plot_loss(read_progress(run_dir / rundir.PROGRESS_LOG), run_dir / "loss.png") is not None
+    schedule = metrics["schedule"]
+    sections = [f"## Schedule and replay\n\n- schedule: {schedule['epochs']:g} epochs at lr {schedule['lr']:g} for "
+                f"{schedule['user_conversations']} conversations\n{_replay_line(metrics)}\n"]
+    if retention is not None:
+        sections.append(report_section(retention, retention_warning))
+        rundir.write_json_atomic(run_dir / "retention.json", retention.as_dict())
+    sections.append(_time_section(metrics))
+    write_report(run_dir / "report.md", metrics, before, after, has_plot, sections)

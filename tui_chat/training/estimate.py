@@ -1,38 +1,47 @@
 """How long a training run will take on this device, and where it runs beside the chat's own model.
 
-Speed comes from measurements, newest first: a finished run of the same base model, method and device in the store;
-else another model's run there, scaled by model size; else (CPU only) the reference measured on tui-chat's own test
-machine. The preview says which one it used. A model's size is read from its safetensors headers (no weights load).
+The time comes from this machine's own runs: every finished run appends its phases to the data home's
+``runs/timings.jsonl`` (trainer/timings.py), whoever started it. A run is estimated phase by phase from the last
+``HISTORY`` runs of the same base model, method and device (another model's runs, scaled by model size, when this
+one never ran): start-up, loading, the base model's answers (only those not cached yet: ``RunWork`` says which),
+evaluation, the training steps at the measured tokens/s, retention, saving. Before the first run on a CPU it comes
+from ``REFERENCE``, a run measured on tui-chat's own 2-core test machine, and says so. A model's size is read from
+its safetensors headers (no weights load).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
-
-from sessions import TrainingRun
+from typing import Any, Sequence
 
 GIB = 1024**3
 TRAINER_NICE = 10  # niceness added to the trainer on CPU: the chat's replies win the cores when both want them
-
-# Measured through `/train` on tui-chat's test machine (2 CPU cores, AVX512-BF16, load average 4-9 from other jobs
-# at the time, so a quiet machine does better), the bundled SmolLM2-135M-Instruct (134.5M parameters), bf16
-# autocast, 1 training thread, 4 x 2 short conversations a step: tokens/s over the training steps (LoRA 54, full 38),
-# and the rest of a first run: start-up, loading and saving 22 s; the base model answering 16 replay prompts 44 s;
-# with evaluation, the validation loss and samples before and after ~50 s, and retention (the base model's answers
-# to the held-out prompts 58 s, the trained model's 83 s). Replay and retention answers of the base model are
-# cached, so later runs are quicker; a measured run in the store replaces these figures.
-REFERENCE_PARAMETERS = 134_515_008
-REFERENCE_TOKENS_PER_S = {"lora": 54.0, "full": 38.0}
-REFERENCE_OVERHEAD_S = {True: 22.0 + 44 + 50 + 58 + 83, False: 22.0 + 44}  # with / without evaluation
-STARTUP_S = 15.0  # of the overhead, the part no model size changes: starting Python, importing torch and transformers
-REFERENCE_WHERE = "a rough figure from tui-chat's 2-core test machine, scaled by model size"
+HISTORY = 5  # runs an estimate is drawn from: recent enough to follow the machine, enough to smooth one odd run
 MAX_SPEEDUP = 10.0  # a much smaller model is not that much faster: start-up, the tokenizer and the loop cost too
-
+# The first run of the bundled SmolLM2-135M-Instruct (LoRA, bf16 autocast) on tui-chat's 2-core test machine, one
+# conversation, nothing cached: its timings.jsonl line as `python -m bench small_runs` prints it. Full fine-tunes
+# train slower per token (FULL_SLOWDOWN, measured in the same way).
+REFERENCE: dict[str, Any] = {
+    "base_model": "smollm2", "base_parameters": 134_515_008, "method": "lora", "device": "cpu",
+    "precision": "bf16 autocast", "processes": 1, "threads": 1, "tokens_per_s": 217.3, "startup_s": 6.16,
+    "total_s": 112.34, "replay_tokens_each": 76.5,
+    "phases": {
+        "load": {"s": 1.52}, "replay": {"conversations": 16, "generated": 21, "s": 13.98},
+        "baseline": {"generated": 48, "cached": False, "s": 17.4}, "distill": {"tokens": 1224, "s": 2.01},
+        "eval_before": {"samples": 1, "cached": False, "s": 5.33},
+        "train": {"start_step": 0, "steps": 24, "tokens": 10184, "s": 46.93},
+        "eval_after": {"samples": 1, "cached": False, "s": 5.0}, "retention": {"prompts": 48, "s": 21.9},
+        "save": {"s": 1.24},
+    },
+}
+# The same machine trained 54 tokens/s with LoRA and 38 with a full fine-tune, both through `/train`.
+FULL_SLOWDOWN = 54 / 38
+REFERENCE_WHERE = "tui-chat's 2-core test machine; your first run measures this one"
 # Training memory per parameter on a GPU (fp32 master weights; bf16 is autocast only): full fine-tuning holds the
 # weights, their gradients and two AdamW moments (4 + 4 + 8 bytes); LoRA holds the frozen weights and tiny adapters.
 BYTES_PER_PARAMETER = {"full": 16, "lora": 4}
@@ -119,62 +128,138 @@ def plan_device(
     return DevicePlan(available, (f"{available.upper()}: training shares the device with the chat's model",))
 
 
-def _device_type(metrics: dict) -> str:
-    return str(metrics.get("device", "")).split(":", 1)[0]
+@dataclass(frozen=True)
+class RunWork:
+    """What a previewed run will do: the inputs of its time estimate."""
+
+    trained_tokens: int  # tokens the training steps process (every epoch, replay included)
+    replay_tokens: int  # of the replay conversations, one pass (distillation reads them once)
+    replay_answers: int  # replay answers the base model still has to generate (the rest are cached)
+    retention: bool  # the run checks retention (--no-eval turns evaluation and retention off)
+    baseline_cached: bool  # the base model's retention answers and perplexity are cached
+    eval_samples: int  # sample replies per evaluation (0: no validation set)
+    eval_before_cached: bool  # the base model's evaluation on this validation set is cached
 
 
-def estimate_speed(
-    runs: Sequence[TrainingRun], *, base_name: str, method: str, device: str, parameters: int | None,
-    evaluate: bool = True,
-) -> SpeedEstimate | None:
-    """Training speed on ``device`` from the newest comparable finished run, else the CPU reference; None when
-    nothing comparable was ever measured (a GPU before its first run). ``evaluate``: the run evaluates before and
-    after training (the overhead of a measured run that did otherwise is not used)."""
-    comparable = [
-        run for run in runs
-        if run.status == "finished" and run.metrics.get("tokens_per_s") and run.metrics.get("method") == method
-        and _device_type(run.metrics) == device
-    ]
-    reference_scale = min(MAX_SPEEDUP, REFERENCE_PARAMETERS / parameters) if parameters else 1.0
-
-    def overhead(run: TrainingRun, scale: float) -> float:
-        if _evaluated(run.metrics) == evaluate:
-            return _scaled_overhead(_overhead(run.metrics), scale)
-        return _scaled_overhead(REFERENCE_OVERHEAD_S[evaluate], reference_scale)
-
-    for run in comparable:
-        if run.base_model == base_name:
-            return SpeedEstimate(run.metrics["tokens_per_s"], overhead(run, 1.0), f"measured in run {run.name}")
-    for run in comparable:
-        theirs = run.params.get("base_parameters")
-        if theirs and parameters:
-            scale = min(MAX_SPEEDUP, theirs / parameters)  # speed goes down as the model grows
-            return SpeedEstimate(
-                run.metrics["tokens_per_s"] * scale,
-                overhead(run, scale),
-                f"scaled by model size from run {run.name} ({run.base_model})",
-            )
-    if device == "cpu":
-        return SpeedEstimate(
-            REFERENCE_TOKENS_PER_S[method] * reference_scale,
-            _scaled_overhead(REFERENCE_OVERHEAD_S[evaluate], reference_scale),
-            REFERENCE_WHERE + ("" if parameters else " (this model's size is unknown)") +
-            "; your first run measures this machine",
-        )
-    return None
+@dataclass(frozen=True)
+class TimeEstimate:
+    seconds: float  # the whole run, launch to done
+    train_s: float  # of which the training steps
+    tokens_per_s: float
+    first_time_s: float  # of which the base model's answers not cached yet (paid once per base model)
+    source: str  # where the numbers come from, said in the preview
 
 
-def _evaluated(metrics: dict) -> bool:
-    return bool(metrics.get("before") or metrics.get("after"))
+def _rates(record: dict[str, Any]) -> dict[str, float]:
+    """What one run measured: seconds per unit of work, or per phase where the work is fixed."""
+    phases = record.get("phases") or {}
+    rates: dict[str, float] = {}
+    for name, unit in (("replay", "generated"), ("distill", "tokens"), ("train", "tokens"), ("eval_after", "samples")):
+        phase = phases.get(name) or {}
+        if phase.get(unit):
+            rates[name] = phase["s"] / phase[unit]
+    for name in ("load", "retention", "save"):
+        if name in phases:
+            rates[name] = phases[name]["s"]
+    if "baseline" in phases:
+        rates["baseline_cached" if phases["baseline"].get("cached") else "baseline"] = phases["baseline"]["s"]
+    if record.get("startup_s") is not None:
+        rates["startup"] = record["startup_s"]
+        if record.get("total_s") is not None:  # rendering, preparing the model, the report: the rest
+            rates["other"] = max(0.0, record["total_s"] - record["startup_s"] - sum(p["s"] for p in phases.values()))
+    if record.get("replay_tokens_each"):
+        rates["replay_tokens_each"] = record["replay_tokens_each"]
+    return rates
 
 
-def _overhead(metrics: dict) -> float:
-    """Seconds of a finished run outside its training steps (``wall_s``: launch to done)."""
-    wall, training = metrics.get("wall_s") or metrics.get("elapsed_s"), metrics.get("train_time_s")
-    return max(0.0, wall - training) if wall and training else STARTUP_S
+SIZE_FREE = frozenset({"startup", "replay_tokens_each"})  # what a bigger model does not change
 
 
-def _scaled_overhead(overhead: float, speed_scale: float) -> float:
-    """Start-up costs the same for every model; loading, evaluating and saving grow with its size."""
-    fixed = min(overhead, STARTUP_S)
-    return fixed + (overhead - fixed) / speed_scale
+def _device_type(device: Any) -> str:
+    return str(device or "").split(":", 1)[0]
+
+
+def read_timings(path: Path) -> list[dict[str, Any]]:
+    """The lines of a data home's runs/timings.jsonl, oldest first (a damaged line is skipped)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("phases"), dict):
+            records.append(record)
+    return records
+
+
+def _speedup(theirs: int | None, ours: int | None) -> float:
+    """How much faster than a run of a model of ``theirs`` parameters this one of ``ours`` goes."""
+    return min(MAX_SPEEDUP, theirs / ours) if theirs and ours else 1.0
+
+
+def _median_rates(records: Sequence[dict[str, Any]], parameters: int | None) -> dict[str, float]:
+    """Each rate's median over ``records``, scaled to a model of ``parameters``."""
+    measured: dict[str, list[float]] = {}
+    for record in records:
+        speedup = _speedup(record.get("base_parameters"), parameters)
+        for name, value in _rates(record).items():
+            measured.setdefault(name, []).append(value if name in SIZE_FREE else value / speedup)
+    return {name: statistics.median(values) for name, values in measured.items()}
+
+
+def estimate_time(
+    records: Sequence[dict[str, Any]], work: RunWork, *, base_name: str, method: str, device: str,
+    parameters: int | None,
+) -> TimeEstimate | None:
+    """The time of a run doing ``work``, from the newest comparable ``records`` (``read_timings``); on a CPU with
+    none, from ``REFERENCE``. None when nothing comparable was ever measured (a GPU before its first run)."""
+    comparable = [r for r in records if r.get("method") == method and _device_type(r.get("device")) == device]
+    same = [r for r in comparable if r.get("base_model") == base_name][-HISTORY:]
+    others = [r for r in comparable if r.get("base_parameters")][-HISTORY:]
+    slower = 1.0
+    if same:
+        chosen, source = same, f"from your last {_runs(len(same))} of {base_name} on this machine"
+    elif others and parameters:
+        chosen = others
+        source = f"from your last {_runs(len(others))} of other models on this machine, scaled by model size"
+    elif device == "cpu":
+        chosen, slower = [], FULL_SLOWDOWN if method == "full" else 1.0
+        source = REFERENCE_WHERE + ("" if parameters else " (this model's size is unknown)")
+    else:
+        return None
+    # What the chosen runs did not measure (a phase they all skipped, or found cached) comes from the reference.
+    rates = {**_median_rates([REFERENCE], parameters), **_median_rates(chosen, parameters)}
+
+    def rate(name: str) -> float:
+        return rates.get(name, 0.0)  # 0: a phase no run has measured costs too little to have been timed
+
+    train_s = work.trained_tokens * rate("train") * slower
+    first_time_s = work.replay_answers * rate("replay")
+    seconds = rate("startup") + rate("load") + rate("other") + train_s + rate("save")
+    if method == "lora":  # distillation: the base model's distribution on the replay, once
+        seconds += work.replay_tokens * rate("distill")
+    if work.retention:
+        if work.baseline_cached:
+            seconds += rate("baseline_cached")
+        else:
+            first_time_s += rate("baseline")
+        seconds += rate("retention")
+    if work.eval_samples:
+        seconds += work.eval_samples * rate("eval_after") * (1 if work.eval_before_cached else 2)
+    return TimeEstimate(seconds + first_time_s, train_s, 1.0 / (rate("train") * slower), first_time_s, source)
+
+
+def replay_tokens_each(records: Sequence[dict[str, Any]], base_name: str) -> float:
+    """Tokens of one replay conversation of ``base_name`` (its own answers, rendered with its template), as its last
+    runs here measured them; else as the reference run did."""
+    measured = [r["replay_tokens_each"] for r in records if r.get("base_model") == base_name
+                and r.get("replay_tokens_each")][-HISTORY:]
+    return statistics.median(measured) if measured else REFERENCE["replay_tokens_each"]
+
+
+def _runs(n: int) -> str:
+    return "run" if n == 1 else f"{n} runs"

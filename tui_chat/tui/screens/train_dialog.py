@@ -89,7 +89,9 @@ class TrainDialogScreen(ModalScreen["TrainingPlan | None"]):
                 yield Select(METHODS, value=values.get("method", "auto"), allow_blank=False, id="train-method",
                              compact=True)
                 yield Label("Epochs")
-                yield Input(values.get("epochs", ""), placeholder="3", type="number", id="train-epochs", compact=True)
+                # Until the preview says how many: the trainer picks them by dataset size (see _show).
+                yield Input(values.get("epochs", ""), placeholder="(chosen for your data)", type="number",
+                            id="train-epochs", compact=True)
                 yield Label("Max steps")
                 yield Input(values.get("max_steps", ""), placeholder="(from the epochs)", type="integer",
                             id="train-max-steps", compact=True)
@@ -213,6 +215,9 @@ class TrainDialogScreen(ModalScreen["TrainingPlan | None"]):
     def _show(self, plan: "TrainingPlan") -> None:
         self.plan = plan
         self.query_one("#train-preview", Static).update("\n".join(plan.preview_lines()))
+        # A blank field shows what the run will do, in the preview's words: the same number from the same plan.
+        reason = f" ({plan.epochs_reason})" if plan.epochs_reason else ""
+        self.query_one("#train-epochs", Input).placeholder = f"{plan.epochs:.3g}{reason}"
         self._stale()
 
     # ---- leaving ---------------------------------------------------------------------------------------------
