@@ -15,7 +15,8 @@ from trainer import rundir
 from trainer.base_answers import CACHE_DIR
 from trainer.config import SFTConfig
 from trainer.progress import ProgressReporter
-from trainer.sft import TrainingStopped, run_sft
+from trainer.loop import TrainingStopped
+from trainer.sft import run_sft
 
 from .tiny_models import save_tiny_model
 from .trainer_helpers import chat_lines, write_jsonl

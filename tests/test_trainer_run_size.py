@@ -17,7 +17,8 @@ from trainer.config import SFTConfig
 from trainer.devices import bf16_is_fast
 from trainer.progress import ProgressReporter
 from trainer.rundir import SMALL_FILES_BYTES, estimated_run_bytes
-from trainer.sft import TrainingStopped, run_sft
+from trainer.loop import TrainingStopped
+from trainer.sft import run_sft
 
 from .tiny_models import save_tiny_model
 from .trainer_helpers import chat_lines, write_jsonl

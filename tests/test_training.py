@@ -10,6 +10,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -399,3 +401,28 @@ def test_progress_and_run_lines(store: Store) -> None:
     assert "200 tokens/s" in line and "ETA 0 s" in line
     assert "running" in run_line(monitor.run, monitor.progress) and "step 3/4" in run_line(monitor.run, monitor.progress)
     assert sparkline([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█" and sparkline([]) == ""
+
+
+def test_planning_a_run_leaves_torch_out_of_the_callers_process(store: Store, home: DataHome, tmp_path: Path) -> None:
+    """`/train`'s preview runs in the chat window's process, which never imports torch: the part that needs the
+    base model (its tokenizer, the device, the trainer's cache) runs in a child. Checked in a fresh interpreter, as
+    this test process has torch already."""
+    db = tmp_path / "chat.db"
+    file_store = Store.open(db)
+    fill_store(file_store, 3)
+    file_store.close()
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from sessions import Store\n"
+        "from trainer.home import DataHome\n"
+        "from tui_chat.training.plan import plan_training\n"
+        f"plan = plan_training(Store.open({str(db)!r}), DataHome(Path({str(home.root)!r})), [], current_model='tiny')\n"
+        "print(plan.data.train_conversations + plan.data.val_conversations, plan.data.tokens > 0)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    counted, loaded = result.stdout.strip().splitlines()[-2:]
+    assert counted == "3 True"  # the preview was worked out, tokens counted with the tiny model's tokenizer
+    assert loaded == "[]"

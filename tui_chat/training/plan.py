@@ -8,7 +8,6 @@ conversations over ``--max-length``. What the preview shows is exactly what ``st
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from typing import Any, Sequence
 from sessions import Store, counted
 from sessions.export import ExportError, ExportFilters, ExportResult, export_messages
 from trainer.home import DataHome
+from trainer.model_names import engine_name
 from trainer.timings import TIMINGS_FILE
 
 from tui_chat.training.errors import TrainingError
@@ -27,15 +27,13 @@ from tui_chat.training.estimate import (
     DevicePlan,
     RunWork,
     TimeEstimate,
-    count_parameters,
     estimate_time,
-    plan_device,
     read_timings,
-    replay_tokens_each,
 )
 from tui_chat.training.options import TrainOptions, parse_train_options
 from tui_chat.training.preview import preview_lines
-from tui_chat.training.workload import Schedule, base_tokenizer, count_tokens, run_work, schedule
+from tui_chat.training.model_side import measure
+from tui_chat.training.workload import Schedule
 
 SNAPSHOT_FILE = "messages.jsonl"  # in datasets/<run name>/, next to its manifest
 PENDING_PREFIX = ".pending-"  # a snapshot previewed but not (yet) started
@@ -155,15 +153,6 @@ def _remove_abandoned_snapshots(home: DataHome) -> None:
             continue
 
 
-def _available_device() -> tuple[str, tuple[int, int] | None]:
-    import torch
-
-    from trainer.devices import pick_device
-
-    device = pick_device().type
-    return device, (torch.cuda.mem_get_info() if device == "cuda" else None)
-
-
 def plan_training(
     store: Store, home: DataHome, argv: Sequence[str], *, current_model: str = "default"
 ) -> TrainingPlan:
@@ -173,18 +162,12 @@ def plan_training(
     Slow parts (imports, tokenizing) take seconds: the TUI calls this from a worker thread.
     """
     from trainer.config import DEFAULT_LR
-    from trainer.data import read_jsonl, split_conversations
-    from trainer.models import ModelError, resolve_spec
 
     options = parse_train_options(argv)
     base_spec = options.base or current_model
-    try:
-        resolved = resolve_spec(base_spec, home.models)
-    except ModelError as exc:
-        raise TrainingError(f"--base: {exc}") from None
     home.ensure()
     _remove_abandoned_snapshots(home)
-    name = run_name(store, home, resolved.name)
+    name = run_name(store, home, engine_name(base_spec))
     snapshot_dir = Path(tempfile.mkdtemp(prefix=f"{PENDING_PREFIX}{name}-", dir=home.datasets))
     try:
         try:
@@ -192,31 +175,17 @@ def plan_training(
         except ExportError as exc:
             raise TrainingError(str(exc).replace("nothing to export", "nothing to train on", 1)) from None
         config = options.config
-        conversations = read_jsonl(export.paths["all"]).conversations
-        train, val = split_conversations(conversations, config.val_fraction)
-        counts = count_tokens(base_tokenizer(resolved.location, resolved.kind), train, val, config.max_length)
-        if counts.train_kept < 1:
-            raise TrainingError(
-                f"nothing to train on: no conversation fits in --max-length {config.max_length} tokens; "
-                "raise --max-length"
-            )
-        steps = schedule(config, len(train), counts.train_kept)
-        parameters = count_parameters(Path(resolved.location)) if resolved.kind != "hub" else None
-        available, gpu_memory = _available_device()
-        device = plan_device(
-            available, config.method, parameters, cpu_count=os.cpu_count() or 1, threads=config.threads,
-            gpu_memory=gpu_memory,
-        )
-        method = config.method or ("full" if device.device == "cuda" else "lora")
+        # Tokenizing with the base model's template, picking the device and reading the trainer's cache import torch:
+        # done in a child process (model_side), so the chat's own process never loads it.
+        side = measure(home, export.paths["all"], export.sha256["all"], base_spec, argv)
         timings = read_timings(home.runs / TIMINGS_FILE)
-        work = run_work(home, resolved, config, method, device.device, train, val, counts.tokens, steps,
-                        replay_tokens_each(timings, resolved.name))
-        estimate = estimate_time(timings, work, base_name=resolved.name, method=method, device=device.device,
-                                 parameters=parameters)
+        estimate = estimate_time(timings, side.work, base_name=side.base_name, method=side.method,
+                                 device=side.device.device, parameters=side.parameters)
+        counts = side.counts
         data = DataPreview(
-            train_conversations=len(train),
-            val_conversations=len(val),
-            messages=sum(len(c.messages) for c in conversations),
+            train_conversations=side.train,
+            val_conversations=side.val,
+            messages=side.messages,
             tokens=counts.tokens,
             assistant_tokens=counts.assistant_tokens,
             token_note=counts.note,
@@ -225,9 +194,10 @@ def plan_training(
             left_out=export.left_out,
         )
         return TrainingPlan(
-            name=name, options=options, base_spec=base_spec, base_name=resolved.name, base_parameters=parameters,
-            method=method, lr=config.lr if config.lr is not None else DEFAULT_LR[method], schedule=steps,
-            data=data, export=export, snapshot_dir=snapshot_dir, device=device, work=work, estimate=estimate,
+            name=name, options=options, base_spec=base_spec, base_name=side.base_name,
+            base_parameters=side.parameters, method=side.method,
+            lr=config.lr if config.lr is not None else DEFAULT_LR[side.method], schedule=side.steps, data=data,
+            export=export, snapshot_dir=snapshot_dir, device=side.device, work=side.work, estimate=estimate,
         )
     except BaseException:
         shutil.rmtree(snapshot_dir, ignore_errors=True)

@@ -8,12 +8,14 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from trainer.home import DataHome
-from trainer.models import ResolvedSpec
 
 from tui_chat.training.estimate import RunWork
+
+if TYPE_CHECKING:  # trainer.models imports torch; the window's process only names it
+    from trainer.models import ResolvedSpec
 
 EXACT_COUNT_LIMIT = 2000  # conversations tokenized one by one; above this a sample is counted and scaled
 CHARS_PER_TOKEN = 4  # English text with a BPE vocabulary, for the estimate when no tokenizer is at hand
