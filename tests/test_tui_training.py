@@ -127,7 +127,7 @@ async def test_the_form_previews_then_starts_the_panel_follows_and_cancel_stops(
         form = pilot.app.screen
         preview = form.query_one("#train-preview", Static)
         start = form.query_one("#train-start", Button)
-        await wait_for(pilot, lambda: not start.disabled, what="the preview")
+        await wait_for(pilot, lambda: not start.disabled, timeout=60, what="the preview")
         text = str(preview.render())
         assert "Train on: 8 conversations (7 to train on, 1 held out to measure it)" in text
         assert "1 conversation excluded from training" in text and "2 epochs" in text
@@ -138,7 +138,7 @@ async def test_the_form_previews_then_starts_the_panel_follows_and_cancel_stops(
         await pilot.pause()
         assert start.disabled  # the preview no longer says what would start
         await pilot.click("#train-refresh")
-        await wait_for(pilot, lambda: not start.disabled and "4 epochs" in str(preview.render()),
+        await wait_for(pilot, lambda: not start.disabled and "4 epochs" in str(preview.render()), timeout=60,
                        what="the new preview")
         assert not first_snapshot.exists()  # the replaced preview's snapshot is gone
         await pilot.click("#train-start")
@@ -171,7 +171,7 @@ async def test_the_forms_blank_epochs_say_what_the_run_will_do(home, store):
         epochs = form.query_one("#train-epochs", Input)
         preview = form.query_one("#train-preview", Static)
         start = form.query_one("#train-start", Button)
-        await wait_for(pilot, lambda: not start.disabled, what="the preview")
+        await wait_for(pilot, lambda: not start.disabled, timeout=60, what="the preview")
         assert epochs.value == ""
         # The trainer's own choice for 7 conversations, in the form and the preview alike.
         chosen = auto_epochs(7)
@@ -179,7 +179,7 @@ async def test_the_forms_blank_epochs_say_what_the_run_will_do(home, store):
         assert f"{chosen:g} epochs (chosen for 7 conversations)" in str(preview.render())
         form.query_one("#train-max-steps", Input).value = "2"
         await pilot.click("#train-refresh")
-        await wait_for(pilot, lambda: not start.disabled and "= 2 steps" in str(preview.render()),
+        await wait_for(pilot, lambda: not start.disabled and "= 2 steps" in str(preview.render()), timeout=60,
                        what="the preview of 2 steps")
         assert epochs.placeholder == f"{form.plan.epochs:.3g} (from the max steps)" and form.plan.epochs < chosen
         await pilot.press("escape")
@@ -190,7 +190,7 @@ async def test_a_failed_run_shows_the_error_and_the_log(home, store, fake_python
     async with build_app(FakeEngine(name="tiny"), home=home, store=store).run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
         await send(pilot, "/train -y")
-        await wait_for(pilot, lambda: screen.training.rows, what="the run to start")
+        await wait_for(pilot, lambda: screen.training.rows, timeout=60, what="the run to start")
         row = screen.training.rows[0]
         await wait_for(pilot, lambda: row.monitor.progress.total == 8, what="the start event")
         os.kill(row.run.pid, signal.SIGKILL)
@@ -204,10 +204,16 @@ async def test_a_failed_run_shows_the_error_and_the_log(home, store, fake_python
 async def test_train_errors_are_notifications(home, store):
     async with build_app(FakeEngine(name="tiny"), home=home, store=store).run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
-        await send(pilot, "/train --base ./nowhere")
-        await wait_for(pilot, lambda: any("no model directory" in n for n in notifications(pilot)),
-                       what="the error")
+        await send(pilot, "/train --base ./nowhere")  # the form says what is wrong, where it can be fixed
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, TrainDialogScreen), timeout=60, what="the form")
+        error = pilot.app.screen.query_one("#train-error", Label)
+        await wait_for(pilot, lambda: "no model directory" in str(error.render()), timeout=60, what="the error")
+        assert pilot.app.screen.query_one("#train-start", Button).disabled
+        await pilot.press("escape")
+        await pilot.pause()
         assert store.list_training_runs() == [] and not screen.training.display
+        await send(pilot, "/train --epochs lots")  # options that do not parse: one line at once, no form
+        assert any("--epochs" in n for n in notifications(pilot)) and not isinstance(pilot.app.screen, TrainDialogScreen)
         await send(pilot, "/runs cancel")
         assert "no run is training; /runs lists them" in notifications(pilot)
 

@@ -50,14 +50,22 @@ class ChatTraining(_Base):
         return self.engine.name if self.engine else self.loading_model or self.state.model or "default"
 
     def train(self, argv: Sequence[str]) -> None:
-        """`/train ARGS`: work out the preview in a worker, then start at once (--yes) or show it in the form;
-        `/train --help` opens the form with every option listed."""
-        if "-h" in argv or "--help" in argv:
-            self._open_training_form([a for a in argv if a not in ("-h", "--help")], self.current_model, None,
-                                     show_options=True)
+        """`/train ARGS`: the form at once, its preview worked out while it shows (`--help`: every option listed);
+        with --yes no form: the run starts once its plan is worked out."""
+        from tui_chat.training.options import parse_train_options
+
+        wanted_help = "-h" in argv or "--help" in argv
+        argv = [a for a in argv if a not in ("-h", "--help")]
+        try:
+            yes = not wanted_help and parse_train_options(argv).yes
+        except CommandError as exc:
+            self.notify(str(exc), title="Training not started", severity="error", timeout=10)
             return
-        self.notify("Exporting a snapshot of your conversations and counting tokens…")
-        self.plan_training(list(argv), self.current_model)
+        if yes:
+            self.notify("Exporting a snapshot of your conversations and counting tokens…")
+            self.plan_training(argv, self.current_model)
+        else:
+            self._open_training_form(argv, self.current_model, None, show_options=wanted_help)
 
     @work(thread=True, exclusive=True, group="train-plan")
     def plan_training(self, argv: list[str], current_model: str) -> None:
