@@ -426,3 +426,16 @@ def test_planning_a_run_leaves_torch_out_of_the_callers_process(store: Store, ho
     counted, loaded = result.stdout.strip().splitlines()[-2:]
     assert counted == "3 True"  # the preview was worked out, tokens counted with the tiny model's tokenizer
     assert loaded == "[]"
+
+
+def test_the_preview_says_how_much_disk_the_run_takes(store: Store, home: DataHome) -> None:
+    from trainer.rundir import estimated_run_bytes
+
+    fill_store(store, 4)
+    for method in ("lora", "full"):
+        preview = plan(store, home, "--method", method)
+        size = estimated_run_bytes(preview.base_parameters, method=method)
+        (line,) = [line for line in preview.preview_lines() if line.startswith("Disk: ")]
+        assert line == (f"Disk: about {size.final / 1e6:,.0f} MB for the trained model, up to {size.peak / 1e6:,.0f} MB "
+                        "while it trains (its checkpoint); `tui-chat models delete NAME` frees it later")
+        preview.discard()

@@ -31,9 +31,26 @@ def preview_lines(plan: "TrainingPlan") -> list[str]:
         "Replay: " + _replay_text(plan),
         "Time: " + _time_text(plan),
     ]
+    if plan.base_parameters:
+        lines.append("Disk: " + _disk_text(plan))
     lines.extend(plan.device.notes)
     lines.append(f"Run: {plan.name} (the model appears under this name in /model when it finishes)")
     return lines
+
+
+def _disk_text(plan: "TrainingPlan") -> str:
+    """What the run will keep on disk, and the most it holds while it trains (a checkpoint beside the model)."""
+    from trainer.rundir import estimated_run_bytes
+
+    saved = "float16" if plan.device.device == "mps" else "bfloat16"  # the dtype the chat loads it in there
+    size = estimated_run_bytes(plan.base_parameters or 0, method=plan.method, saved_dtype=saved,
+                               keep_adapter=plan.options.config.keep_adapter)
+    return (f"about {_megabytes(size.final)} for the trained model, up to {_megabytes(size.peak)} while it trains "
+            "(its checkpoint); `tui-chat models delete NAME` frees it later")
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:,.0f} MB"
 
 
 def _settings_text(plan: "TrainingPlan") -> str:
