@@ -93,9 +93,6 @@ def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMan
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-DRAFT_CHECK_BATCH = 8  # drafts checked per forward pass: its logits cover every position of every row
-
-
 @torch.no_grad()
 def greedy_answers(
     model: Any,
@@ -103,106 +100,50 @@ def greedy_answers(
     prompts: Sequence[str],
     settings: AnswerSettings,
     *,
-    drafts: Sequence[Answer] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Answer]:
     """Greedy answers to single-turn ``prompts`` (rendered with the chat template, as the chat does), in order.
 
     Prompts are batched by length (left padded, so every row's answer starts at the same column) and a batch stops
     when every row has ended its turn. ``progress(done, total)`` is called after each batch.
-
-    ``drafts``: answers to the same prompts that the model is expected mostly to repeat (the base model's, asked of a
-    model fine-tuned from it). One forward pass checks each draft token by token against the model's own greedy pick,
-    and only the rows where the two part are generated on, from there: the answers are the ones generating from
-    scratch gives (up to the rare near-tie that batching also flips), for a fraction of the decoding steps.
     """
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
     stops = end_of_turn_ids(model, tokenizer)
-    prompt_ids = [
-        tokenizer(
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
-            add_special_tokens=False,
-        )["input_ids"]
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
         for p in prompts
     ]
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lengths.__getitem__)  # similar lengths share a batch: little padding
+    answers: dict[int, Answer] = {}
     try:
-        prefixes = _agreed_prefixes(model, tokenizer, prompt_ids, drafts, settings, stops) if drafts else [
-            [] for _ in prompts
-        ]
-        budgets = [settings.max_new_tokens - len(prefix) for prefix in prefixes]
-        todo = [i for i, prefix in enumerate(prefixes) if budgets[i] > 0 and not (prefix and prefix[-1] in stops)]
-        todo.sort(key=lambda i: len(prompt_ids[i]) + len(prefixes[i]))  # similar lengths share a batch
-        generated: dict[int, list[int]] = {}
-        for start in range(0, len(todo), settings.batch_size):
-            rows = todo[start : start + settings.batch_size]
-            continued = _generate(
-                model, tokenizer, [prompt_ids[i] + prefixes[i] for i in rows], max(budgets[i] for i in rows),
-                settings, stops,
-            )
-            generated.update(zip(rows, continued))
+        for start in range(0, len(order), settings.batch_size):
+            rows = order[start : start + settings.batch_size]
+            inputs = tokenizer([texts[i] for i in rows], add_special_tokens=False, padding=True, return_tensors="pt")
+            inputs = inputs.to(device)
+            with _autocast(device, settings.bf16):
+                output = model.generate(
+                    **inputs,
+                    do_sample=False,
+                    max_new_tokens=settings.max_new_tokens,
+                    eos_token_id=stops,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            finished = torch.isin(new_tokens, torch.tensor(stops, device=new_tokens.device)).any(dim=1)
+            for row, tokens, done in zip(rows, new_tokens, finished.tolist()):
+                reply = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                answers[row] = Answer(prompts[row], reply, done)
             if progress is not None:
-                progress(len(generated), len(todo))
+                progress(len(answers), len(texts))
     finally:
+        tokenizer.padding_side = side
         model.train(was_training)
-    answers = []
-    for index, prompt in enumerate(prompts):
-        tokens = (prefixes[index] + generated.get(index, []))[: settings.max_new_tokens]
-        end = next((at for at, token in enumerate(tokens) if token in stops), None)
-        answers.append(Answer(prompt, tokenizer.decode(tokens[:end], skip_special_tokens=True).strip(), end is not None))
-    return answers
-
-
-def _generate(
-    model: Any, tokenizer: Any, inputs: Sequence[list[int]], max_new_tokens: int, settings: AnswerSettings,
-    stops: list[int],
-) -> list[list[int]]:
-    """Greedy continuations of token sequences, left padded into one batch (the batch stops when every row has
-    ended its turn)."""
-    device = next(model.parameters()).device
-    width = max(len(ids) for ids in inputs)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in inputs], device=device)
-    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in inputs], device=device)
-    with _autocast(device, settings.bf16):
-        output = model.generate(
-            input_ids=input_ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-            eos_token_id=stops, pad_token_id=pad,
-        )
-    return output[:, width:].tolist()
-
-
-def _agreed_prefixes(
-    model: Any, tokenizer: Any, prompt_ids: Sequence[list[int]], drafts: Sequence[Answer], settings: AnswerSettings,
-    stops: list[int],
-) -> list[list[int]]:
-    """For each prompt, what greedy decoding produces before it needs generating: the longest start of the draft
-    the model agrees with token by token, then the model's own pick where they part (or the draft ends)."""
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id
-    prefixes: list[list[int]] = []
-    for start in range(0, len(prompt_ids), DRAFT_CHECK_BATCH):
-        rows = range(start, min(len(prompt_ids), start + DRAFT_CHECK_BATCH))
-        # A finished draft ends its turn: the model must agree on that too.
-        drafted = [
-            (tokenizer(drafts[i].reply, add_special_tokens=False)["input_ids"] + (stops[:1] if drafts[i].finished else []))[
-                : settings.max_new_tokens
-            ]
-            for i in rows
-        ]
-        sequences = [prompt_ids[i] + draft for i, draft in zip(rows, drafted)]
-        width = max(len(ids) for ids in sequences)
-        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in sequences], device=device)
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in sequences], device=device)
-        with _autocast(device, settings.bf16):
-            picks = model(input_ids=input_ids, attention_mask=mask).logits.argmax(dim=-1).tolist()
-        for i, draft, row in zip(rows, drafted, picks):
-            # own[j]: the model's pick after the prompt and the draft's first j tokens.
-            own = row[len(prompt_ids[i]) - 1 : len(prompt_ids[i]) + len(draft)]
-            agreed = next((j for j, (a, b) in enumerate(zip(own, draft)) if a != b), len(draft))
-            whole = agreed == len(draft) and (len(draft) == settings.max_new_tokens or (draft and draft[-1] in stops))
-            prefixes.append(draft if whole else draft[:agreed] + [own[agreed]])
-    return prefixes
+    return [answers[i] for i in range(len(prompts))]
 
 
 def model_identity(location: str | Path, dtype: str) -> str | None:

@@ -11,9 +11,11 @@ The load of *other* processes is what decides, read from /proc/stat (machine CPU
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 
@@ -63,10 +65,6 @@ class ThreadGovernor:
     def update(self) -> int:
         """Record the step just done and choose the count for the next one."""
         self.history.append(self.threads)
-        return self.recheck()
-
-    def recheck(self) -> int:
-        """Choose the count again, between pieces of work that are not steps (batches of generated answers)."""
         if self._mark is not None and self.cores >= 2:
             self._set(self._decide(self.threads))
         return self.threads
@@ -104,3 +102,19 @@ class ThreadGovernor:
     def _read() -> tuple[float, float, float] | None:
         busy = machine_busy_seconds()
         return None if busy is None else (time.monotonic(), busy, time.process_time())
+
+
+@contextlib.contextmanager
+def one_thread(device: torch.device) -> Iterator[None]:
+    """Inside, a CPU generates on one thread (elsewhere nothing changes). Decoding token by token runs many small
+    matmuls: a second thread gains them little, and stalls every one of them while another process holds its core,
+    as on a shared machine it often does (README: small runs). The chat's engine decodes on one thread too."""
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -12,6 +12,8 @@ and the app's "show me that run again" read. Events (``event`` field; every obje
   val_tokens, bleu (0-100), rouge_l (0-1), samples (how many replies were generated)
 - ``retention``: stage ("after"), warning (a sentence, or null), retention, facts_kept, facts_total, substance,
   mean_rouge_l, rouge_threshold, prompts, perplexity, base_perplexity (``trainer.retention.RetentionResult``)
+- ``phase``: name, s (seconds it took), and what it did: generated, cached, tokens, samples, ... (a phase of the
+  run ended; ``trainer.timings`` lists them)
 - ``checkpoint``: step, path
 - ``stopped``: step, reason (the signal), checkpoint: a resumable stop, the process exits with status 130
 - ``done``: run_dir, elapsed_s, metrics (the metrics.json object)

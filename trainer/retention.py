@@ -205,10 +205,8 @@ def evaluate_retention(
 ) -> RetentionResult:
     """Score ``model`` (the fine-tuned one) against the base model's answers in ``baseline``."""
     prompts = baseline.prompts
-    # The base model's answers as drafts: a fine-tune repeats most of them, so only where it parts is generated.
     replies = greedy_answers(
-        model, tokenizer, [p.prompt for p in prompts], retention_settings(bf16), drafts=baseline.references,
-        progress=progress,
+        model, tokenizer, [p.prompt for p in prompts], retention_settings(bf16), progress=progress
     )
     items = []
     for prompt, reference, reply in zip(prompts, baseline.references, replies):

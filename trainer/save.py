@@ -15,18 +15,22 @@ from .devices import pick_dtype
 
 
 @contextlib.contextmanager
-def merged_for_inference(model: Any) -> Iterator[None]:
-    """Inside, a LoRA model's adapter is merged into its weights (other models are left alone): generating token by
-    token then pays no adapter matmuls. Merging into a bf16 base rounds, as a model saved and loaded in bf16 does;
-    the saved model is merged apart from this, in fp32 (``merge_lora``)."""
-    if not hasattr(model, "merge_adapter"):
-        yield
-        return
-    model.merge_adapter()
+def generating(model: Any, attention: str) -> Iterator[None]:
+    """Inside, the trained model (a PEFT model or a plain one) generates the way its base model did before training:
+    with ``attention`` as its attention implementation (training may have switched to eager, slower to generate
+    with), and a LoRA adapter merged into the weights (no adapter matmuls on every token). Merging into a bf16 base
+    rounds, as a model saved and loaded in bf16 does; the saved model is merged apart from this, in fp32."""
+    trained = model.config._attn_implementation
+    model.set_attn_implementation(attention)
+    merged = hasattr(model, "merge_adapter")
+    if merged:
+        model.merge_adapter()
     try:
         yield
     finally:
-        model.unmerge_adapter()
+        if merged:
+            model.unmerge_adapter()
+        model.set_attn_implementation(trained)
 
 
 def merge_lora(unwrapped: Any, config: SFTConfig, models_dir: Path) -> Any:

@@ -35,7 +35,7 @@ from . import rundir
 from .base_answers import CACHE_DIR, AnswerCache, model_identity
 from .batching import Collator, LengthGroupedBatches, padding_efficiency
 from .config import SFTConfig, validate
-from .cpu_threads import ThreadGovernor
+from .cpu_threads import ThreadGovernor, one_thread
 from .data import Conversation, DataError, read_jsonl, split_conversations
 from .distill import mass_outside_top_k, teacher_targets
 from .evaluate import EvalResult, eval_key, evaluate
@@ -47,7 +47,7 @@ from .render import RenderedSet, render_conversations
 from .replay import REPLAY_FILE, default_replay_count, replay_for_run, replay_to_generate, write_conversations
 from .report import write_metrics, write_run_report
 from .retention import baseline_cached, evaluate_retention, measure_baseline
-from .save import merged_for_inference, save_model
+from .save import generating, save_model
 from .timings import PhaseClock, append_timing, process_age_s
 
 # On CPU, eager attention trained short chats ~25% faster than sdpa's flash kernel (bundled model, bf16 autocast,
@@ -246,25 +246,29 @@ def _run(
         cache = None
         if replay_count or not config.no_eval:
             cache = AnswerCache.of(model, tokenizer, home.root / CACHE_DIR, model_identity(loaded.source, dtype))
-    rethreads = (lambda done, total: governor.recheck()) if governor is not None else None
+
+    def decoding() -> contextlib.AbstractContextManager:
+        """Around the phases that generate: one CPU thread, unless --threads fixed the count."""
+        return one_thread(device) if governor is not None else contextlib.nullcontext()
+
     replay: list[Conversation] = []
     if replay_count:
-        with clock.phase("replay", conversations=replay_count) as record:
+        with clock.phase("replay", conversations=replay_count) as record, decoding():
             new = replay_to_generate(cache, replay_count, files.train, bf16=bf16)
             progress.info(f"replay: {replay_count} general conversations; " + (
                 "the ones this run started with" if config.resume else
                 f"the base model answers {new} new prompts (cached for its later runs)" if new else
                 "every answer comes from the cache"))
             replay = replay_for_run(model, tokenizer, replay_count, cache, bf16=bf16, near=files.train,
-                                    resume_dir=run_dir if config.resume else None, progress=rethreads)
+                                    resume_dir=run_dir if config.resume else None)
             record["generated"] = cache.generated.get("replay", 0)
     baseline = None
     if not config.no_eval:
-        with clock.phase("baseline") as record:
+        with clock.phase("baseline") as record, decoding():
             progress.info("retention: the base model's answers to the held-out general prompts "
                           + ("come from the cache" if baseline_cached(cache, bf16=bf16) else
                              "(generated once, cached for its later runs)"))
-            baseline = measure_baseline(model, tokenizer, cache, bf16=bf16, progress=rethreads)
+            baseline = measure_baseline(model, tokenizer, cache, bf16=bf16)
             record.update(generated=cache.generated.get("retention", 0), cached=baseline.cached)
     data = render_training_data(config, files, tokenizer, replay)
     if accelerator.is_main_process:
@@ -290,6 +294,7 @@ def _run(
             progress.info(f"{count} {what}")
 
     # -- the model to train
+    attention = model.config._attn_implementation  # what the base model generated with, and the trained one will
     if device.type == "cpu" and max(len(e) for e in data.train.examples) <= EAGER_MAX_TOKENS:
         model.set_attn_implementation("eager")
     if config.method == "lora":
@@ -358,7 +363,7 @@ def _run(
     )
 
     def run_eval(stage: str) -> EvalResult:
-        with clock.phase(f"eval_{stage}") as record:
+        with clock.phase(f"eval_{stage}") as record, decoding():
             key = eval_key(data.val_conversations, config, bf16)
             known = cache.value("eval_before", **key) if stage == "before" else None
             progress.info(f"evaluating {stage} training" + (" (the base model's side: from the cache)" if known else ""))
@@ -395,15 +400,14 @@ def _run(
 
     # -- evaluate, save, report; COMPLETE is written last
     after = retention = None
-    with merged_for_inference(accelerator.unwrap_model(trained).model):
-        # Merged: the evaluations below generate token by token, and the adapter's extra matmuls would slow each.
+    with generating(accelerator.unwrap_model(trained).model, attention):
         if eval_enabled:
             after = run_eval("after")
         if baseline is not None:
-            with clock.phase("retention", prompts=len(baseline.prompts)):
+            with clock.phase("retention", prompts=len(baseline.prompts)), decoding():
                 progress.info("retention: the trained model answers the held-out general prompts")
                 retention = evaluate_retention(accelerator.unwrap_model(trained).model, tokenizer, baseline,
-                                               bf16=bf16, progress=rethreads)
+                                               bf16=bf16)
     retention_warning = retention.warning() if retention is not None else None
     if retention is not None:
         progress.emit("retention", stage="after", warning=retention_warning, **retention.metrics())
