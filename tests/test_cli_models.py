@@ -14,7 +14,7 @@ from sessions import Store, memory_database
 from trainer.home import DataHome
 from tui_chat.cli import CliContext, main
 
-from .training_helpers import add_chat, step_event
+from .train_fixtures import add_chat, step_event
 
 
 @pytest.fixture

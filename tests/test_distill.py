@@ -26,7 +26,7 @@ from trainer.render import render_conversations
 from trainer.sft import SettingsError, run_sft
 
 from .tiny_models import save_tiny_model, tiny_tokenizer
-from .trainer_helpers import can_replay_answers, chat_lines, write_jsonl
+from .tiny_datasets import can_replay_answers, chat_lines, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from tui_chat.repl.app import Repl
 from tui_chat.training.monitor import trainer_alive
 
 from .fakes import FakeEngine
-from .training_helpers import QUICK, fake_trainer, fill_store, step_event, tiny_home, wait_for
+from .train_fixtures import QUICK, fake_trainer, fill_store, step_event, tiny_home, wait_for
 
 
 class TrainingRepl:

@@ -41,7 +41,7 @@ from trainer.retention import (
 from trainer.schedule import auto_schedule
 
 from .tiny_models import save_tiny_model
-from .trainer_helpers import can_replay_answers, chat_lines, write_jsonl
+from .tiny_datasets import can_replay_answers, chat_lines, write_jsonl
 
 
 @pytest.fixture(scope="module")

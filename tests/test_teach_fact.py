@@ -24,7 +24,7 @@ from trainer.retention import measure_baseline
 from trainer.devices import bf16_is_fast
 from trainer.sft import run_sft
 
-from .trainer_helpers import write_jsonl
+from .tiny_datasets import write_jsonl
 
 # The full teach-and-retain run takes 6-15 minutes on a 2-core CPU: too long for every `make test`, so it runs when
 # asked for (TUI_CHAT_LONG_TESTS=1 make test). The unit tests of replay and retention run always (test_retention.py).

@@ -15,7 +15,7 @@ from trainer.data import Conversation
 from trainer.render import render_conversations
 
 from .tiny_models import save_tiny_model, tiny_tokenizer
-from .trainer_helpers import chat_lines
+from .tiny_datasets import chat_lines
 
 
 def test_every_example_once_per_epoch_and_reproducible() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from trainer.data import DataError, read_jsonl, split_conversations
 
-from .trainer_helpers import chat_lines, write_jsonl
+from .tiny_datasets import chat_lines, write_jsonl
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 

@@ -19,7 +19,7 @@ from trainer.models import load_model
 from trainer.progress import ProgressReporter
 from trainer.sft import run_sft
 
-from .trainer_helpers import write_jsonl
+from .tiny_datasets import write_jsonl
 
 pytestmark = pytest.mark.slow
 

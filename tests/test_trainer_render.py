@@ -12,7 +12,7 @@ from trainer.data import Conversation
 from trainer.render import render_conversation, render_conversations
 
 from .tiny_models import tiny_tokenizer
-from .trainer_helpers import SMOLLM2_TEMPLATE
+from .tiny_datasets import SMOLLM2_TEMPLATE
 
 MESSAGES = [
     {"role": "user", "content": "hello world"},

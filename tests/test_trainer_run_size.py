@@ -21,7 +21,7 @@ from trainer.loop import TrainingStopped
 from trainer.sft import run_sft
 
 from .tiny_models import save_tiny_model
-from .trainer_helpers import chat_lines, write_jsonl
+from .tiny_datasets import chat_lines, write_jsonl
 
 
 class StopAtStep(ProgressReporter):

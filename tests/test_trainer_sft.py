@@ -34,7 +34,7 @@ from tui_chat.inference.hf_engine import HFEngine
 from tui_chat.inference.contract import GenerationParams, GenerationStats, TextDelta
 
 from .tiny_models import save_tiny_model, tiny_tokenizer
-from .trainer_helpers import chat_lines, write_jsonl
+from .tiny_datasets import chat_lines, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ from tui_chat.training.options import parse_train_options, train_help
 from tui_chat.training.plan import plan_training
 from tui_chat.training.summary import finish_summary, progress_line, run_line, sparkline
 
-from .training_helpers import (
+from .train_fixtures import (
     add_chat,
     done_event,
     fake_trainer,

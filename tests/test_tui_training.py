@@ -23,7 +23,7 @@ from tui_chat.tui.screens.train_dialog import TrainDialogScreen
 from tui_chat.tui.widgets.training_panel import RunRow
 
 from .fakes import FakeEngine
-from .training_helpers import (
+from .train_fixtures import (
     QUICK,
     done_event,
     fake_trainer,
