@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -121,35 +120,6 @@ def test_greedy_answers_batched_match_one_by_one(tiny) -> None:
     assert [a.prompt for a in batched] == prompts
     assert [a.reply for a in batched] == [a.reply for a in single]
     assert tokenizer.padding_side == "right"  # restored after generating
-
-
-def test_drafts_give_the_same_answers_with_less_generation(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
-    model, tokenizer = tiny
-    # The random tiny model answers in blank tokens (newlines), which an answer's text drops; kept from picking
-    # them (a copy: the fixture is shared), it says something a draft can spell.
-    model = copy.deepcopy(model)
-    blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i]).strip() and i != tokenizer.eos_token_id]
-    with torch.no_grad():
-        model.lm_head.weight[blank] = 0
-    prompts = ["hello", "What is the capital of France? The capital", "the quick brown fox jumps", "lazy dog"]
-    settings = AnswerSettings(max_new_tokens=6, bf16=False, batch_size=4)
-    plain = greedy_answers(model, tokenizer, prompts, settings)
-    assert all(a.reply for a in plain)
-    rows: list[int] = []
-    real = model.generate
-
-    def counting(**kwargs):
-        rows.append(int(kwargs["input_ids"].shape[0]))
-        return real(**kwargs)
-
-    monkeypatch.setattr(model, "generate", counting)
-    # Its own answers as drafts: every token agrees, nothing is left to generate.
-    assert greedy_answers(model, tokenizer, prompts, settings, drafts=plain) == plain and rows == []
-    # Drafts it parts from at once, or half way: generated on from there, to the same answers.
-    wrong = [Answer(p, "fox fox fox", True) for p in prompts]
-    assert greedy_answers(model, tokenizer, prompts, settings, drafts=wrong) == plain and rows == [4]
-    halves = [Answer(a.prompt, tokenizer.decode(tokenizer(a.reply)["input_ids"][:3]), False) for a in plain]
-    assert greedy_answers(model, tokenizer, prompts, settings, drafts=halves) == plain
 
 
 def test_base_answers_are_cached_and_extended(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -392,7 +362,9 @@ def test_training_mixes_in_replay_and_reports_retention(
     events = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
     (done,) = [e for e in events if e["event"] == "done"]
     assert done["metrics"]["retention"] == metrics["retention"]
-    assert any(e["event"] == "retention" for e in events)
+    # The model is saved and loadable before retention is checked; the run ends after it.
+    order = [e["event"] for e in events if e["event"] in ("ready", "retention", "done")]
+    assert order == ["ready", "retention", "done"] and (run_dir / "COMPLETE").is_file()
 
     off = dataclasses.replace(config, out=str(tmp_path / "off"), no_replay=True, no_eval=True)
     metrics = json.loads((run_sft(off, reporter) / "metrics.json").read_text())

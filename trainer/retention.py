@@ -30,7 +30,7 @@ from .render import RenderedExample
 
 RETENTION_MAX_NEW_TOKENS = 48  # per answer: enough for the facts and a sentence or two of the rest
 # Prompts per generate() call: the whole set at once. On a small CPU a decode step costs about the same for 48 rows
-# as for 16, so one batch beats three even though it runs until its longest answer ends (README: trainer timings).
+# as for 16, so one batch beats three even though it runs until its longest answer ends (README: small runs).
 RETENTION_BATCH = 48
 # ROUGE-L F1 at or above which an answer counts as the same in substance. Calibrated on the bundled model: the
 # same weights in bf16 and in fp32 (a change that teaches nothing) gave >= 0.5 on 86% of the retention prompts and

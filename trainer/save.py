@@ -51,10 +51,12 @@ def merge_lora(unwrapped: Any, config: SFTConfig, models_dir: Path) -> Any:
 def save_model(
     accelerator: Accelerator, model: Any, tokenizer: Any, run_dir: Path, config: SFTConfig, base_source: str,
     models_dir: Path,
-) -> None:
+) -> Any:
     """The merged model (or, with --keep-adapter, the adapter naming its base), and the tokenizer with its template.
-    ``model`` is the prepared ``TokenLossModel``."""
+    ``model`` is the prepared ``TokenLossModel``. Returns the trained model to generate with from now on: merging an
+    fp32 base folds the adapter into it in place, leaving the merged model."""
     unwrapped = accelerator.unwrap_model(model).model
+    generator = unwrapped
     state_dict = None
     if config.method == "lora" and config.keep_adapter:
         # The loader resolves base_model_name_or_path as a spec: the same one this run started from.
@@ -62,7 +64,9 @@ def save_model(
         unwrapped.peft_config["default"].base_model_name_or_path = base
         final = unwrapped
     elif config.method == "lora":
+        base = unwrapped.get_base_model()
         final = merge_lora(unwrapped, config, models_dir)
+        generator = final if final is base else unwrapped
     else:
         final = unwrapped
         # Gathers FSDP / DeepSpeed shards; the keys lose TokenLossModel's "model." prefix.
@@ -75,3 +79,4 @@ def save_model(
         with _quiet_transformers():
             final.save_pretrained(run_dir, state_dict=state_dict)
             tokenizer.save_pretrained(run_dir)
+    return generator
