@@ -11,11 +11,9 @@ The load of *other* processes is what decides, read from /proc/stat (machine CPU
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -65,6 +63,12 @@ class ThreadGovernor:
     def update(self) -> int:
         """Record the step just done and choose the count for the next one."""
         self.history.append(self.threads)
+        return self.recheck()
+
+    def recheck(self) -> int:
+        """Choose the count again, between pieces of work that are not steps (batches of generated answers). On a
+        quiet machine two threads generate ~1.6x faster than one; once another process holds a core they stall many
+        times over (README: small runs), so it is re-decided before and between batches, as between steps."""
         if self._mark is not None and self.cores >= 2:
             self._set(self._decide(self.threads))
         return self.threads
@@ -103,18 +107,3 @@ class ThreadGovernor:
         busy = machine_busy_seconds()
         return None if busy is None else (time.monotonic(), busy, time.process_time())
 
-
-@contextlib.contextmanager
-def one_thread(device: torch.device) -> Iterator[None]:
-    """Inside, a CPU generates on one thread (elsewhere nothing changes). Decoding token by token runs many small
-    matmuls: a second thread gains them little, and stalls every one of them while another process holds its core,
-    as on a shared machine it often does (README: small runs). The chat's engine decodes on one thread too."""
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

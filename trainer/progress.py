@@ -16,6 +16,7 @@ and the app's "show me that run again" read. Events (``event`` field; every obje
   run ended; ``trainer.timings`` lists them)
 - ``checkpoint``: step, path
 - ``stopped``: step, reason (the signal), checkpoint: a resumable stop, the process exits with status 130
+- ``ready``: run_dir: the model is saved and loads from now on; retention and the report follow, then ``done``
 - ``done``: run_dir, elapsed_s, metrics (the metrics.json object)
 - ``error``: message (one line); the process exits with status 1
 

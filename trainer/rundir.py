@@ -2,7 +2,8 @@
 
 A run dir holds ``train_config.json`` and ``progress.jsonl`` from the start, ``checkpoints/step-NNNNNN/`` while it
 trains, and at the end the model (or adapter), tokenizer, ``metrics.json``, ``loss.png`` and ``report.md``. The
-``COMPLETE`` marker is written last (atomically); a directory with ``train_config.json`` and no ``COMPLETE`` is an
+``COMPLETE`` marker is written (atomically) as soon as the model and tokenizer are saved, so the model loads while the
+run still checks retention and writes its report; a directory with ``train_config.json`` and no ``COMPLETE`` is an
 unfinished run (training, stopped or crashed) and must not be offered as a model.
 
 Everything in it is private to the user (dirs 0700, files 0600): it holds their chats (the replay, the report's
@@ -127,7 +128,7 @@ def write_json_atomic(path: Path, value: Any) -> None:
 
 
 def mark_complete(path: Path, summary: dict[str, Any]) -> None:
-    """The last write of a run: after it, the directory is a model."""
+    """Written once the model is saved: from then on the directory is a model (its report may still follow)."""
     write_json_atomic(Path(path) / COMPLETE, {"completed_at": time.time(), **summary})
 
 

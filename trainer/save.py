@@ -67,9 +67,10 @@ def cast_floats(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> dict
 def save_model(
     accelerator: Accelerator, model: Any, tokenizer: Any, run_dir: Path, config: SFTConfig, base_source: str,
     models_dir: Path,
-) -> None:
+) -> Any:
     """The merged model (or, with --keep-adapter, the adapter naming its base), and the tokenizer with its template.
-    ``model`` is the prepared ``TokenLossModel``.
+    ``model`` is the prepared ``TokenLossModel``. Returns the trained model to generate with from now on: merging an
+    fp32 base folds the adapter into it in place, leaving the merged model.
 
     The model is saved in the dtype the chat loads it in on this device (bf16 on CPU and most GPUs): half of fp32's
     disk, and loading needs no cast. Training kept fp32 weights (or merged in fp32) up to here, so this is the one
@@ -77,6 +78,7 @@ def save_model(
     """
     unwrapped = accelerator.unwrap_model(model).model
     saved_dtype = pick_dtype(accelerator.device)
+    generator = unwrapped
     state_dict = None
     if config.method == "lora" and config.keep_adapter:
         # The loader resolves base_model_name_or_path as a spec: the same one this run started from.
@@ -84,7 +86,9 @@ def save_model(
         unwrapped.peft_config["default"].base_model_name_or_path = base
         final = unwrapped
     elif config.method == "lora":
+        base = unwrapped.get_base_model()
         final = merge_lora(unwrapped, config, models_dir).to(saved_dtype)
+        generator = final if final is base else unwrapped
     else:
         # Gathers FSDP / DeepSpeed shards; the keys lose TokenLossModel's "model." prefix.
         gathered = accelerator.get_state_dict(model)
@@ -98,3 +102,4 @@ def save_model(
         with quiet_transformers():
             final.save_pretrained(run_dir, state_dict=state_dict)
             tokenizer.save_pretrained(run_dir)
+    return generator

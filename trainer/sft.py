@@ -35,7 +35,7 @@ from . import rundir
 from .base_answers import CACHE_DIR, AnswerCache, model_identity
 from .batching import Collator, LengthGroupedBatches, padding_efficiency
 from .config import SFTConfig, validate
-from .cpu_threads import ThreadGovernor, one_thread
+from .cpu_threads import ThreadGovernor
 from .data import Conversation, DataError, read_jsonl, split_conversations
 from .distill import mass_outside_top_k, teacher_targets
 from .evaluate import EvalResult, eval_key, evaluate
@@ -247,28 +247,31 @@ def _run(
         if replay_count or not config.no_eval:
             cache = AnswerCache.of(model, tokenizer, home.root / CACHE_DIR, model_identity(loaded.source, dtype))
 
-    def decoding() -> contextlib.AbstractContextManager:
-        """Around the phases that generate: one CPU thread, unless --threads fixed the count."""
-        return one_thread(device) if governor is not None else contextlib.nullcontext()
+    def rethread(*_: Any) -> None:
+        """Before a generating phase and after each of its batches: the thread count follows the machine's load."""
+        if governor is not None:
+            governor.recheck()
 
     replay: list[Conversation] = []
     if replay_count:
-        with clock.phase("replay", conversations=replay_count) as record, decoding():
+        with clock.phase("replay", conversations=replay_count) as record:
+            rethread()
             new = replay_to_generate(cache, replay_count, files.train, bf16=bf16)
             progress.info(f"replay: {replay_count} general conversations; " + (
                 "the ones this run started with" if config.resume else
                 f"the base model answers {new} new prompts (cached for its later runs)" if new else
                 "every answer comes from the cache"))
             replay = replay_for_run(model, tokenizer, replay_count, cache, bf16=bf16, near=files.train,
-                                    resume_dir=run_dir if config.resume else None)
+                                    resume_dir=run_dir if config.resume else None, progress=rethread)
             record["generated"] = cache.generated.get("replay", 0)
     baseline = None
     if not config.no_eval:
-        with clock.phase("baseline") as record, decoding():
+        with clock.phase("baseline") as record:
+            rethread()
             progress.info("retention: the base model's answers to the held-out general prompts "
                           + ("come from the cache" if baseline_cached(cache, bf16=bf16) else
                              "(generated once, cached for its later runs)"))
-            baseline = measure_baseline(model, tokenizer, cache, bf16=bf16)
+            baseline = measure_baseline(model, tokenizer, cache, bf16=bf16, progress=rethread)
             record.update(generated=cache.generated.get("retention", 0), cached=baseline.cached)
     data = render_training_data(config, files, tokenizer, replay)
     if accelerator.is_main_process:
@@ -363,7 +366,8 @@ def _run(
     )
 
     def run_eval(stage: str) -> EvalResult:
-        with clock.phase(f"eval_{stage}") as record, decoding():
+        with clock.phase(f"eval_{stage}") as record:
+            rethread()
             key = eval_key(data.val_conversations, config, bf16)
             known = cache.value("eval_before", **key) if stage == "before" else None
             progress.info(f"evaluating {stage} training" + (" (the base model's side: from the cache)" if known else ""))
@@ -398,23 +402,29 @@ def _run(
         record.update(steps=result.step - step, tokens=result.tokens)
     step = result.step
 
-    # -- evaluate, save, report; COMPLETE is written last
-    after = retention = None
+    # -- evaluate, save (the model loads from then on: COMPLETE), then retention, then the report
+    after = None
     with generating(accelerator.unwrap_model(trained).model, attention):
         if eval_enabled:
             after = run_eval("after")
-        if baseline is not None:
-            with clock.phase("retention", prompts=len(baseline.prompts)), decoding():
-                progress.info("retention: the trained model answers the held-out general prompts")
-                retention = evaluate_retention(accelerator.unwrap_model(trained).model, tokenizer, baseline,
-                                               bf16=bf16)
+    with clock.phase("save"):
+        trained_model = save_model(accelerator, trained, tokenizer, run_dir, config, loaded.source, home.models)
+    if accelerator.is_main_process:
+        # Retention takes a while on a CPU; the model need not wait for it (the run ends at the done event).
+        rundir.mark_complete(run_dir, {"steps": step, "base_model": loaded.name})
+        progress.emit("ready", run_dir=str(run_dir))
+    retention = None
+    if baseline is not None:
+        with generating(trained_model, attention), clock.phase("retention", prompts=len(baseline.prompts)):
+            rethread()
+            progress.info(f"the model is saved and loads now ({run_dir.name}); retention: it answers the held-out "
+                          "general prompts")
+            retention = evaluate_retention(trained_model, tokenizer, baseline, bf16=bf16, progress=rethread)
     retention_warning = retention.warning() if retention is not None else None
     if retention is not None:
         progress.emit("retention", stage="after", warning=retention_warning, **retention.metrics())
         if retention_warning:
             progress.info(f"warning: {retention_warning}")
-    with clock.phase("save"):
-        save_model(accelerator, trained, tokenizer, run_dir, config, loaded.source, home.models)
     if accelerator.is_main_process:
         metrics = {
             "base_model": loaded.name,
@@ -461,7 +471,6 @@ def _run(
         append_timing(home.runs, metrics)
         rundir.prune_checkpoints(run_dir, keep=None)
         before_path.unlink(missing_ok=True)
-        rundir.mark_complete(run_dir, {"steps": step, "base_model": loaded.name})
         progress.emit("done", run_dir=str(run_dir), elapsed_s=round(time.time() - started, 1), metrics=metrics)
     accelerator.wait_for_everyone()
     return run_dir
