@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import stat
 from pathlib import Path
 
@@ -18,21 +17,9 @@ from trainer.progress import ProgressReporter
 from trainer.loop import TrainingStopped
 from trainer.sft import run_sft
 
+from .train_fixtures import SignalAtStep
 from .tiny_models import save_tiny_model
 from .tiny_datasets import chat_lines, write_jsonl
-
-
-class StopAtStep(ProgressReporter):
-    """SIGTERM to this process when ``step`` is reported: the run saves a checkpoint and stops."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__("none")
-        self.at = step
-
-    def emit(self, event: str, **fields) -> None:
-        super().emit(event, **fields)
-        if event == "step" and fields["step"] == self.at:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def shared(tree: Path) -> list[str]:
@@ -55,7 +42,7 @@ def test_a_run_writes_nothing_others_can_read(tmp_path: Path) -> None:
     before = os.umask(0o022)
     try:
         with pytest.raises(TrainingStopped):
-            run_sft(config, StopAtStep(2))
+            run_sft(config, SignalAtStep(2))
         assert rundir.latest_checkpoint(out) is not None
         assert shared(out) == []  # checkpoints (torch.save, save_pretrained) included
         assert os.umask(0o022) == 0o022  # the caller's umask is back after a stop

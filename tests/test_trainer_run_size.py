@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -20,19 +18,9 @@ from trainer.rundir import SMALL_FILES_BYTES, estimated_run_bytes
 from trainer.loop import TrainingStopped
 from trainer.sft import run_sft
 
+from .train_fixtures import SignalAtStep
 from .tiny_models import save_tiny_model
 from .tiny_datasets import chat_lines, write_jsonl
-
-
-class StopAtStep(ProgressReporter):
-    def __init__(self, step: int) -> None:
-        super().__init__("none")
-        self.at = step
-
-    def emit(self, event: str, **fields) -> None:
-        super().emit(event, **fields)
-        if event == "step" and fields["step"] == self.at:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def size(path: Path) -> int:
@@ -73,7 +61,7 @@ def test_a_run_takes_the_disk_estimated(wide_model: Path, tmp_path: Path, method
     estimate = estimated_run_bytes(total, method=method, base_dtype=base_dtype, trainable_parameters=trainable)
 
     with pytest.raises(TrainingStopped):
-        run_sft(config, StopAtStep(1))
+        run_sft(config, SignalAtStep(1))
     checkpoint = rundir.latest_checkpoint(out)
     assert near(estimate.checkpoint, size(checkpoint)), (estimate.checkpoint, size(checkpoint))
 

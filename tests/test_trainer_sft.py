@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -33,6 +31,7 @@ from tui_chat.cli import main as cli_main
 from tui_chat.inference.hf_engine import HFEngine
 from tui_chat.inference.contract import GenerationParams, GenerationStats, TextDelta
 
+from .train_fixtures import SignalAtStep
 from .tiny_models import save_tiny_model, tiny_tokenizer
 from .tiny_datasets import chat_lines, write_jsonl
 
@@ -163,19 +162,6 @@ def test_lora_run_saves_merged_model_or_adapter(tiny_dir: Path, data: Path, tmp_
     # and the chat's loader takes it as it is
     loaded = load_model(str(merged), models_dir=models_dir, device="cpu")
     assert loaded.dtype == torch.bfloat16 and next(loaded.model.parameters()).dtype == torch.bfloat16
-
-
-class SignalAtStep(ProgressReporter):
-    """Sends this process SIGTERM when the given step is reported, as `kill` would mid-run."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__("none")
-        self.at = step
-
-    def emit(self, event: str, **fields) -> None:
-        super().emit(event, **fields)
-        if event == "step" and fields["step"] == self.at:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_signal_checkpoints_and_resume_continues_exactly(tiny_dir: Path, data: Path, tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import textwrap
 import time
@@ -11,6 +13,7 @@ from typing import Any, Callable
 
 from sessions import Store
 from trainer.home import DataHome
+from trainer.progress import ProgressReporter
 
 from .tiny_models import save_tiny_model
 
@@ -120,3 +123,17 @@ def read_events(log: Path) -> list[dict]:
         if line.startswith("{"):
             events.append(json.loads(line))
     return events
+
+
+class SignalAtStep(ProgressReporter):
+    """Sends this process SIGTERM when the given step is reported, as `kill` would mid-run: the run saves a
+    checkpoint and stops."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__("none")
+        self.at = step
+
+    def emit(self, event: str, **fields) -> None:
+        super().emit(event, **fields)
+        if event == "step" and fields["step"] == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
