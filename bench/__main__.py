@@ -12,6 +12,7 @@ import time
 BENCHMARKS = [
     "decode",
     "decode_process",
+    "small_runs",
     "store",
     "train",
     "tui_stream",

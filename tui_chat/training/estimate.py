@@ -23,20 +23,23 @@ GIB = 1024**3
 TRAINER_NICE = 10  # niceness added to the trainer on CPU: the chat's replies win the cores when both want them
 HISTORY = 5  # runs an estimate is drawn from: recent enough to follow the machine, enough to smooth one odd run
 MAX_SPEEDUP = 10.0  # a much smaller model is not that much faster: start-up, the tokenizer and the loop cost too
-# The first run of the bundled SmolLM2-135M-Instruct (LoRA, bf16 autocast) on tui-chat's 2-core test machine, one
-# conversation, nothing cached: its timings.jsonl line as `python -m bench small_runs` prints it. Full fine-tunes
-# train slower per token (FULL_SLOWDOWN, measured in the same way).
+# A first run of the bundled SmolLM2-135M-Instruct (LoRA, bf16 autocast) on tui-chat's 2-core test machine: five
+# short conversations (one held out), nothing cached, every phase: its runs/timings.jsonl line (`python -m bench
+# small_runs` prints one). Full fine-tunes train slower per token (FULL_SLOWDOWN).
 REFERENCE: dict[str, Any] = {
     "base_model": "smollm2", "base_parameters": 134_515_008, "method": "lora", "device": "cpu",
-    "precision": "bf16 autocast", "processes": 1, "threads": 1, "tokens_per_s": 217.3, "startup_s": 6.16,
-    "total_s": 112.34, "replay_tokens_each": 76.5,
+    "precision": "bf16 autocast", "startup_s": 3.0, "total_s": 55.65, "tokens_per_s": 527.0,
+    "replay_tokens_each": 76.5,
     "phases": {
-        "load": {"s": 1.52}, "replay": {"conversations": 16, "generated": 21, "s": 13.98},
-        "baseline": {"generated": 48, "cached": False, "s": 17.4}, "distill": {"tokens": 1224, "s": 2.01},
-        "eval_before": {"samples": 1, "cached": False, "s": 5.33},
-        "train": {"start_step": 0, "steps": 24, "tokens": 10184, "s": 46.93},
-        "eval_after": {"samples": 1, "cached": False, "s": 5.0}, "retention": {"prompts": 48, "s": 21.9},
-        "save": {"s": 1.24},
+        "load": {"s": 0.78},
+        "replay": {"conversations": 16, "generated": 21, "s": 7.01},
+        "baseline": {"generated": 48, "cached": False, "s": 7.18},
+        "distill": {"tokens": 1224, "s": 0.98},
+        "eval_before": {"samples": 1, "cached": False, "s": 2.52},
+        "train": {"start_step": 0, "steps": 24, "tokens": 11400, "s": 21.66},
+        "eval_after": {"samples": 1, "cached": False, "s": 0.44},
+        "save": {"s": 2.13},
+        "retention": {"prompts": 48, "s": 8.92},
     },
 }
 # The same machine trained 54 tokens/s with LoRA and 38 with a full fine-tune, both through `/train`.
@@ -154,9 +157,11 @@ def _rates(record: dict[str, Any]) -> dict[str, float]:
     """What one run measured: seconds per unit of work, or per phase where the work is fixed."""
     phases = record.get("phases") or {}
     rates: dict[str, float] = {}
-    for name, unit in (("replay", "generated"), ("distill", "tokens"), ("train", "tokens"), ("eval_after", "samples")):
+    units = (("replay", "generated"), ("distill", "tokens"), ("train", "tokens"), ("eval_before", "samples"),
+             ("eval_after", "samples"))
+    for name, unit in units:
         phase = phases.get(name) or {}
-        if phase.get(unit):
+        if phase.get(unit) and not phase.get("cached"):
             rates[name] = phase["s"] / phase[unit]
     for name in ("load", "retention", "save"):
         if name in phases:
@@ -249,7 +254,7 @@ def estimate_time(
             first_time_s += rate("baseline")
         seconds += rate("retention")
     if work.eval_samples:
-        seconds += work.eval_samples * rate("eval_after") * (1 if work.eval_before_cached else 2)
+        seconds += work.eval_samples * (rate("eval_after") + (0 if work.eval_before_cached else rate("eval_before")))
     return TimeEstimate(seconds + first_time_s, train_s, 1.0 / (rate("train") * slower), first_time_s, source)
 
 
