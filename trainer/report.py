@@ -14,7 +14,7 @@ from .retention import RetentionResult, report_section
 PHASE_NAMES = {
     "load": "load the base model", "replay": "replay answers", "baseline": "retention: the base model's side",
     "distill": "replay distributions", "eval_before": "evaluate before", "train": "train",
-    "eval_after": "evaluate after", "retention": "retention: the trained model", "save": "save",
+    "eval_after": "evaluate after", "save": "save", "retention": "retention: the trained model",
 }
 
 

@@ -10,9 +10,12 @@ The phases, in order (a phase a run skips is absent):
 - ``load``: reading the base model; ``replay``: its answers to the replay prompts (``generated``: how many were not
   in the cache); ``baseline``: its answers to the retention prompts and its perplexity on them (``generated``,
   ``cached``); ``distill``: its next-token distribution on the replayed answers (``tokens``);
-- ``eval_before`` / ``eval_after``: validation loss and sample replies (``samples``; before: ``cached``);
-- ``train``: the optimizer steps (``tokens``, ``steps``); ``retention``: the trained model's answers to the
-  retention prompts (``prompts``); ``save``: the model and tokenizer; ``report``: metrics, plot and report.
+- ``eval_before``: validation loss and sample replies (``samples``, ``cached``); ``train``: the optimizer steps
+  (``tokens``, ``steps``); ``eval_after`` (``samples``); ``save``: the model and tokenizer (it loads from then on);
+  ``retention``: the trained model's answers to the retention prompts (``prompts``).
+
+What no phase covers (rendering, preparing the model, the report) is the run's ``total_s`` less its ``startup_s``
+and the phases.
 """
 
 from __future__ import annotations
