@@ -252,6 +252,11 @@ def test_gpu_memory_decides_where_training_runs() -> None:
     cpu = plan_device("cpu", None, None, cpu_count=2)
     assert cpu.device == "cpu" and "the 2 cores" in cpu.notes[0] and "one fewer while the chat" in cpu.notes[0]
     assert "1 of 2 cores" in plan_device("cpu", None, None, cpu_count=2, threads=1).notes[0]
+    assert len(cpu.notes) == 1  # a quiet machine: nothing about load
+    busy = plan_device("cpu", None, None, cpu_count=2, load=5.8)
+    assert busy.notes[1].startswith("this machine is busy now (load 5.8 on 2 cores)")
+    moved = plan_device("cuda", "full", 3_000_000_000, cpu_count=2, gpu_memory=(20 * GIB, 80 * GIB), load=3.0)
+    assert any("busy now" in note for note in moved.notes)
 
 
 def test_parameters_are_counted_from_safetensors_headers(models_home: DataHome) -> None:

@@ -103,10 +103,11 @@ def plan_device(
     cpu_count: int,
     threads: int | None = None,
     gpu_memory: tuple[int, int] | None = None,
+    load: float = 0.0,
 ) -> DevicePlan:
     """Decide where the trainer runs. ``available``: the best device here ("cuda", "mps", "cpu"); ``method``: the
     one asked for (None: the trainer's default for the device); ``gpu_memory``: (free, total) bytes on the GPU now,
-    the chat's own model included in what is used."""
+    the chat's own model included in what is used; ``load``: the machine's load average over the last minute."""
     if available == "cuda" and gpu_memory is not None:
         free, _ = gpu_memory
         if parameters is None:
@@ -116,7 +117,7 @@ def plan_device(
         if need <= free:
             return DevicePlan("cuda", (f"GPU: training needs ~{need / GIB:.1f} GiB and {free / GIB:.1f} GiB is free "
                                        "beside the chat's model: both fit",))
-        cpu = plan_device("cpu", method, parameters, cpu_count=cpu_count, threads=threads)
+        cpu = plan_device("cpu", method, parameters, cpu_count=cpu_count, threads=threads, load=load)
         note = (f"GPU: training needs ~{need / GIB:.1f} GiB but only {free / GIB:.1f} GiB is free beside the chat's "
                 "model, so it runs on the CPU instead (slower); to train on the GPU, free memory (close other GPU "
                 "programs, or /model a smaller model) and /train again")
@@ -127,8 +128,19 @@ def plan_device(
         else:  # the trainer's default (trainer/cpu_threads.py): it gives a core back while the chat decodes
             share = (f"training uses the {cpu_count} cores at low priority, one fewer while the chat writes a reply"
                      if cpu_count > 1 else "training uses the one core at low priority")
-        return DevicePlan("cpu", (f"CPU: {share}; replies come slower while it runs",), nice=TRAINER_NICE)
+        notes = [f"CPU: {share}; replies come slower while it runs"]
+        if load >= cpu_count:
+            notes.append(busy_note(load, cpu_count))
+        return DevicePlan("cpu", tuple(notes), nice=TRAINER_NICE)
     return DevicePlan(available, (f"{available.upper()}: training shares the device with the chat's model",))
+
+
+def busy_note(load: float, cpu_count: int) -> str:
+    """Why the estimate will be short while other programs keep every core busy. The estimate is not scaled by the
+    load: at low priority the trainer gets what the others leave, which the load average does not tell (measured
+    here: a run estimated at 50 s took 146 s while five other jobs kept two cores busy)."""
+    return (f"this machine is busy now (load {load:.1f} on {cpu_count} core{'s' if cpu_count != 1 else ''}): the "
+            "run takes longer than estimated while that lasts, as training runs at low priority")
 
 
 @dataclass(frozen=True)

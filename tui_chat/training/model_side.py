@@ -122,7 +122,7 @@ def compute(home: DataHome, snapshot: Path, base_spec: str, argv: Sequence[str])
     available = pick_device().type
     device = plan_device(
         available, config.method, parameters, cpu_count=os.cpu_count() or 1, threads=config.threads,
-        gpu_memory=torch.cuda.mem_get_info() if available == "cuda" else None,
+        gpu_memory=torch.cuda.mem_get_info() if available == "cuda" else None, load=os.getloadavg()[0],
     )
     method = config.method or ("full" if device.device == "cuda" else "lora")
     timings = read_timings(home.runs / TIMINGS_FILE)
