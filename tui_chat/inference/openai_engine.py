@@ -143,6 +143,8 @@ class OpenAIEngine:
                 raise EngineError(self._refusal(response))
             try:
                 for event in _events(response):
+                    if stop.is_set():  # what the server sent before it saw us go is not part of the reply
+                        break
                     if "error" in event:
                         message = (event["error"] or {}).get("message") if isinstance(event["error"], dict) else None
                         raise EngineError(one_line(str(message or event["error"]), 500))

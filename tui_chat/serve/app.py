@@ -82,9 +82,13 @@ def make_app(scheduler: ModelScheduler, catalog: ModelCatalog, *, identity: dict
 
     async def models(request: Request) -> Response:
         served = await run_in_threadpool(catalog.models)
-        return JSONResponse({"object": "list", "data": [
-            {"id": model.id, "object": "model", "created": model.created, "owned_by": "tui-chat"} for model in served
-        ]})
+        info = scheduler.info()
+        data = [{"id": model.id, "object": "model", "created": model.created, "owned_by": "tui-chat"}
+                for model in served]
+        for entry in data:
+            if info is not None and entry["id"] == scheduler.model:
+                entry["max_model_len"] = info.context_limit  # vLLM's field: the loaded model's context, in tokens
+        return JSONResponse({"object": "list", "data": data})
 
     async def health(request: Request) -> Response:
         info = scheduler.info()
