@@ -207,3 +207,71 @@ def test_two_clients_at_once_keep_their_replies_apart(live: LiveModel) -> None:
     for thread in threads:
         thread.join(60)
     assert [got[q] for q in questions] == expected
+
+
+# ---- remote models from the command line: --api-base and saved endpoints -----------------------------------------
+
+
+def test_a_remote_model_is_chatted_with_and_stored_like_a_local_one(live: LiveModel, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from trainer.home import DataHome
+    from tui_chat.cli import CliContext, main
+
+    home = DataHome(tmp_path / "home")
+    monkeypatch.setenv("LOOPBACK_KEY", "not-a-real-key")
+
+    def cli(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(main, list(args), obj=CliContext(home))
+
+    asked = cli("ask", "hello world", "--model", f"openai:{live.spec}", "--api-base", live.base, "--temperature", "0")
+    assert asked.exit_code == 0, asked.output
+    assert cli("endpoints", "add", "loopback", live.base, "--key-env", "LOOPBACK_KEY").exit_code == 0
+    assert cli("ask", "-c", "again", "--model", f"loopback:{live.spec}").exit_code == 0
+    listed = cli("endpoints", "list").output
+    assert listed == f"loopback\t{live.base}\tkey from $LOOPBACK_KEY\n" and "not-a-real-key" not in listed
+    store = CliContext(home).store
+    (conversation,) = store.list_conversations()
+    replies = [m for m in store.active_branch(conversation.id) if m.role == "assistant"]
+    assert [(m.model, m.status) for m in replies] == [(f"openai:{live.spec}", "complete"),
+                                                      (f"loopback:{live.spec}", "complete")]
+    assert all(m.content for m in replies)
+    assert "not-a-real-key" not in (home.root / "endpoints.json").read_text()
+    assert not any("not-a-real-key" in path.read_bytes().decode(errors="ignore")
+                   for path in home.root.rglob("*") if path.is_file())
+    assert cli("endpoints", "remove", "loopback").exit_code == 0
+    assert cli("endpoints", "list").output.startswith("no endpoints saved")
+
+
+def test_endpoint_keys_come_from_the_environment_or_a_private_file(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from trainer.home import DataHome
+    from tui_chat.cli import CliContext, main
+    from tui_chat.inference.endpoints import load_endpoints
+
+    home = DataHome(tmp_path / "home")
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-file\n")
+    key_file.chmod(0o644)
+
+    def cli(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(main, list(args), obj=CliContext(home))
+
+    assert cli("endpoints", "add", "openai", "http://x/v1").exit_code == 2  # the built-in name
+    assert cli("endpoints", "add", "ok", "ftp://x").exit_code == 2
+    assert cli("endpoints", "add", "filed", "http://127.0.0.1:1/v1", "--key-file", str(key_file)).exit_code == 0
+    assert cli("endpoints", "add", "env", "http://127.0.0.1:1/v1", "--key-env", "UNSET_KEY_VAR").exit_code == 0
+    assert (home.root / "endpoints.json").stat().st_mode & 0o777 == 0o600
+    endpoints = load_endpoints(home.root)
+    with pytest.raises(EngineError, match=rf"readable by others; chmod 600 {key_file}$"):
+        endpoints["filed"].api_key()
+    key_file.chmod(0o600)
+    assert endpoints["filed"].api_key() == "sk-file"
+    monkeypatch.delenv("UNSET_KEY_VAR", raising=False)
+    refused = cli("ask", "hi", "--model", "env:some-model", "--no-save")
+    assert refused.exit_code == 1
+    assert refused.output.strip() == ("Error: endpoint env takes its key from $UNSET_KEY_VAR, which is not set; "
+                                      "export UNSET_KEY_VAR=... first")
