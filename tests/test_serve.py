@@ -624,3 +624,29 @@ def psutil_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_non_loopback_address_without_a_key_is_refused_before_any_loading(tmp_path: Path) -> None:
+    result = serve_cli(tmp_path, "--host", "0.0.0.0", "--port", "0")
+    assert result.exit_code == 1 and result.opened == []
+    assert result.output == ("Error: --host 0.0.0.0 lets anyone who reaches this machine use the model; give "
+                             "--api-key KEY (or TUI_CHAT_API_KEY), or listen on 127.0.0.1\n")
+
+
+def test_log_keeps_each_answered_request_as_a_conversation(served: Served) -> None:
+    from sessions import Store, memory_database
+    from tui_chat.serve.request_log import RequestLog
+
+    store = Store(memory_database())
+    with TestClient(make_app(served.scheduler, served.catalog, log=RequestLog(store))) as client:
+        system = {"role": "system", "content": "Be brief."}
+        client.post(URL, json={**ask(), "messages": [system, *ask()["messages"]], "temperature": 0})
+        streamed(client, ask("And of Spain?", stream=True))
+    first, second = sorted(store.list_conversations(), key=lambda c: c.id)
+    assert (first.title, first.system_prompt, first.model) == ("What is the capital of France?", "Be brief.",
+                                                                "fake-model")
+    user, reply = store.active_branch(first.id)
+    assert (user.role, reply.role, reply.content, reply.status) == ("user", "assistant",
+                                                                    "The capital of France is Paris.", "complete")
+    assert reply.tokens_out == 6 and reply.params["temperature"] == 0
+    assert [m.content for m in store.active_branch(second.id)] == ["And of Spain?", "echo: And of Spain?"]

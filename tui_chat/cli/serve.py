@@ -36,12 +36,15 @@ from tui_chat.inference.contract import EngineError
 @click.option("--socket", "socket_path", type=click.Path(dir_okay=False),
               help="Listen on this Unix socket (made 0600) instead of TCP, and load models only when a client asks: "
               "how the chat window, the REPL and `ask` run their data home's server.")
+@click.option("--log", "log_requests", is_flag=True,
+              help="Keep each answered request as a conversation in the chat database (rated, exported and trained "
+              "on like the chat's own). Default: nothing is written.")
 @click.option("--keep-alive", type=click.FloatRange(min=0), metavar="SECONDS",
               help="Exit after this many seconds without a request. Default: run until Ctrl+C.")
 @engine_options
 @pass_context
 def serve_command(ctx: CliContext, model: str, host: str, port: int, api_key: str | None, socket_path: str | None,
-                  keep_alive: float | None, **options: Any) -> None:
+                  keep_alive: float | None, log_requests: bool, **options: Any) -> None:
     """Serve a model over HTTP with the OpenAI chat completions API.
 
     \b
@@ -53,7 +56,7 @@ def serve_command(ctx: CliContext, model: str, host: str, port: int, api_key: st
       POST /load, POST /tokenize  extensions: load a model now; count a conversation's tokens
 
     Clients share the one loaded model: requests queue and run one at a time. Conversations sent to the server are
-    not stored in the chat database (the chat window and `ask` keep theirs as before).
+    not stored in the chat database unless --log is given.
 
     \b
     Example:
@@ -92,10 +95,16 @@ def serve_command(ctx: CliContext, model: str, host: str, port: int, api_key: st
         log.print("cancelled")
         sys.exit(EXIT_INTERRUPTED)
     catalog.models()  # the listing's imports (torch, through the trainer), here rather than in the first request
+    log_to = None
+    if log_requests:
+        from tui_chat.serve.request_log import RequestLog
+
+        log_to = RequestLog(ctx.store)
+    stored = "each request is stored as a conversation" if log_requests else "conversations are not stored"
     bound_host, bound_port = listener.getsockname()[:2]
-    click.echo(f"serving {info.name} at http://{bound_host}:{bound_port}/v1 (OpenAI API; conversations are not "
-               "stored) · Ctrl+C to stop", err=True)
-    ModelServer(scheduler, catalog, api_key=api_key, keep_alive_s=keep_alive).serve_on(listener)
+    click.echo(f"serving {info.name} at http://{bound_host}:{bound_port}/v1 (OpenAI API; {stored}) · Ctrl+C "
+               "to stop", err=True)
+    ModelServer(scheduler, catalog, api_key=api_key, keep_alive_s=keep_alive, log=log_to).serve_on(listener)
 
 
 def _loopback(host: str) -> bool:
@@ -134,7 +143,8 @@ def _serve_home(ctx: CliContext, model: str, path: Path, api_key: str | None, ke
     scheduler = ModelScheduler(ctx.engine_factory(options, serving=True), model)
     scheduler.start()
     catalog = ModelCatalog(model, lambda: local_models(ctx.home.models), any_spec=True)
-    click.echo(f"serving at unix:{path} (pid {os.getpid()}, exits after {keep_alive or 0:g} s idle)", err=True)
+    idle = f"exits after {keep_alive:g} s idle" if keep_alive is not None else "runs until stopped"
+    click.echo(f"serving at unix:{path} (pid {os.getpid()}, {idle})", err=True)
     try:
         ModelServer(scheduler, catalog, identity=server_identity(settings), api_key=api_key,
                     keep_alive_s=keep_alive).serve_on(listener)

@@ -19,7 +19,7 @@ import sys
 import time
 import threading
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from sessions import one_line
 from trainer.model_names import engine_name
 
-from tui_chat.inference.contract import EngineError, TextDelta
+from tui_chat.inference.contract import EngineError, GenerationStats, TextDelta
 from tui_chat.serve.catalog import ModelCatalog
 from tui_chat.serve.protocol import (
     CompletionRequest,
@@ -54,12 +54,16 @@ CLIENT_CLOSED_REQUEST = 499  # the status access logs show for a client that lef
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a request body's bound: a long conversation is well under 1 MiB of JSON
 
 
+ReplyLog = Callable[[str, CompletionRequest, str, GenerationStats], None]  # (model, request, text, stats)
+
+
 def make_app(scheduler: ModelScheduler, catalog: ModelCatalog, *, identity: dict | None = None,
-             api_key: str | None = None) -> Starlette:
+             api_key: str | None = None, log: ReplyLog | None = None) -> Starlette:
     """The server's app around a started ``scheduler`` and the ``catalog`` of model names it answers to.
 
     ``identity`` (the app's version and the engine settings) is in /health, so a client can tell whether this
-    server is the one it would start; with ``api_key``, every request must carry it as a bearer token.
+    server is the one it would start; with ``api_key``, every request must carry it as a bearer token; ``log`` is
+    given each finished reply (`--log` stores them as conversations).
     """
 
     async def chat_completions(request: Request) -> Response:
@@ -68,11 +72,11 @@ def make_app(scheduler: ModelScheduler, catalog: ModelCatalog, *, identity: dict
         spec = await run_in_threadpool(catalog.resolve, completion.model) if completion.model else scheduler.spec
         stop = threading.Event()
         if completion.stream:
-            return StreamingResponse(_events(scheduler, spec, completion, stop), media_type="text/event-stream",
+            return StreamingResponse(_events(scheduler, spec, completion, stop, log), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         watcher = asyncio.create_task(_stop_on_disconnect(request, stop))
         try:
-            body = await _complete(scheduler, spec, completion, stop)
+            body = await _complete(scheduler, spec, completion, stop, log)
         except Exception as exc:
             return JSONResponse(_failure_body(exc), status_code=500)
         finally:
@@ -181,7 +185,7 @@ def _json_object(raw: bytes) -> dict:
 
 
 async def _complete(scheduler: ModelScheduler, spec: str, completion: CompletionRequest,
-                    stop: threading.Event) -> dict | None:
+                    stop: threading.Event, log: ReplyLog | None) -> dict | None:
     """The whole reply as one chat.completion object; None when the client left before it was made."""
     request_id, created = completion_id(), now()
     stops = StopStrings(completion.stop)
@@ -197,21 +201,25 @@ async def _complete(scheduler: ModelScheduler, spec: str, completion: Completion
         return None
     text.append(stops.flush())
     finish = finish_reason(stats, stops.hit)
+    if log is not None:
+        log(engine_name(spec), completion, "".join(text), stats)
     return completion_body(request_id, created, engine_name(spec), "".join(text), finish, stats)
 
 
 async def _events(scheduler: ModelScheduler, spec: str, completion: CompletionRequest,
-                  stop: threading.Event) -> AsyncIterator[str]:
+                  stop: threading.Event, log: ReplyLog | None) -> AsyncIterator[str]:
     """The reply as server-sent chunks: the role with the first text, the text as it comes, the finish reason, the
     usage when asked for, then ``[DONE]``. If the client disconnects, Starlette cancels this generator (its
     ``listen_for_disconnect``), and leaving it sets ``stop``: the model stops within one token."""
     request_id, created, model = completion_id(), now(), engine_name(spec)
     stops = StopStrings(completion.stop)
     role = {"role": "assistant"}  # sent once, with the first chunk
+    sent: list[str] = []
     try:
         async for chunk in scheduler.stream(spec, completion.messages, completion.params, stop):
             if isinstance(chunk, TextDelta):
                 text = stops.feed(chunk.text)
+                sent.append(text)
                 if stops.hit:
                     stop.set()
                 if text or role:
@@ -219,6 +227,8 @@ async def _events(scheduler: ModelScheduler, spec: str, completion: CompletionRe
                     role = {}
                 continue
             tail = stops.flush()
+            if log is not None:
+                log(model, completion, "".join(sent) + tail, chunk)
             if tail or role:
                 yield sse(chunk_body(request_id, created, model, {**role, "content": tail}))
             yield sse(chunk_body(request_id, created, model, {}, finish_reason(chunk, stops.hit)))

@@ -9,7 +9,7 @@ from types import FrameType
 
 import uvicorn
 
-from tui_chat.serve.app import make_app
+from tui_chat.serve.app import ReplyLog, make_app
 from tui_chat.serve.catalog import ModelCatalog
 from tui_chat.serve.scheduler import ModelScheduler
 
@@ -22,8 +22,8 @@ class ModelServer(uvicorn.Server):
     request has come or run for that long (as Ollama unloads an idle model)."""
 
     def __init__(self, scheduler: ModelScheduler, catalog: ModelCatalog, *, identity: dict | None = None,
-                 api_key: str | None = None, keep_alive_s: float | None = None) -> None:
-        app = make_app(scheduler, catalog, identity=identity, api_key=api_key)
+                 api_key: str | None = None, keep_alive_s: float | None = None, log: ReplyLog | None = None) -> None:
+        app = make_app(scheduler, catalog, identity=identity, api_key=api_key, log=log)
         super().__init__(uvicorn.Config(app, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, log_level="warning"))
         self.scheduler = scheduler
         self.keep_alive_s = keep_alive_s
