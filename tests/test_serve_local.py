@@ -133,3 +133,14 @@ def test_an_idle_server_exits_and_a_killed_one_fails_the_reply_in_one_line(
     chunks: list[object] = []
     session.send("hello", chunks.append)  # a new server
     assert isinstance(chunks[-1], GenerationStats) and session.engine.server.pid != server.pid
+
+
+def test_the_identity_names_the_version_down_to_the_source_and_the_settings() -> None:
+    from importlib.metadata import version
+
+    from tui_chat.serve.local import server_identity
+
+    identity = server_identity({"dtype": "float32", "compile": False})
+    assert identity == server_identity({"compile": False, "dtype": "float32"})  # the order of settings is no change
+    assert identity["version"].startswith(version("tui-chat") + "+") and len(identity["version"].split("+")[1]) == 12
+    assert identity != server_identity({"dtype": "bfloat16", "compile": False})
