@@ -100,30 +100,33 @@ def test_replies_match_the_in_process_engine(http_engine: OpenAIEngine, live: Li
     assert http_engine.info().context_limit == 64 and http_engine.info().dtype == "remote"
 
 
-def test_stop_closes_the_stream_and_the_server_stops_within_a_token(http_engine: OpenAIEngine,
-                                                                    live: LiveModel) -> None:
-    stop = threading.Event()
-    decoded: list[GenerationStats] = []
-    live.engine_stream = live.engine.stream
+def test_stop_closes_the_stream_and_the_server_stops_within_a_token() -> None:
+    # A fake model at 50 tokens/s: the tiny one decodes its whole reply before a disconnect could be seen.
+    from tests.test_serve import LONG_REPLY, Served, WatchedEngine, live_server
 
-    def watched(messages, params, stop_event=None):  # type: ignore[no-untyped-def]
-        for chunk in live.engine_stream(messages, params, stop_event):
-            if isinstance(chunk, GenerationStats):
-                decoded.append(chunk)
-            yield chunk
-
-    live.engine.stream = watched  # type: ignore[method-assign]
-    try:
+    model = WatchedEngine([LONG_REPLY], delay_s=0.02)
+    served = Served(model)
+    with live_server(served) as (base, _, _):
+        engine = OpenAIEngine("fake-model", "fake-model", base + "/v1")
+        engine.load()
+        stop = threading.Event()
         chunks = []
-        for chunk in http_engine.stream(contract.ask("tell me a story"), LONG, stop):
+        for chunk in engine.stream(contract.ask("tell me a story"), LONG, stop):
             chunks.append(chunk)
             if len(chunks) == 3:
                 stop.set()
         assert isinstance(chunks[-1], GenerationStats) and chunks[-1].finish_reason == "stopped"
         assert len(chunks) <= 5  # at most a delta that was already on its way
-        assert live.idle() and decoded[-1].finish_reason == "stopped" and decoded[-1].new_tokens < 200
-    finally:
-        del live.engine.stream
+        assert wait_for(lambda: len(model.finished) == 1, 5.0)
+        assert model.finished[0].finish_reason == "stopped" and model.finished[0].new_tokens < 20
+    served.scheduler.close()
+
+
+def wait_for(condition, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
 
 
 def test_usage_and_the_prompt_cache_come_back_in_the_stats(http_engine: OpenAIEngine) -> None:
