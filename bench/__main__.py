@@ -12,6 +12,7 @@ import time
 BENCHMARKS = [
     "decode",
     "decode_process",
+    "serve",
     "small_runs",
     "store",
     "train",

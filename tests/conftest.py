@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,27 @@ def bundled_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def bundled_home(tmp_path: Path, bundled_models_dir: Path) -> DataHome:
+def bundled_home(tmp_path: Path, bundled_models_dir: Path) -> Iterator[DataHome]:
     """A fresh data home whose models dir links to the session's converted bundled model (no re-conversion)."""
     home = DataHome(tmp_path / "home").ensure()
     (home.models / BUNDLED_DIR).symlink_to(bundled_models_dir / BUNDLED_DIR, target_is_directory=True)
-    return home
+    yield home
+    stop_home_server(home)
+
+
+def stop_home_server(home: DataHome) -> None:
+    """End the home's model server, if a test's window, REPL or `ask` started one (it would idle for 15 minutes)."""
+    import os
+    import signal
+
+    from tui_chat.serve.local import LocalServer
+
+    health = LocalServer(home, {}).health()
+    if health is not None and isinstance(health.get("pid"), int):
+        try:
+            os.kill(health["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture(scope="session")

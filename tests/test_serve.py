@@ -325,7 +325,46 @@ def test_models_lists_the_loaded_model_then_the_local_ones(client: TestClient) -
 
 
 def test_health_says_which_model_is_loaded(client: TestClient) -> None:
-    assert client.get("/health").json() == {"status": "ok", "model": "fake-model", "loaded": True, "pending": 0}
+    health = client.get("/health").json()
+    assert {key: health[key] for key in ("status", "model", "loaded", "pending", "loading", "load_error")} == {
+        "status": "ok", "model": "fake-model", "loaded": True, "pending": 0, "loading": None, "load_error": None}
+    assert health["info"]["context_limit"] == 2048 and health["pid"] == os.getpid()
+    assert client.get("/v1/models").json()["data"][0]["max_model_len"] == 2048  # the loaded one's context
+
+
+def test_load_switches_the_model_and_health_shows_how_it_went(served: Served) -> None:
+    with TestClient(served.app()) as client:
+        assert client.post("/load", json={"model": "my-run"}).status_code == 202
+        assert wait_until(lambda: client.get("/health").json()["model"] == "my-run"
+                          and client.get("/health").json()["loaded"], 5.0)
+        assert client.post("/load", json={"model": "elsewhere"}).status_code == 404
+        served.engines["smollm2"] = WatchedEngine(name="smollm2", load_error="no weights; run `tui-chat models`")
+        client.post("/load", json={"model": "smollm2"})
+        assert wait_until(lambda: client.get("/health").json()["load_error"] is not None, 5.0)
+        assert client.get("/health").json()["load_error"] == {"model": "smollm2",
+                                                              "message": "no weights; run `tui-chat models`"}
+
+
+def test_tokenize_counts_a_conversation_with_the_loaded_model(client: TestClient, engine: WatchedEngine) -> None:
+    messages = [{"role": "user", "content": "three words here"}]
+    assert client.post("/tokenize", json={"messages": messages}).json() == {
+        "count": engine.count_tokens(messages), "max_model_len": 2048}
+    assert client.post("/tokenize", json={"messages": []}).status_code == 400
+
+
+def test_an_api_key_is_required_when_set(served: Served) -> None:
+    with TestClient(make_app(served.scheduler, served.catalog, api_key="sesame")) as client:
+        refused = client.post(URL, json=ask())
+        assert refused.status_code == 401 and "API key" in refused.json()["error"]["message"]
+        assert client.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.post(URL, json=ask(), headers={"Authorization": "Bearer sesame"}).status_code == 200
+
+
+def test_bodies_and_max_tokens_are_bounded(client: TestClient) -> None:
+    huge = client.post(URL, content=b"x" * (5 * 1024 * 1024), headers={"Content-Type": "application/json"})
+    assert huge.status_code == 413 and "MiB" in huge.json()["error"]["message"]
+    too_many = client.post(URL, json=ask(max_tokens=10**9))
+    assert too_many.status_code == 400 and too_many.json()["error"]["message"] == "`max_tokens` must be at most 32768"
 
 
 # ---- several clients, one model ---------------------------------------------------------------------------------
@@ -585,3 +624,29 @@ def psutil_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_non_loopback_address_without_a_key_is_refused_before_any_loading(tmp_path: Path) -> None:
+    result = serve_cli(tmp_path, "--host", "0.0.0.0", "--port", "0")
+    assert result.exit_code == 1 and result.opened == []
+    assert result.output == ("Error: --host 0.0.0.0 lets anyone who reaches this machine use the model; give "
+                             "--api-key KEY (or TUI_CHAT_API_KEY), or listen on 127.0.0.1\n")
+
+
+def test_log_keeps_each_answered_request_as_a_conversation(served: Served) -> None:
+    from sessions import Store, memory_database
+    from tui_chat.serve.request_log import RequestLog
+
+    store = Store(memory_database())
+    with TestClient(make_app(served.scheduler, served.catalog, log=RequestLog(store))) as client:
+        system = {"role": "system", "content": "Be brief."}
+        client.post(URL, json={**ask(), "messages": [system, *ask()["messages"]], "temperature": 0})
+        streamed(client, ask("And of Spain?", stream=True))
+    first, second = sorted(store.list_conversations(), key=lambda c: c.id)
+    assert (first.title, first.system_prompt, first.model) == ("What is the capital of France?", "Be brief.",
+                                                                "fake-model")
+    user, reply = store.active_branch(first.id)
+    assert (user.role, reply.role, reply.content, reply.status) == ("user", "assistant",
+                                                                    "The capital of France is Paris.", "complete")
+    assert reply.tokens_out == 6 and reply.params["temperature"] == 0
+    assert [m.content for m in store.active_branch(second.id)] == ["And of Spain?", "echo: And of Spain?"]

@@ -12,7 +12,8 @@ import click
 from trainer.home import DataHome
 
 from tui_chat.cli.chat import ask_command, repl_command
-from tui_chat.cli.context import CliContext, engine_options, engine_settings, pass_context  # noqa: F401  (CliContext: tests build one)
+from tui_chat.cli.context import CliContext, api_base_option, engine_options, engine_settings, pass_context  # noqa: F401  (CliContext: tests build one)
+from tui_chat.cli.endpoints import endpoints_group
 from tui_chat.cli.models import models_group
 from tui_chat.cli.serve import serve_command
 from tui_chat.cli.sessions import backup_command, import_command, sessions_group
@@ -49,6 +50,7 @@ def main(ctx: click.Context, home: str | None, **options: Any) -> None:
     help="Model: `default` (the bundled SmolLM2-135M-Instruct), a trained run's name, a model or adapter "
     "directory, or a Hub id. Default: the model used last in the chat window, else `default`.",
 )
+@api_base_option
 @engine_options
 @pass_context
 def chat_command(ctx: CliContext, model: str | None, **options: Any) -> None:
@@ -61,5 +63,5 @@ def chat_command(ctx: CliContext, model: str | None, **options: Any) -> None:
 
 
 for command in (ask_command, repl_command, sessions_group, export_command, import_command, backup_command,
-                train_command, models_group, serve_command):
+                train_command, models_group, serve_command, endpoints_group):
     main.add_command(command)

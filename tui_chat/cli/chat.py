@@ -16,7 +16,7 @@ import click
 from sessions import Store, StoreError, memory_database
 
 from tui_chat.chat.session import ChatSession, EngineLoader
-from tui_chat.cli.context import CliContext, engine_options, pass_context
+from tui_chat.cli.context import CliContext, api_base_option, engine_options, pass_context
 from tui_chat.chat.commands import CommandError
 from tui_chat.inference.contract import EngineError, GenerationStats, TextDelta
 
@@ -58,7 +58,7 @@ def chat_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("-c", "--continue", "continue_latest", is_flag=True, help="Continue the newest conversation."),
     ]
-    command = engine_options(command)  # listed after these in --help
+    command = api_base_option(engine_options(command))  # listed after these in --help
     for option in reversed(options):
         command = option(command)
     return command
@@ -144,9 +144,6 @@ def ask_command(ctx: CliContext, question: str | None, no_save: bool, **options:
     from tui_chat.repl.markdown_stream import PlainStream
 
     text = read_question(question)
-    if options["compile_step"] is None and "compile" not in ctx.engine_settings:
-        # One reply never gets to use a compiled step (replies start eager), and the exit would wait for the compile.
-        options["compile_step"] = False
     errors = Console(stderr=True, highlight=False)
     store = Store(memory_database()) if no_save else ctx.store
     stats: list[GenerationStats] = []

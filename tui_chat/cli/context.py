@@ -12,39 +12,56 @@ from sessions import Store, StoreError
 from trainer.home import DataHome
 
 from tui_chat.inference.contract import Engine, EngineError, EngineFactory
+from tui_chat.inference.endpoints import remote_engine
 
 
-def open_hf_engine(spec: str, home: DataHome, **options: Any) -> Engine:
-    """The real engine, decoding in a child process: there it has a GIL (and on 2 cores a core) of its own instead
-    of sharing them with the chat window's rendering, and this process never imports torch."""
+def open_model_engine(spec: str, home: DataHome, **options: Any) -> Engine:
+    """The model itself, as the server runs it: decoding in a child process, with a GIL (and on 2 cores a core) of
+    its own instead of sharing them with the server's HTTP work."""
     from tui_chat.inference.process_engine import ProcessEngine
 
     return ProcessEngine(spec, home.models, **options)
+
+
+def open_server_engine(spec: str, home: DataHome, **options: Any) -> Engine:
+    """The model as the front ends use it: through the data home's server (started when none runs), so this
+    process never imports torch and a second window finds the model loaded."""
+    from tui_chat.serve.local import LocalServer, LocalServerEngine
+
+    return LocalServerEngine(spec, LocalServer(home, options))
 
 
 @dataclass
 class CliContext:
     home: DataHome
     _store: Store | None = field(default=None, repr=False)
-    # (spec, home, device=, dtype=, quantize=, compile=, trust_remote_code=) -> an unloaded engine; tests pass a fake.
-    open_engine: Callable[..., Engine] = field(default=open_hf_engine, repr=False)
+    # (spec, home, device=, dtype=, quantize=, compile=, trust_remote_code=) -> an unloaded engine, for the front
+    # ends and the server alike; None: the real ones (open_server_engine, open_model_engine). Tests pass a fake.
+    open_engine: Callable[..., Engine] | None = field(default=None, repr=False)
     # Engine settings given before the subcommand (`tui-chat --no-compile ask ...`); the subcommand's own win.
     engine_settings: dict[str, Any] = field(default_factory=dict)
+    def engine_factory(self, options: dict[str, Any], *, serving: bool = False) -> EngineFactory:
+        """Model spec -> unloaded engine, with a command's ``engine_options`` over the group's. ``serving``: for
+        `tui-chat serve`, the model in this process's own child instead of through the home's server.
 
-    def engine_factory(self, options: dict[str, Any]) -> EngineFactory:
-        """Model spec -> unloaded engine, with a command's ``engine_options`` over the group's. A spec naming a run
-        with no model yet (training, cancelled, failed, deleted) is an EngineError saying so, before anything loads:
-        the loader alone would take a name with no folder for a Hub id."""
+        ``openai:MODEL`` and ``ENDPOINT:MODEL`` (a saved endpoint) are remote models. A spec naming a run with no
+        model yet (training, cancelled, failed, deleted) is an EngineError saying so, before anything loads: the
+        loader alone would take a name with no folder for a Hub id."""
         settings = {**self.engine_settings, **engine_settings(options)}
+        opener = self.open_engine or (open_model_engine if serving else open_server_engine)
 
         def open_engine(spec: str) -> Engine:
+            if not serving:
+                remote = remote_engine(spec, self.home.root, options.get("api_base"))
+                if remote is not None:
+                    return remote
             if self._store is not None or self.home.db_path.exists():  # `ask --no-save` in a new home creates no DB
                 from tui_chat.training.run_folder import unfinished_run_message
 
                 message = unfinished_run_message(self.store, self.home, spec)
                 if message:
                     raise EngineError(message)
-            return self.open_engine(spec, self.home, **settings)
+            return opener(spec, self.home, **settings)
 
         return open_engine
 
@@ -83,14 +100,24 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "compile_step",
             default=None,
             help="torch.compile the decode step in the background; replies start at once and use it once it is "
-            "ready (on CPU a second model process compiles, 30-100 s of a core, and takes over between replies). "
-            "Default: on in the chat and the REPL, off for `ask` (one reply never uses it).",
+            "ready (on CPU a second model process of the server compiles, 30-100 s of a core, and takes over "
+            "between replies; the server keeps it for the next window). Default: on.",
         ),
         click.option("--trust-remote-code", is_flag=True, help="Allow a Hub model to run its own Python code."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def api_base_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--api-base, for the commands that chat: where `--model openai:MODEL` is served."""
+    return click.option(
+        "--api-base", metavar="URL",
+        help="The OpenAI-compatible API that serves `--model openai:MODEL` (llama.cpp's llama-server, vLLM, Ollama: "
+        "e.g. http://127.0.0.1:8080/v1). Default: OpenAI's, with the key in OPENAI_API_KEY. Saved endpoints: "
+        "`tui-chat endpoints`.",
+    )(command)
 
 
 def engine_settings(options: dict[str, Any]) -> dict[str, Any]:

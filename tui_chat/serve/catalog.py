@@ -25,9 +25,11 @@ class ModelCatalog:
     the network must not make the server read any directory on the machine or download from the Hub.
     """
 
-    def __init__(self, spec: str, local_models: Callable[[], list[ServedModel]]) -> None:
+    def __init__(self, spec: str, local_models: Callable[[], list[ServedModel]], *, any_spec: bool = False) -> None:
         self.spec = spec
         self.local_models = local_models
+        # A data home's private server (its Unix socket reaches only this user) loads any spec, as the chat does.
+        self.any_spec = any_spec
 
     def models(self) -> list[ServedModel]:
         local = self.local_models()
@@ -40,8 +42,8 @@ class ModelCatalog:
         wanted = engine_name(name)
         if wanted == engine_name(self.spec):
             return self.spec
-        if any(model.id == wanted for model in self.local_models()):
-            return wanted
+        if self.any_spec or any(model.id == wanted for model in self.local_models()):
+            return name if self.any_spec else wanted
         raise RequestError(f"model {name!r} is not served here; GET /v1/models lists the ones that are",
                            param="model", status=404, code="model_not_found")
 

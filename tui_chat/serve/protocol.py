@@ -22,6 +22,7 @@ ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system rol
 # (GenerationParams()): OpenAI's own defaults (temperature 1, top_p 1, no repetition penalty) make a small model ramble.
 FLOAT_FIELDS = {"temperature": "temperature", "top_p": "top_p", "repetition_penalty": "repetition_penalty"}
 INT_FIELDS = {"top_k": "top_k", "max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens"}
+MAX_TOKENS = 32768  # the most a request may ask for: no model served here has a longer context
 
 
 class RequestError(Exception):
@@ -120,6 +121,9 @@ def _params(body: dict[str, Any]) -> GenerationParams:
             given[target] = name
     if body.get("seed") is not None:
         values["seed"] = _number(body, "seed", int)
+    if values.get("max_new_tokens", 0) > MAX_TOKENS:
+        name = given["max_new_tokens"]
+        raise RequestError(f"`{name}` must be at most {MAX_TOKENS}", param=name)
     try:
         return GenerationParams(**{**GenerationParams().to_dict(), **values}).validated()
     except ValueError as exc:  # "temperature must be >= 0 (0 = greedy)": the message starts with the field's name

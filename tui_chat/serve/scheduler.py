@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import sys
 import threading
+import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -26,6 +29,7 @@ from tui_chat.inference.contract import (
     GenerationParams,
     GenerationStats,
 )
+from sessions import one_line
 from trainer.model_names import engine_name
 
 _END = object()  # a job's last item
@@ -34,8 +38,8 @@ _END = object()  # a job's last item
 @dataclass
 class _Job:
     spec: str
-    messages: list[dict[str, str]]
-    params: GenerationParams
+    messages: list[dict[str, str]] | None  # None: only load the model (POST /load)
+    params: GenerationParams | None
     stop: threading.Event
     deliver: Callable[[object], None]  # called on the worker thread with each Chunk, an exception, then _END
 
@@ -45,10 +49,14 @@ class ModelScheduler:
     loaded one, between two requests: one model in memory, never two."""
 
     def __init__(self, engine_factory: EngineFactory, spec: str,
-                 load_engine: Callable[[Engine], EngineInfo] = lambda engine: engine.load()) -> None:
+                 load_engine: Callable[[Engine], EngineInfo] | None = None) -> None:
         self.engine_factory = engine_factory
         self.spec = spec
-        self.load_engine = load_engine  # loads an engine, showing progress where the server's log is
+        # Loads an engine, showing progress where the server's log is; by default the progress is kept for /health.
+        self.load_engine = load_engine or (lambda engine: engine.load(self._note_progress))
+        self.loading: tuple[str, float | None] | None = None  # what the load in progress does, and how far it is
+        self.load_error: tuple[str, str] | None = None  # (model, one line) of the last load that failed
+        self.last_active = time.monotonic()  # when a request last ended (the idle time counts from there)
         self._engine: Engine | None = None
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -71,6 +79,28 @@ class ModelScheduler:
         info = self._engine_for(self.spec).info()
         self.start()
         return info
+
+    def info(self) -> EngineInfo | None:
+        engine = self._engine
+        return engine.info() if engine is not None and engine.ready else None
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        """The loaded model's count for ``messages``; EngineError while none is loaded."""
+        engine = self._engine
+        if engine is None or not engine.ready:
+            raise EngineError("no model is loaded yet; try again once GET /health says loaded")
+        return engine.count_tokens(messages)
+
+    def request_load(self, spec: str) -> None:
+        """Load ``spec`` in the worker, after the requests queued before; /health shows how it goes."""
+        self.load_error = None
+        if engine_name(spec) != self.model or not self.ready:
+            self.loading = (f"loading {engine_name(spec)}", None)
+        self._count(+1)
+        self._jobs.put(_Job(spec, None, None, threading.Event(), lambda item: None))
+
+    def _note_progress(self, what: str, fraction: float | None) -> None:
+        self.loading = (what, fraction)
 
     def start(self) -> None:
         if self._worker is None:
@@ -122,7 +152,9 @@ class ModelScheduler:
         """The worker: one job after another until close()."""
         while (job := self._jobs.get()) is not None:
             try:
-                if not job.stop.is_set():  # its client left while it waited
+                if job.messages is None:
+                    self._load_for_client(job.spec)
+                elif not job.stop.is_set():  # its client left while it waited
                     engine = self._engine_for(job.spec)
                     for chunk in engine.stream(job.messages, job.params, job.stop):
                         job.deliver(chunk)
@@ -130,7 +162,18 @@ class ModelScheduler:
                 job.deliver(exc)
             finally:
                 self._count(-1)
+                self.last_active = time.monotonic()
                 job.deliver(_END)
+
+    def _load_for_client(self, spec: str) -> None:
+        """A POST /load: its outcome goes to /health (the client polls it), not to a waiting reply."""
+        try:
+            self._engine_for(spec)
+        except EngineError as exc:
+            self.load_error = (engine_name(spec), one_line(str(exc), 500))
+        except Exception as exc:  # a bug: the client gets its type and message, the server's log the traceback
+            traceback.print_exception(exc, file=sys.stderr)
+            self.load_error = (engine_name(spec), one_line(f"{type(exc).__name__}: {exc}", 500))
 
     def _count(self, change: int) -> None:
         with self._pending_lock:
@@ -142,7 +185,11 @@ class ModelScheduler:
             return self._engine
         self._engine = None  # the old model's process ends with its engine, before the new one loads
         self.spec = spec
-        engine = self.engine_factory(spec)
-        self.load_engine(engine)
+        self.loading = (f"loading {engine_name(spec)}", None)
+        try:
+            engine = self.engine_factory(spec)
+            self.load_engine(engine)
+        finally:
+            self.loading = None
         self._engine = engine
         return engine

@@ -11,6 +11,7 @@ from trainer.model_names import engine_name
 
 from tui_chat.chat.replies import conversation_messages
 from tui_chat.inference.contract import Engine, EngineError
+from tui_chat.inference.endpoints import remote_models
 from tui_chat.training.summary import metrics_text
 from tui_chat.tui.screens.model_picker import ModelChoice
 from tui_chat.tui.worker_messages import ContextCounted, ModelLoaded, ModelLoadFailed, ModelLoadProgress
@@ -80,7 +81,8 @@ class ChatModel(_Base):
             self.notify(f"{engine_name(self.loading_model)} is still loading; switch once it is ready.", severity="warning")
 
     def local_models(self) -> list[ModelChoice]:
-        """The bundled model and the trained runs in the data home (imports torch: call it from a thread)."""
+        """The bundled model, the trained runs in the data home and the models of the saved endpoints (imports
+        torch, asks the endpoints: call it from a thread)."""
         from trainer.models import list_local_models
 
         descriptions = {"bundled": "the bundled SmolLM2-135M-Instruct", "model": "a model", "adapter": "an adapter"}
@@ -96,7 +98,7 @@ class ChatModel(_Base):
                     f" · {measured}" if measured else ""
                 )
             choices.append((model.name, f"{what} · {model.path}{note}"))
-        return choices
+        return choices + remote_models(self.home.root)  # the saved endpoints' models (`tui-chat endpoints`)
 
     @work(thread=True, exclusive=True, group="context")
     def count_context(self) -> None:

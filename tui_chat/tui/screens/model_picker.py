@@ -30,7 +30,7 @@ class ModelPickerScreen(ModalScreen["str | None"]):
         with Vertical(classes="dialog -wide"):
             yield Label(f"Switch model (now: {self.current or 'none'})", classes="dialog-title")
             yield Input(placeholder="a path, a run name or a Hub id (e.g. HuggingFaceTB/SmolLM2-360M-Instruct)", id="spec")
-            yield Label("Enter loads what you typed; or pick a local model below.", classes="dialog-hint")
+            yield Label("Enter loads what you typed; or pick a model below (local ones, then your endpoints').", classes="dialog-hint")
             yield OptionList(Option(Text("looking for local models…", style="dim"), disabled=True), id="models")
             yield Label("", id="models-error", classes="dialog-error")
 
