@@ -11,9 +11,7 @@
   out (on CPU it takes minutes); the code path is otherwise the same.
 - SFT: ``trainer.sft.run_sft`` with the device's defaults (a full fine-tune in bf16 on CUDA) on bench/train.py's chat
   data, a larger micro-batch so a small model keeps a GPU busy; tokens/s counts real (non-padding) tokens over the
-  training steps, the first (warm-up) included. MFU = 6 x parameters x tokens/s / the device's peak dense bf16
-  FLOP/s. The 6 x parameters convention counts the output layer at every token, though the loss computes it only at
-  assistant positions, and leaves attention out: it is the usual yardstick, not the FLOPs actually run.
+  training steps, the first (warm-up) included, and its MFU (bench/mfu.py: the peak FLOP/s of known cards).
 """
 
 from __future__ import annotations
@@ -37,28 +35,10 @@ from trainer.sft import run_sft
 from tui_chat.inference.contract import GenerationParams, GenerationStats
 from tui_chat.inference.hf_engine import HFEngine
 
+from .mfu import mfu_line
 from .train import chat_data
 
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper who finds a message in a bottle."}]
-# Peak dense bf16 tensor FLOP/s by a substring of torch.cuda.get_device_name(), most specific first (vendor sheets,
-# without sparsity).
-PEAK_BF16_FLOPS = [
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),  # SXM; the NVL is within a few percent
-    ("H200", 989e12),
-    ("H800", 989e12),
-    ("GH200", 989e12),
-    ("B200", 2250e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("L40S", 362e12),
-    ("L40", 181e12),
-    ("L4", 121e12),
-    ("A10G", 70e12),
-    ("A10", 125e12),
-    ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12),
-]
 
 
 @dataclass(frozen=True)
@@ -83,23 +63,6 @@ class DecodeRow:
     new_tokens: int
     ttft_s: float
     tokens_per_s: float  # after the first token
-
-
-def peak_bf16_flops(device_name: str) -> float | None:
-    """The peak dense bf16 FLOP/s of a GPU named ``device_name`` (as CUDA names it), or None if unknown."""
-    return next((peak for key, peak in PEAK_BF16_FLOPS if key in device_name), None)
-
-
-def mfu_line(device: torch.device, parameters: int, tokens_per_s: float) -> str:
-    """The MFU of training at ``tokens_per_s`` on ``device``, or why it cannot be given."""
-    if device.type != "cuda":
-        return f"MFU: not given on {device.type} (peak bf16 FLOP/s are known for CUDA devices only)"
-    name = torch.cuda.get_device_name(device)
-    peak = peak_bf16_flops(name)
-    if peak is None:
-        return f"MFU: not given: the peak bf16 FLOP/s of {name!r} is not in bench/gpu.py's PEAK_BF16_FLOPS"
-    mfu = 6 * parameters * tokens_per_s / peak
-    return f"MFU: {mfu:.1%} of {peak / 1e12:.0f} TFLOP/s bf16 on {name} (6 x {parameters / 1e6:.0f}M parameters)"
 
 
 def _synchronize(device: torch.device) -> None:
@@ -214,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         metrics = sft_metrics(args.model, home, settings, Path(tmp))
     print(f"SFT ({metrics['method']}, {metrics['precision']}, {settings.conversations} conversations, micro-batch "
-          f"{settings.micro_batch}, {metrics['steps']} steps, {metrics['device']}): {metrics['tokens_per_s']:.0f} tokens/s")
+          f"{settings.micro_batch}, {metrics['steps']} steps, {metrics['device']}): "
+          f"{metrics['tokens_per_s']:.0f} tokens/s")
     print(f"  {mfu_line(torch.device(metrics['device']), metrics['parameters'], metrics['tokens_per_s'])}")
     print(f"total: {time.perf_counter() - started:.0f} s")

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.gpu import main, mfu_line, peak_bf16_flops
+from bench.gpu import main
+from bench.mfu import mfu_line, peak_bf16_flops
 
 from .tiny_models import save_tiny_model
 
