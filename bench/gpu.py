@@ -114,7 +114,8 @@ def hf_generate_row(model: torch.nn.Module, engine: HFEngine, settings: Settings
 def engine_row(engine: HFEngine, settings: Settings) -> DecodeRow:
     """``engine.stream`` on the same prompt, the prompt cache emptied before each reply; best of the repeats."""
     params = GenerationParams(temperature=0, max_new_tokens=settings.new_tokens)
-    label = f"engine ({'compiled: ' + engine.decoder.compile_state if settings.compile else 'eager: --quick'})"
+    # The compile's state: "ready", or why it failed (then the row is the eager step's).
+    label = f"engine, compiled ({engine.decoder.compile_state})" if settings.compile else "engine, eager (--quick)"
     best: DecodeRow | None = None
     for _ in range(settings.repeats):
         engine.decoder.prompt_cache.clear()  # every reply encodes the whole prompt, as HF generate does

@@ -18,7 +18,7 @@ def test_dry_run_prints_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[
     main(["--device", "cpu", "--quick", "--model", str(model), "--home", str(tmp_path / "home")])
     out = capsys.readouterr().out
     assert "HF generate, eager bf16" in out
-    assert "engine (eager: --quick)" in out
+    assert "engine, eager (--quick)" in out
     assert "tok/s" in out and "TTFT" in out
     assert "SFT (lora, bf16 autocast" in out or "SFT (lora, fp32" in out
     assert "tokens/s" in out
