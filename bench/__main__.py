@@ -25,8 +25,11 @@ def run(names: list[str], options: list[str]) -> None:
     for name in names:
         print(f"\n=== bench/{name}.py ===", flush=True)
         started = time.perf_counter()
-        main = importlib.import_module(f"bench.{name}").main
-        main(options) if options else main()
+        module = importlib.import_module(f"bench.{name}")
+        if options:
+            module.main(options)
+        else:
+            module.main()
         print(f"--- {name}: {time.perf_counter() - started:.1f} s", flush=True)
 
 

@@ -9,8 +9,8 @@ only the pipeline differs).
   would measure the machine's load rather than the pipeline).
 
 tokens/s counts real (non-padding) tokens per second of training steps: the work a user wants done. With CUDA the
-MFU of ours is printed too (bench/mfu.py). On a shared CPU the
-numbers move with other processes' load; both rows are measured in the same minute.
+MFU of ours is printed too (bench/mfu.py). On a shared CPU the numbers move with other processes' load; both rows
+are measured in the same minute.
 """
 
 from __future__ import annotations
