@@ -1,6 +1,7 @@
 """`make bench`: run every benchmark in one go. Each module's main() prints its own side-by-side numbers.
 
-Run one alone with `python -m bench NAME` (e.g. `python -m bench decode`).
+Run one alone with `python -m bench NAME` (e.g. `python -m bench decode`); options after one name go to it
+(`python -m bench gpu --device cpu --quick`). `gpu` needs CUDA, so `make bench` leaves it out.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 BENCHMARKS = [
     "decode",
     "decode_process",
+    "gpu",
     "serve",
     "small_runs",
     "store",
@@ -20,16 +22,25 @@ BENCHMARKS = [
 ]
 
 
-def run(names: list[str]) -> None:
+def run(names: list[str], options: list[str]) -> None:
     for name in names:
         print(f"\n=== bench/{name}.py ===", flush=True)
         started = time.perf_counter()
-        importlib.import_module(f"bench.{name}").main()
+        module = importlib.import_module(f"bench.{name}")
+        if options:
+            module.main(options)
+        else:
+            module.main()
         print(f"--- {name}: {time.perf_counter() - started:.1f} s", flush=True)
 
 
 if __name__ == "__main__":
-    unknown = [name for name in sys.argv[1:] if name not in BENCHMARKS]
+    args = sys.argv[1:]
+    first_option = next((i for i, arg in enumerate(args) if arg.startswith("-")), len(args))
+    names, options = args[:first_option], args[first_option:]
+    unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
         sys.exit(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
-    run(sys.argv[1:] or BENCHMARKS)
+    if options and len(names) != 1:
+        sys.exit(f"options ({' '.join(options)}) go to one benchmark: `python -m bench NAME {' '.join(options)}`")
+    run(names or [name for name in BENCHMARKS if name != "gpu"], options)

@@ -1,5 +1,6 @@
 """Training speed of our SFT vs the seeds' recipe, side by side in one run: same model (the bundled one), same
-variable-length chat data, same machine, same method (LoRA of the trainer's default rank on every linear layer, so only the pipeline differs).
+variable-length chat data, same machine, same method (LoRA of the trainer's default rank on every linear layer, so
+only the pipeline differs).
 
 - ours: ``trainer.sft.run_sft`` with its defaults for the device (length-grouped dynamic padding, bf16 autocast
   where fast, the measured CPU thread count and attention kernel);
@@ -8,8 +9,8 @@ variable-length chat data, same machine, same method (LoRA of the trainer's defa
   would measure the machine's load rather than the pipeline).
 
 tokens/s counts real (non-padding) tokens per second of training steps: the work a user wants done. With CUDA the
-MFU of ours is printed too: 6 * parameters * tokens/s over the GPU's peak dense bf16 FLOP/s. On a shared CPU the
-numbers move with other processes' load; both rows are measured in the same minute.
+MFU of ours is printed too (bench/mfu.py). On a shared CPU the numbers move with other processes' load; both rows
+are measured in the same minute.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from trainer.models import ensure_bundled, load_model
 from trainer.progress import ProgressReporter
 from trainer.sft import run_sft
 
+from .mfu import mfu_line
+
 CONVERSATIONS = 24
 MAX_LENGTH = 320  # tokens; the seeds' recipe pads every example to this
 SEEDS_STEPS = 2  # the padded recipe is slow on CPU: time a few of its steps (after one warm-up step)
 BATCH = 4
 LORA = {"lora_r": 4, "lora_alpha": 8}  # the trainer's defaults (trainer/config.py), for both rows
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}  # dense
 
 _WORDS = (
     "the model answers questions about history science cooking travel music code and everyday life with short "
@@ -142,14 +144,7 @@ def main() -> None:
     )
     print(
         f"ratio: {metrics['tokens_per_s'] / seeds_real:.2f}x tokens/s, {ours_per_cpu / seeds_per_cpu:.2f}x per "
-        "CPU-second (target >= 2x; per CPU-second is steadier when other processes share the cores)"
+        "CPU-second (target >= 4x; per CPU-second is steadier when other processes share the cores)"
     )
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-        params = metrics["parameters"]
-        if peak:
-            mfu = 6 * params * metrics["tokens_per_s"] / peak
-            print(f"MFU (ours, {name}): {mfu:.1%} of {peak / 1e12:.0f} TFLOP/s bf16 (6 x {params / 1e6:.0f}M params)")
-        else:
-            print(f"MFU: peak bf16 FLOP/s of {name} unknown")
+    if metrics["device"].startswith("cuda"):
+        print(mfu_line(torch.device(metrics["device"]), metrics["parameters"], metrics["tokens_per_s"]))

@@ -127,6 +127,29 @@ def test_output_layer_shortcut_gives_the_full_forward_loss(tmp_path: Path, arch:
         torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-4)
 
 
+def test_lora_without_input_round_trips_gives_the_same_bf16_step(tiny_dir: Path) -> None:
+    """Training skips peft's cast of a LoRA layer's input to fp32 (autocast casts it back to bf16 at once): the loss
+    and the LoRA gradients are those of the step with the casts."""
+    from peft.helpers import disable_input_dtype_casting
+
+    tokenizer = ensure_chat_template(tiny_tokenizer())
+    conversations = [Conversation(tuple(r["messages"]), "x") for r in chat_lines(3, seed=5)]
+    batch = Collator(tokenizer.pad_token_id)(render_conversations(tokenizer, conversations, None).examples)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.bfloat16), lora)
+    results = []
+    for skip in (False, True):
+        model.zero_grad()
+        with disable_input_dtype_casting(model, active=skip), torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = summed_token_loss(model, batch)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (loss, grads), (skipped_loss, skipped_grads) = results
+    torch.testing.assert_close(skipped_loss, loss)
+    for a, b in zip(grads, skipped_grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_lora_merge_reproduces_the_adapter_model(tiny_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     # init_lora_weights=False: B is random too, so the adapter really changes the output.

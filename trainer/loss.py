@@ -37,11 +37,12 @@ def _logits_at(
     FLOPs, and about half the tokens of a chat are prompt, whose logits the loss never reads.
     """
     parts = _decoder_and_head(model)
+    # use_cache=False: a loss needs no KV cache, and filling one costs a cache update per layer.
     if parts is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
         return [logits[mask] for mask in where]
     decoder, head = parts
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask)[0][:, :-1]
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0][:, :-1]
     return [head(hidden[mask]) for mask in where]
 
 
