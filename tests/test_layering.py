@@ -92,6 +92,13 @@ def test_front_ends_do_not_import_each_other():
                                          "tui_chat.inference.process_engine")) == []
 
 
+def test_the_front_ends_name_and_list_models_without_loading_code():
+    """The window, the REPL and the CLI list and name models through trainer.model_names: trainer.models imports
+    torch, even when imported inside a function that only lists (the model picker once did)."""
+    for package in ("tui_chat/tui", "tui_chat/repl", "tui_chat/chat", "tui_chat/cli"):
+        assert violations(package, ("trainer.models",)) == []
+
+
 def test_the_rules_see_a_wrong_arrow(tmp_path, monkeypatch):
     """The walk itself: a module that imports the CLI, relatively and inside a function, is caught."""
     package = tmp_path / "tui_chat" / "tui" / "widgets"

@@ -16,11 +16,11 @@ from transformers import AutoModelForCausalLM
 from trainer import devices
 from trainer.chat_template import DEFAULT_CHAT_TEMPLATE
 from trainer.devices import CPU_DEFAULT_DTYPE, inference_threads, pick_device, pick_dtype
+from trainer.model_names import list_local_models
 from trainer.models import (
     BUNDLED_DIR,
     ModelError,
     ensure_bundled,
-    list_local_models,
     load_model,
     resolve_spec,
 )
@@ -260,7 +260,7 @@ def test_conversion_failing_to_write_is_one_clear_line(models_dir: Path, monkeyp
 def test_an_unfinished_run_dir_is_not_a_model(tmp_path: Path) -> None:
     """A run dir without the trainer's COMPLETE marker (still training, or crashed) never loads as a model."""
     from trainer import rundir
-    from trainer.models import ModelError, list_local_models, resolve_spec
+    from trainer.model_names import ModelError, list_local_models, resolve_spec
 
     run = tmp_path / "my-run"
     run.mkdir()

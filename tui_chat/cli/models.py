@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from sessions import NotFound, Store, TrainingRun, counted, minute_text, one_line
+from trainer.model_names import list_local_models
 
 from tui_chat.training.errors import TrainingError
 from tui_chat.training.monitor import is_active, reconcile_runs
@@ -36,7 +37,6 @@ def models_group(ctx: click.Context) -> None:
 @click.pass_obj
 def list_command(obj: CliContext) -> None:
     """The bundled model, every training run (with its status and validation results) and other local models."""
-    from trainer.models import list_local_models  # imports torch: only when listing
 
     store, home = obj.store, obj.home
     progress = {monitor.run.id: monitor for monitor in reconcile_runs(store) if not monitor.ended}

@@ -9,14 +9,13 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
 from trainer.home import DataHome
+from trainer.model_names import list_local_models
 
 from tui_chat.chat import commands
 
 
 def local_model_names(home: DataHome) -> list[str]:
     """``default`` and every model the data home holds (for /model completion)."""
-    from trainer.models import list_local_models  # imports torch: only once someone completes a model name
-
     names = ["default"]
     names.extend(model.name for model in list_local_models(home.models) if model.name not in names)
     return names

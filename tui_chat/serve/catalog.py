@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.model_names import engine_name
+from trainer.model_names import engine_name, list_local_models
 
 from tui_chat.serve.protocol import RequestError
 
@@ -50,8 +50,6 @@ class ModelCatalog:
 
 def local_models(models_dir: Path) -> list[ServedModel]:
     """The bundled model and every finished run or model folder in ``models_dir``."""
-    from trainer.models import list_local_models  # imports torch: the server process pays it once, at the first call
-
     return [
         ServedModel(model.name, int(model.path.stat().st_mtime) if model.path.exists() else 0)
         for model in list_local_models(models_dir)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from textual import work
 
-from trainer.model_names import engine_name
+from trainer.model_names import engine_name, list_local_models
 
 from tui_chat.chat.replies import conversation_messages
 from tui_chat.inference.contract import Engine, EngineError
@@ -81,10 +81,8 @@ class ChatModel(_Base):
             self.notify(f"{engine_name(self.loading_model)} is still loading; switch once it is ready.", severity="warning")
 
     def local_models(self) -> list[ModelChoice]:
-        """The bundled model, the trained runs in the data home and the models of the saved endpoints (imports
-        torch, asks the endpoints: call it from a thread)."""
-        from trainer.models import list_local_models
-
+        """The bundled model, the trained runs in the data home and the models of the saved endpoints (asks the
+        endpoints over the network: call it from a thread)."""
         descriptions = {"bundled": "the bundled SmolLM2-135M-Instruct", "model": "a model", "adapter": "an adapter"}
         runs = {run.name: run for run in self.store.list_training_runs()}
         choices = []
