@@ -11,7 +11,7 @@ from functools import singledispatchmethod
 from typing import TYPE_CHECKING
 
 from tui_chat.chat.commands import (
-    Action, CommandError, Copy, Correct, Delete, Edit, Exclude, Export, Help, ListConversations, New, Open, Quit,
+    Action, CommandError, Compare, Copy, Correct, Delete, Edit, Exclude, Export, Help, ListConversations, New, Open, Quit,
     Rate, Rename, Retry, Runs, SetParam, SwitchModel, SystemPrompt, Train,
 )
 from tui_chat.training.summary import finish_summary, progress_line
@@ -116,6 +116,10 @@ class ChatCommands:
             self.screen.action_correct()
             return
         self.screen.correct(self.screen.target_reply("correct"), action.text or "")
+
+    @run.register
+    async def _compare(self, action: Compare) -> None:
+        self.screen.compare(action.spec, blind=action.blind)
 
     @run.register
     async def _copy(self, action: Copy) -> None:
