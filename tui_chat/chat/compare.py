@@ -100,13 +100,8 @@ class Comparison:
         return self.sides[0].model == self.sides[1].model
 
     def label(self, index: int) -> str:
-        """``A``, or ``A · smollm2`` when the models are shown (``A · smollm2, seed 7`` for two samples)."""
-        side = self.sides[index]
-        if self.blind:
-            return LABELS[index]
-        if self.same_model:
-            return f"{LABELS[index]} · {side.model}, seed {side.params.seed}"
-        return f"{LABELS[index]} · {side.model}"
+        """``A``, or ``A · smollm2`` when the models are shown."""
+        return LABELS[index] if self.blind else f"{LABELS[index]} · {self.sides[index].model}"
 
     def toggle_blind(self) -> bool:
         """Hide or show the models; once shown, the comparison no longer counts as blind. Returns ``blind``."""
@@ -186,14 +181,17 @@ class Comparison:
 
     def outcome(self) -> str:
         """The pick in words, with the models revealed: what the front end says when it is made."""
-        names = [self.sides[index].model for index in range(2)]
         if self.same_model:
-            names = [f"{name}, seed {self.sides[index].params.seed}" for index, name in enumerate(names)]
+            who = ["", ""]
+            whose = f" (two samples of {self.sides[0].model})"
+        else:
+            who = [f" ({self.sides[index].model})" for index in range(2)]
+            whose = ""
         if self.choice == "neither":
-            return (f"Neither: both answers rated down (A was {names[0]}, B {names[1]}); A goes on, with your ideal "
-                    "answer when you wrote one")
+            return (f"Neither: both answers rated down (A{who[0]}, B{who[1]}){whose}; A goes on, with your ideal "
+                    "answer if you wrote one")
         if self.choice in ("a", "b"):
             won = 0 if self.choice == "a" else 1
-            return (f"You picked {LABELS[won]} ({names[won]}) over {LABELS[1 - won]} ({names[1 - won]}): kept as a "
-                    "preference pair, and it goes on from here")
+            return (f"You picked {LABELS[won]}{who[won]} over {LABELS[1 - won]}{who[1 - won]}{whose}: kept as a "
+                    "preference pair, and the conversation goes on from it")
         return "No pick: nothing rated; the conversation goes on from the reply it had (the answers stay as versions)"
