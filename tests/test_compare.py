@@ -147,3 +147,11 @@ def test_the_win_rate_counts_picks_between_a_run_and_its_base(session) -> None:
     rate = session.store.win_rate("my-run", "base")
     assert (rate.wins, rate.picks, rate.blind_wins, rate.blind_picks) == (3, 4, 2, 3)
     assert session.store.win_rate("base", "my-run").wins == 1
+
+
+def test_the_migration_makes_the_comparisons_table() -> None:
+    store = Store(memory_database())
+    assert {column.name for column in store.db["comparisons"].columns} == {
+        "id", "conversation_id", "prompt_id", "a_id", "b_id", "created_at", "seed", "blind", "choice"
+    }
+    assert "m002_comparisons" in {row["name"] for row in store.db["_migrations"].rows}
