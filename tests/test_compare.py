@@ -155,3 +155,38 @@ def test_the_migration_makes_the_comparisons_table() -> None:
         "id", "conversation_id", "prompt_id", "a_id", "b_id", "created_at", "seed", "blind", "choice"
     }
     assert "m002_comparisons" in {row["name"] for row in store.db["_migrations"].rows}
+
+
+def picks(store: Store, run: str, base: str, outcomes: list[tuple[bool, bool]]) -> None:
+    """Comparisons of ``run`` against ``base``, one per (run won, blind)."""
+    conversation = store.create_conversation("compared")
+    for run_won, blind in outcomes:
+        prompt = store.add_message(conversation.id, "user", "q")
+        a = store.add_message(conversation.id, "assistant", "from the run", model=run)
+        b = store.add_message(conversation.id, "assistant", "from the base", model=base, parent_id=prompt.id)
+        store.record_comparison(prompt.id, a.id, b.id, seed=0, blind=blind, choice="a" if run_won else "b")
+
+
+def test_models_show_and_the_run_summary_give_the_win_rate_over_the_base(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from trainer.home import DataHome
+    from tui_chat.cli import CliContext, main
+    from tui_chat.training.summary import finish_summary
+
+    home, store = DataHome(tmp_path / "home").ensure(), Store(memory_database())
+    run = store.create_training_run("smollm2-sft-1", base_model="smollm2")
+    run = store.update_training_run(run.id, status="finished", metrics={"steps": 6})
+
+    def show() -> str:
+        result = CliRunner(env={"COLUMNS": "200"}).invoke(
+            main, ["models", "show", "smollm2-sft-1"], obj=CliContext(home, _store=store)
+        )
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "not compared yet: in the chat on smollm2, /compare smollm2-sft-1 --blind" in show()
+    picks(store, "smollm2-sft-1", "smollm2", [(True, True), (False, True), (True, False), (True, True)])
+    said = "preferred over smollm2 in 3 of 4 comparisons (2 of 3 blind)"
+    assert said in show()
+    assert said in finish_summary(run, store.win_rate(run.name, run.base_model))

@@ -24,7 +24,7 @@ from tui_chat.chat.commands import (
 )
 from tui_chat.chat.compare import CompareError
 from tui_chat.chat.export import run_export
-from tui_chat.training.summary import finish_summary, progress_line, run_line
+from tui_chat.training.summary import finish_summary, progress_line, run_line, win_rate_of
 
 if TYPE_CHECKING:
     from tui_chat.repl.app import Repl
@@ -297,7 +297,8 @@ class ReplCommands:
         if action.name:
             run = runs.find(action.name)
             progress = runs.progress_of(run)
-            self.repl.info(progress_line(run.name, progress) if progress else finish_summary(run))
+            self.repl.info(progress_line(run.name, progress) if progress
+                           else finish_summary(run, win_rate_of(self.store, run)))
             self.repl.info(f"base {run.base_model} · {len(run.conversation_ids)} conversations · dataset "
                            f"{run.dataset_path} · log {run.log_path}")
             return
