@@ -40,3 +40,14 @@ def test_a_bad_pick_asks_again(chat: Harness) -> None:
     chat.replies.extend(["the first reply", "one", "two"])
     output = chat.run("question\r/compare\rx\r1\r")
     assert "error: pick 1 (A), 2 (B) or n (neither), not 'x'" in output and "You picked A" in output
+
+
+def test_tab_after_compare_offers_blind_and_the_models(chat: Harness) -> None:
+    from prompt_toolkit.completion import CompleteEvent
+    from prompt_toolkit.document import Document
+
+    from tui_chat.repl.completion import ReplCompleter
+
+    completer = ReplCompleter(lambda: ["default", "my-run"])
+    offered = [c.text for c in completer.get_completions(Document("/compare "), CompleteEvent())]
+    assert offered == ["--blind", "default", "my-run"]

@@ -23,8 +23,8 @@ from tui_chat.tui.screens.text_editor import TextEditorScreen
 from tui_chat.tui.widgets.compare_column import CompareColumn
 from tui_chat.tui.worker_messages import CompareAnswered, CompareAnswerStarted, CompareChunk, CompareFailed
 
-KEYS_WHILE_WRITING = "Writing the answers, one after the other…  b hides/shows the models · Esc leaves (no pick)"
-KEYS_TO_PICK = "Which is better?  1: A · 2: B · n: neither (write the ideal answer) · b: hide/show models · Esc: no pick"
+KEYS_WHILE_WRITING = "Writing the answers, one after the other…  b: show/hide models · Esc: leave (no pick)"
+KEYS_TO_PICK = "Which is better?  1: A · 2: B · n: neither (write the ideal one) · b: show/hide models · Esc: no pick"
 
 
 class CompareScreen(ModalScreen[None]):
@@ -78,12 +78,13 @@ class CompareScreen(ModalScreen[None]):
     async def on_compare_answered(self, message: CompareAnswered) -> None:
         reply = message.reply
         state = f"{reply.tokens_out or 0} tokens" if reply.status == "complete" else reply.status
+        if (reply.tokens_out or 0) >= self.comparison.sides[message.index].params.max_new_tokens:
+            state += ", cut at max_new_tokens"
         await self.column(message.index).finish(reply.content, state)
         if self.comparison.answered:
             self.query_one("#compare-keys", Label).update(KEYS_TO_PICK)
             for button in self.query(".dialog-buttons Button"):
-                button.disabled = False
-            self.query_one("#pick-a", Button).focus()
+                button.disabled = False  # no pick button takes the focus: an Enter out of habit picks nothing
 
     async def on_compare_failed(self, message: CompareFailed) -> None:
         column = self.column(message.index)

@@ -1,20 +1,21 @@
 """One answer of a comparison: a header (its label, and what it is doing) over its text, streamed as Markdown.
 
 The label is the comparison's to decide ("A", or "A · smollm2" once the models are shown); this widget only shows it.
+The header stays in place while a long answer scrolls beneath it.
 """
 
 from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import VerticalScroll
+from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
 from tui_chat.tui.widgets.chat_markdown import ChatMarkdown
 
 
-class CompareColumn(VerticalScroll):
+class CompareColumn(Vertical):
     """An answer's column; ``answer_state`` is what the header says after the label (waiting, writing…, 42 tokens)."""
 
     def __init__(self, label: str, *, id: str) -> None:
@@ -26,10 +27,8 @@ class CompareColumn(VerticalScroll):
 
     def compose(self) -> ComposeResult:
         yield Static(self._header(), classes="compare-header")
-        yield ChatMarkdown("", classes="compare-body")
-
-    def on_mount(self) -> None:
-        self.anchor()  # follow the text to the bottom as it streams
+        with VerticalScroll(classes="compare-scroll"):
+            yield ChatMarkdown("", classes="compare-body")
 
     def _header(self) -> Text:
         return Text.assemble((self.answer_label, "bold"), ("  ·  " + self.answer_state, "dim"))
@@ -40,13 +39,21 @@ class CompareColumn(VerticalScroll):
         self.query_one(".compare-header", Static).update(self._header())
 
     def start(self) -> None:
-        self.show(state="writing…")
+        self.show(state="starting…")  # its model may have to load first
         self._stream = Markdown.get_stream(self.query_one(".compare-body", Markdown))
 
     async def append(self, text: str) -> None:
         self.streamed += text
+        if self.answer_state == "starting…":
+            self.show(state="writing…")
         if self._stream is not None:
+            # Follow the text down unless the user scrolled up. Not ``anchor()``: an anchored widget keeps short
+            # text at its bottom, and an answer's first lines belong at the top.
+            scroll = self.query_one(".compare-scroll", VerticalScroll)
+            following = scroll.scroll_y >= scroll.max_scroll_y - 1
             await self._stream.write(text)
+            if following:
+                scroll.call_after_refresh(scroll.scroll_end, animate=False)
 
     async def finish(self, text: str, state: str) -> None:
         """The stream ends; the stored text gets one full render if what streamed differs from it."""
