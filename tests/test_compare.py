@@ -190,3 +190,20 @@ def test_models_show_and_the_run_summary_give_the_win_rate_over_the_base(tmp_pat
     said = "preferred over smollm2 in 3 of 4 comparisons (2 of 3 blind)"
     assert said in show()
     assert said in finish_summary(run, store.win_rate(run.name, run.base_model))
+
+
+def test_both_models_load_before_the_first_answer_and_blind_loads_show_no_progress() -> None:
+    shown: list[str] = []
+
+    def load_showing(engine):
+        shown.append(engine.name)  # a front end's progress names the model
+        return engine.load()
+
+    session = ChatSession(Store(memory_database()), Engines(), model="base", load_engine=load_showing)
+    session.send("q", lambda chunk: None)
+    blind = session.compare("my-run", blind=True, seed=0)
+    blind.prepare()
+    assert shown == ["base"] and session._compared[1].ready  # loaded, without naming it
+    session._compared = None
+    session.compare("my-run", seed=0).prepare()
+    assert shown == ["base", "my-run"]

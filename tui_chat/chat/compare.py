@@ -1,8 +1,9 @@
 """`/compare`: the last prompt answered twice, by the current model and another (or by two samples of the current
 one), and the user's pick between the two.
 
-A ``Comparison`` is made by ``ChatSession.compare`` and carried out by a front end: it asks for each answer in
-turn (``answer(0)``, then ``answer(1)``: one model at a time, which is what a CPU can afford), shows them side by
+A ``Comparison`` is made by ``ChatSession.compare`` and carried out by a front end: it loads both models
+(``prepare()``), then asks for each answer in turn (``answer(0)``, then ``answer(1)``: one model at a time, which is
+what a CPU can afford), shows them side by
 side or one after the other, and ends it with ``pick``. The rules are here, so the window and the REPL agree:
 
 - Both answers are new replies to the same prompt, siblings of the reply it had (so they are versions, ‹ 2/3 ›).
@@ -38,7 +39,7 @@ SAMPLE_TEMPERATURE = GenerationParams().temperature
 LABELS = ("A", "B")
 PICKS = {"1": "a", "a": "a", "2": "b", "b": "b", "n": "neither", "neither": "neither"}
 
-EngineFor = Callable[[str], Engine]  # a model spec -> its engine, loaded
+EngineFor = Callable[[str, bool], Engine]  # (model spec, load quietly) -> its engine, loaded
 
 
 class CompareError(CommandError):
@@ -112,12 +113,19 @@ class Comparison:
 
     # ---- answering -------------------------------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Load both models before the first answer (slow when one is not loaded yet: a front end says so). Both
+        before A, whichever is A: in blind mode a model loading between the answers would tell which is which, and
+        so would the loading's progress, which is not shown then."""
+        for side in self.sides:
+            self._engine_for(side.spec, self.blind)
+
     def answer(
         self, index: int, on_chunk: Callable[[Chunk], None] | None = None, *, stop: threading.Event | None = None
     ) -> Message:
         """Write answer ``index`` into the store as it streams, in this thread (loading its model first if needed)."""
         side = self.sides[index]
-        engine = self._engine_for(side.spec)
+        engine = self._engine_for(side.spec, self.blind)
         reply = generate_reply(
             self.store, engine, self.prompt.conversation_id, side.params,
             parent_id=self.prompt.id, stop=stop, on_chunk=on_chunk,

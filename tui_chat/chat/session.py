@@ -248,13 +248,14 @@ class ChatSession:
         if switched and self.conversation is not None:
             self.conversation = self.store.update_conversation(self.conversation.id, model=engine_name(spec))
 
-    def ensure_engine(self) -> Engine:
-        """The engine for the current model, loaded (slow the first time: the front end shows progress)."""
+    def ensure_engine(self, *, quiet: bool = False) -> Engine:
+        """The engine for the current model, loaded (slow the first time: the front end shows progress, unless
+        ``quiet``)."""
         if self.engine is None or self._engine_spec != self.model:
             self.engine = self.engine_factory(self.model)
             self._engine_spec = self.model
         if not self.engine.ready:
-            self.load_engine(self.engine)
+            self.engine.load() if quiet else self.load_engine(self.engine)
         return self.engine
 
     def engine_info(self) -> EngineInfo | None:
@@ -313,19 +314,17 @@ class ChatSession:
             seed=seed, blind=blind, engine_for=self._compare_engine,
         )
 
-    def _compare_engine(self, spec: str) -> Engine:
-        """The engine for one side of a comparison: the current one, or the other model's, opened by the same
-        factory as a model switch and loaded (showing progress as the front end does)."""
+    def _compare_engine(self, spec: str, quiet: bool) -> Engine:
+        """The engine for one side of a comparison, loaded: the current one, or the other model's, opened by the
+        same factory as a model switch. ``quiet``: without the front end's progress, which names the model (blind)."""
         if engine_name(spec) == engine_name(self.model):
-            return self.ensure_engine()
+            return self.ensure_engine(quiet=quiet)
         if self._compared is None or self._compared[0] != spec:
             self._compared = None  # the previous one is closed as it is dropped
-            engine = self.engine_factory(spec)
-            self.load_engine(engine)
-            self._compared = (spec, engine)
+            self._compared = (spec, self.engine_factory(spec))
         engine = self._compared[1]
         if not engine.ready:
-            self.load_engine(engine)
+            engine.load() if quiet else self.load_engine(engine)
         return engine
 
     def stream_answer(self, comparison: Comparison, index: int, on_chunk: ChunkHandler) -> Message:

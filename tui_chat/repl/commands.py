@@ -194,6 +194,9 @@ class ReplCommands:
     def _compare(self, action: Compare) -> None:
         comparison = self.session.compare(action.spec, blind=action.blind)
         console = self.repl.console
+        if comparison.blind:
+            self.repl.info("getting both models ready (which is which stays hidden until you pick)…")
+        comparison.prepare()
         for index in range(2):
             console.print(Text(f"answer {comparison.label(index)}", style="bold"), highlight=False)
             try:

@@ -81,10 +81,17 @@ class ChatCompare(_Base):
     def write_answers(self, job: CompareJob) -> None:
         """Write both answers, one after the other, posting their text to the compare screen; never touches a widget."""
         try:
+            job.view.post_message(CompareAnswerStarted(0))
+            try:
+                job.comparison.prepare()
+            except Exception as exc:
+                job.view.post_message(CompareFailed(0, self.describe_error(exc)))
+                return
             for index in range(2):
                 if job.stop.is_set():
                     return
-                job.view.post_message(CompareAnswerStarted(index))
+                if index:
+                    job.view.post_message(CompareAnswerStarted(index))
                 pending = job.pending[index]
 
                 def on_chunk(chunk: Chunk, index: int = index, pending: PendingText = pending) -> None:
