@@ -2,7 +2,8 @@
 
 store.py holds ``Store`` (opening, locking, transactions) and composes one part per table: conversations.py,
 messages.py, search.py, training_runs.py, comparisons.py; records.py has the records and errors they share;
-migrations.py the schema; export.py and importers.py move conversations in and out as files; text.py formats them for people.
+migrations.py the schema; export.py and importers.py move conversations in and out as files; text.py formats them
+for people.
 """
 
 from .records import (

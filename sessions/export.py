@@ -36,7 +36,8 @@ SHA-256 of its line, read as a number in [0, 1), is below ``val_fraction``: the 
 itself, so re-exporting after more chats were added never moves an old record across. Preference pairs are split
 by conversation instead (the same hash of the conversation's id), because the pairs of one conversation share their
 prompts: all of a conversation's pairs are on one side, so validation never holds a prompt that training saw, and
-a conversation never moves. Small datasets may get an empty validation file; the manifest gives the counts. Without a split the file is exactly the path asked for.
+a conversation never moves. Small datasets may get an empty validation file; the manifest gives the counts. Without
+a split the file is exactly the path asked for.
 
 Manifest
 --------

@@ -6,8 +6,10 @@ typed text must reach the message box, and messages must still be answered. The 
 deaf to every key after Esc (it overwrote Textual's ``_closed``) while a Pilot test passed: only a real terminal
 showed it.
 
-Then /compare --blind is opened again and an answer picked with 1. One app session and one model load: 65 s on the 2-core machine at load ~5 (25 s of it converting the bundled model,
-shared with the other real-model tests), 2 min at load ~7.
+Then /compare --blind is opened again and an answer picked with 1 (the labels are A and B only until then).
+
+One app session and one model load: 65 s on the 2-core machine at load ~5 (25 s of it converting the bundled model,
+shared with the other real-model tests), 2 min at load ~7 (before /compare was added).
 """
 
 from __future__ import annotations

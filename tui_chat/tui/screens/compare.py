@@ -24,7 +24,9 @@ from tui_chat.tui.widgets.compare_column import CompareColumn
 from tui_chat.tui.worker_messages import CompareAnswered, CompareAnswerStarted, CompareChunk, CompareFailed
 
 KEYS_WHILE_WRITING = "Writing the answers, one after the other…  b: show/hide models · Esc: leave (no pick)"
-KEYS_TO_PICK = "Which is better?  1: A · 2: B · n: neither (write the ideal one) · b: show/hide models · Esc: no pick"
+KEYS_TO_PICK = (
+    "Which is better?  1: A · 2: B · n: neither (write the ideal one) · b: show/hide models · Esc: no pick"
+)
 
 
 class CompareScreen(ModalScreen[None]):
