@@ -93,6 +93,9 @@ async def test_blind_hides_the_models_until_the_pick_then_tells_them(home, store
         assert "base" in told and "my-run" in told
         (record,) = store.comparisons(store.latest_conversation().id)
         assert record.choice == "b" and not record.blind
+        run_won = store.get_message(record.b_id).model == "my-run"  # B was picked
+        win = store.win_rate("my-run", "base")
+        assert (win.wins, win.picks, win.blind_picks) == (int(run_won), 1, 0)
 
 
 async def test_neither_opens_the_editor_and_esc_there_goes_back_to_the_answers(home, store):

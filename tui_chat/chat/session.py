@@ -243,6 +243,8 @@ class ChatSession:
         """From now on replies come from ``spec`` (``engine``: already opened for it). A switch is recorded on the
         open conversation; the first model a front end loads is not (the conversation keeps the one it had)."""
         self.model = spec
+        if self._compared is not None and self._compared[0] == spec:
+            self._compared = None  # now the chat's own model: no second copy kept for comparisons
         if engine is not None:
             self.engine, self._engine_spec = engine, spec
         if switched and self.conversation is not None:
