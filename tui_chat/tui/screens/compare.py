@@ -54,10 +54,10 @@ class CompareScreen(ModalScreen[None]):
                 yield CompareColumn(comparison.label(1), id="answer-b")
             yield Label(KEYS_WHILE_WRITING, classes="dialog-hint", id="compare-keys")
             with Horizontal(classes="dialog-buttons"):
-                yield Button("A is better (1)", id="pick-a", disabled=True)
-                yield Button("B is better (2)", id="pick-b", disabled=True)
-                yield Button("Neither… (n)", id="neither", disabled=True)
-                yield Button("Leave (Esc)", id="leave")
+                yield Button("A is better (1)", id="pick-a", disabled=True, compact=True)
+                yield Button("B is better (2)", id="pick-b", disabled=True, compact=True)
+                yield Button("Neither… (n)", id="neither", disabled=True, compact=True)
+                yield Button("Leave (Esc)", id="leave", compact=True)
 
     def _title(self) -> str:
         what = "two samples of one model" if self.comparison.same_model else "two models"
@@ -81,7 +81,7 @@ class CompareScreen(ModalScreen[None]):
         reply = message.reply
         state = f"{reply.tokens_out or 0} tokens" if reply.status == "complete" else reply.status
         if (reply.tokens_out or 0) >= self.comparison.sides[message.index].params.max_new_tokens:
-            state += ", cut at max_new_tokens"
+            state += " (the max_new_tokens limit)"
         await self.column(message.index).finish(reply.content, state)
         if self.comparison.answered:
             self.query_one("#compare-keys", Label).update(KEYS_TO_PICK)
