@@ -156,3 +156,21 @@ async def test_compare_before_any_message_says_what_to_do(home, store):
         await pilot.pause()
         assert not isinstance(pilot.app.screen, CompareScreen)
         assert any("send a message first" in note.lower() for note in notifications(pilot))
+
+
+async def test_a_model_that_fails_to_load_says_why_and_esc_leaves_the_chat_as_it_was(home, store):
+    engine = FakeEngine(["the first reply"], name="base")
+    factory = lambda spec: FakeEngine(name=spec, load_error=f"no model called {spec}; `tui-chat models` lists them")  # noqa: E731
+    async with build_app(engine, home=home, store=store, factory=factory).run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "question")
+        await idle(pilot)
+        await send(pilot, "/compare nosuch")
+        view = compare_screen(pilot)
+        keys = view.query_one("#compare-keys")
+        await wait_for(pilot, lambda: "no model called nosuch" in str(keys.render()), what="the load error")
+        await pilot.press("escape")
+        await ended(pilot)
+        branch = store.active_branch(store.latest_conversation().id)
+        assert [m.content for m in branch] == ["question", "the first reply"] and len(store.messages(branch[0].conversation_id)) == 2
+        assert screen.prompt.has_focus

@@ -40,20 +40,21 @@ class CompareColumn(Vertical):
 
     def start(self) -> None:
         self.show(state="starting…")  # its model may have to load first
-        self._stream = Markdown.get_stream(self.query_one(".compare-body", Markdown))
 
     async def append(self, text: str) -> None:
         self.streamed += text
-        if self.answer_state == "starting…":
+        if self._stream is None:
+            # Made with the first text, not at the start: a stream stopped before its task ever ran raises
+            # CancelledError into the handler that stops it (an answer that failed before its first word).
             self.show(state="writing…")
-        if self._stream is not None:
-            # Follow the text down unless the user scrolled up. Not ``anchor()``: an anchored widget keeps short
-            # text at its bottom, and an answer's first lines belong at the top.
-            scroll = self.query_one(".compare-scroll", VerticalScroll)
-            following = scroll.scroll_y >= scroll.max_scroll_y - 1
-            await self._stream.write(text)
-            if following:
-                scroll.call_after_refresh(scroll.scroll_end, animate=False)
+            self._stream = Markdown.get_stream(self.query_one(".compare-body", Markdown))
+        # Follow the text down unless the user scrolled up. Not ``anchor()``: an anchored widget keeps short text at
+        # its bottom, and an answer's first lines belong at the top.
+        scroll = self.query_one(".compare-scroll", VerticalScroll)
+        following = scroll.scroll_y >= scroll.max_scroll_y - 1
+        await self._stream.write(text)
+        if following:
+            scroll.call_after_refresh(scroll.scroll_end, animate=False)
 
     async def finish(self, text: str, state: str) -> None:
         """The stream ends; the stored text gets one full render if what streamed differs from it."""
