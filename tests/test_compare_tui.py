@@ -174,3 +174,4 @@ async def test_a_model_that_fails_to_load_says_why_and_esc_leaves_the_chat_as_it
         branch = store.active_branch(store.latest_conversation().id)
         assert [m.content for m in branch] == ["question", "the first reply"] and len(store.messages(branch[0].conversation_id)) == 2
         assert screen.prompt.has_focus
+        assert any("nothing was written" in note for note in notifications(pilot))

@@ -202,4 +202,6 @@ class Comparison:
             won = 0 if self.choice == "a" else 1
             return (f"You picked {LABELS[won]}{who[won]} over {LABELS[1 - won]}{who[1 - won]}{whose}: kept as a "
                     "preference pair, and the conversation goes on from it")
+        if not any(self.replies):
+            return "No pick: nothing was written, and the conversation goes on as it was"
         return "No pick: nothing rated; the conversation goes on from the reply it had (the answers stay as versions)"
