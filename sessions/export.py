@@ -20,7 +20,10 @@ read::
 ``preference``: JSON Lines, one pair a line: ``{"prompt": [messages...], "chosen": str, "rejected": str}``. The
 prompt is the conversation up to the replies compared (system prompt first, corrections applied). Pairs come from
 sibling replies (regenerations of one turn) with different ratings, and from corrections (chosen = correction,
-rejected = the original reply). Only complete replies take part; ``min_rating`` does not apply.
+rejected = the original reply). A /compare pick rates the chosen answer up and the other down, so each pick is a
+pair of rated siblings; "neither" with an ideal answer corrects both, so it makes two correction pairs. Only complete
+replies take part; ``min_rating`` does not apply. The manifest counts the pairs by source (``ratings``,
+``corrections``, ``compare``: rated siblings that were a comparison's pick).
 
 ``markdown``: one ``.md`` file with a transcript of each conversation's active branch, ratings, corrections and
 unfinished replies marked. Transcripts are for reading, so excluded conversations are included (and marked).
@@ -30,8 +33,11 @@ Train/validation split
 With ``val_fraction > 0`` a JSONL export writes two files next to each other instead of the one asked for:
 ``NAME.train.jsonl`` and ``NAME.val.jsonl`` (for ``--out NAME.jsonl``). A record goes to validation when the
 SHA-256 of its line, read as a number in [0, 1), is below ``val_fraction``: the split depends only on the record
-itself, so re-exporting after more chats were added never moves an old record across. Small datasets may get an
-empty validation file; the manifest gives the counts. Without a split the file is exactly the path asked for.
+itself, so re-exporting after more chats were added never moves an old record across. Preference pairs are split
+by conversation instead (the same hash of the conversation's id), because the pairs of one conversation share their
+prompts: all of a conversation's pairs are on one side, so validation never holds a prompt that training saw, and
+a conversation never moves. Small datasets may get an empty validation file; the manifest gives the counts. Without
+a split the file is exactly the path asked for.
 
 Manifest
 --------
@@ -68,6 +74,8 @@ from .store import Store
 from .text import counted, minute_text
 
 FORMATS = ("messages", "preference", "markdown")
+PAIR_SOURCES = ("ratings", "corrections", "compare")  # where preference pairs come from, counted in the manifest
+SOURCE_NAMES = {"ratings": "rated versions", "corrections": "corrections", "compare": "compare picks"}
 MANIFEST_VERSION = 1
 # Every reason a messages export can leave material out; all appear in its manifest, zeros included.
 LEFT_OUT_MESSAGES = (
@@ -125,6 +133,7 @@ class ExportResult:
     sha256: dict[str, str]
     conversation_ids: list[int]
     left_out: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, int] = field(default_factory=dict)  # preference pairs by source (PAIR_SOURCES)
 
     @property
     def total(self) -> int:
@@ -136,6 +145,9 @@ class ExportResult:
         split = f" ({self.records['train']} train, {self.records['val']} val)" if "train" in self.records else ""
         files = ", ".join(str(path) for path in self.paths.values())
         line = f"exported {counted(self.total, noun)}{split} to {files}"
+        if any(self.sources.values()):
+            line += " (from " + ", ".join(f"{count} {SOURCE_NAMES[source]}" for source, count in self.sources.items()
+                                          if count) + ")"
         dropped = [f"{count} {reason.replace('_', '-')}" for reason, count in self.left_out.items() if count]
         if dropped:
             line += f"; left out: {', '.join(dropped)}"
@@ -147,19 +159,24 @@ class _Records:
     """Lines to write, the conversation each came from, and why other material was left out."""
 
     lines: list[str] = field(default_factory=list)
+    owners: list[int] = field(default_factory=list)  # the conversation each line came from
     conversation_ids: list[int] = field(default_factory=list)
+    sources: Counter = field(default_factory=Counter)  # preference pairs by where they came from
     left_out: Counter = field(default_factory=Counter)
     considered: int = 0
     _seen: set[str] = field(default_factory=set)
     _used: set[int] = field(default_factory=set)
 
-    def add(self, record: dict, conversation_id: int) -> None:
+    def add(self, record: dict, conversation_id: int, source: str | None = None) -> None:
         line = json.dumps(record, ensure_ascii=False)
         if line in self._seen:
             self.left_out["duplicates"] += 1
             return
         self._seen.add(line)
         self.lines.append(line + "\n")
+        self.owners.append(conversation_id)
+        if source is not None:
+            self.sources[source] += 1
         if conversation_id not in self._used:
             self._used.add(conversation_id)
             self.conversation_ids.append(conversation_id)
@@ -180,14 +197,20 @@ def export_messages(store: Store, path: str | Path, filters: ExportFilters = Exp
 
 
 def export_preference_pairs(store: Store, path: str | Path, filters: ExportFilters = ExportFilters()) -> ExportResult:
-    """Write ``{"prompt", "chosen", "rejected"}`` JSONL from rated sibling replies and from corrections."""
+    """Write ``{"prompt", "chosen", "rejected"}`` JSONL from rated sibling replies (compare picks among them) and
+    from corrections."""
     records = _Records()
     for conversation in _selected(store, filters, records, include_excluded=False):
-        for pair in _preference_pairs(conversation, store.messages(conversation.id), records.left_out):
-            records.add(pair, conversation.id)
+        picked = {
+            frozenset((c.a_id, c.b_id)) for c in store.comparisons(conversation.id) if c.choice in ("a", "b")
+        }
+        for pair, source in _preference_pairs(conversation, store.messages(conversation.id), picked, records.left_out):
+            records.add(pair, conversation.id, source)
     for reason in ("excluded", "unfinished", "duplicates"):
         records.left_out.setdefault(reason, 0)
-    return _write_jsonl("preference", Path(path), filters, records)
+    for source in PAIR_SOURCES:
+        records.sources.setdefault(source, 0)
+    return _write_jsonl("preference", Path(path), filters, records, split_by_conversation=True)
 
 
 def export_markdown(store: Store, path: str | Path, filters: ExportFilters = ExportFilters()) -> ExportResult:
@@ -272,7 +295,10 @@ def _training_messages(
     return messages
 
 
-def _preference_pairs(conversation: Conversation, messages: list[Message], left_out: Counter) -> Iterable[dict]:
+def _preference_pairs(
+    conversation: Conversation, messages: list[Message], picked: set[frozenset[int]], left_out: Counter
+) -> Iterable[tuple[dict, str]]:
+    """Each pair with its source; ``picked``: the reply pairs a comparison's pick decided."""
     by_id = {message.id: message for message in messages}
     replies_to: dict[int | None, list[Message]] = defaultdict(list)
     for message in messages:
@@ -297,22 +323,24 @@ def _preference_pairs(conversation: Conversation, messages: list[Message], left_
         complete = [reply for reply in replies if reply.status == "complete"]
         left_out["unfinished"] += len(replies) - len(complete)
         candidates = [
-            (reply.correction, reply.content) for reply in complete if reply.correction and reply.content.strip()
+            (reply.correction, reply.content, "corrections")
+            for reply in complete
+            if reply.correction and reply.content.strip()
         ]
         candidates += [
-            (better.content, worse.content)
+            (better.content, worse.content, "compare" if {better.id, worse.id} in picked else "ratings")
             for better, worse in itertools.permutations(complete, 2)
             if better.rating > worse.rating
         ]
-        candidates = [(chosen, rejected) for chosen, rejected in candidates if chosen.strip() != rejected.strip()]
+        candidates = [c for c in candidates if c[0].strip() != c[1].strip()]
         if not candidates:
             continue
         context = prompt(parent_id)
         if context is None:
             left_out["unfinished_prompt"] += len(candidates)
             continue
-        for chosen, rejected in candidates:
-            yield {"prompt": context, "chosen": chosen, "rejected": rejected}
+        for chosen, rejected, source in candidates:
+            yield {"prompt": context, "chosen": chosen, "rejected": rejected}, source
 
 
 def _transcript(conversation: Conversation, branch: list[Message]) -> str:
@@ -346,19 +374,22 @@ def _stem(path: Path) -> str:
     return path.name[: -len(path.suffix)] if path.suffix in (".jsonl", ".md", ".json") else path.name
 
 
-def _split(line: str, val_fraction: float) -> str:
-    # The first 8 bytes of the line's SHA-256 as a fraction of 2**64: uniform, and fixed for a given record.
-    position = int.from_bytes(hashlib.sha256(line.encode("utf-8")).digest()[:8], "big") / 2**64
+def _split(key: str, val_fraction: float) -> str:
+    # The first 8 bytes of the key's SHA-256 as a fraction of 2**64: uniform, and fixed for a given record.
+    position = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
     return "val" if position < val_fraction else "train"
 
 
-def _write_jsonl(format: str, path: Path, filters: ExportFilters, records: _Records) -> ExportResult:
+def _write_jsonl(
+    format: str, path: Path, filters: ExportFilters, records: _Records, *, split_by_conversation: bool = False
+) -> ExportResult:
     if not records.lines:
         raise ExportError(_nothing_to_export(records))
     if filters.val_fraction > 0:
         groups: dict[str, list[str]] = {"train": [], "val": []}
-        for line in records.lines:
-            groups[_split(line, filters.val_fraction)].append(line)
+        for line, owner in zip(records.lines, records.owners):
+            key = f"conversation {owner}" if split_by_conversation else line
+            groups[_split(key, filters.val_fraction)].append(line)
         targets = {name: path.with_name(f"{_stem(path)}.{name}.jsonl") for name in groups}
     else:
         groups = {"all": records.lines}
@@ -394,6 +425,8 @@ def _finish(
         "left_out": left_out,
         "conversation_ids": records.conversation_ids,
     }
+    if records.sources:
+        manifest["counts"]["sources"] = dict(records.sources)
     manifest_path = manifest_path_for(path)
     _write_atomically(path.parent, [(manifest_path, [json.dumps(manifest, indent=2) + "\n"])])
     return ExportResult(
@@ -404,6 +437,7 @@ def _finish(
         sha256={name: digest for name, (_, _, digest) in files.items()},
         conversation_ids=list(records.conversation_ids),
         left_out=left_out,
+        sources=dict(records.sources),
     )
 
 

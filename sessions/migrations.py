@@ -84,7 +84,30 @@ def m001_initial(db: Database) -> None:
     db["training_runs"].create_index(["name"], unique=True)
 
 
-MIGRATIONS: list[Migration] = [m001_initial]
+def m002_comparisons(db: Database) -> None:
+    # One row a /compare: the prompt answered twice, the two replies in the order shown (A, B), and the pick.
+    # Which model wrote each reply is the reply's own `model`; the win rate joins on it.
+    db.execute(
+        """
+        CREATE TABLE comparisons (
+            id INTEGER PRIMARY KEY,
+            conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            prompt_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            a_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            b_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            created_at FLOAT NOT NULL,
+            seed INTEGER NOT NULL,
+            blind INTEGER NOT NULL DEFAULT 0,
+            choice TEXT CHECK (choice IN ('a', 'b', 'neither'))
+        )
+        """
+    )
+    db["comparisons"].create_index(["conversation_id"])
+    db["comparisons"].create_index(["a_id"])
+    db["comparisons"].create_index(["b_id"])
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_comparisons]
 
 
 def migrate(db: Database) -> list[str]:

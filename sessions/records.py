@@ -1,5 +1,5 @@
-"""The store's records (conversations, messages, search hits, training runs, bulk-import shapes), its errors and the
-row-to-record conversions every part of the Store shares."""
+"""The store's records (conversations, messages, search hits, training runs, comparisons, bulk-import shapes), its
+errors and the row-to-record conversions every part of the Store shares."""
 
 from __future__ import annotations
 
@@ -82,6 +82,35 @@ class TrainingRun:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """One /compare: ``prompt_id`` answered twice, ``a_id`` and ``b_id`` in the order shown, and the pick
+    (``"a"``, ``"b"``, ``"neither"``; None: none was made). ``blind``: the models stayed hidden until the pick."""
+
+    id: int
+    conversation_id: int
+    prompt_id: int
+    a_id: int
+    b_id: int
+    created_at: float
+    seed: int
+    blind: bool = False
+    choice: str | None = None
+
+
+@dataclass(frozen=True)
+class WinRate:
+    """How often ``model``'s reply was picked over ``against``'s in comparisons between the two (``blind_*``: of
+    those, the blind ones)."""
+
+    model: str
+    against: str
+    wins: int = 0
+    picks: int = 0
+    blind_wins: int = 0
+    blind_picks: int = 0
+
+
+@dataclass(frozen=True)
 class NewMessage:
     """A message to bulk-insert with ``Store.import_conversations``.
 
@@ -147,6 +176,12 @@ def training_run_from_row(row: dict[str, Any]) -> TrainingRun:
     values["params"] = _loads(values.get("params"), {})
     values["metrics"] = _loads(values.get("metrics"), {})
     return TrainingRun(**values)
+
+
+def comparison_from_row(row: dict[str, Any]) -> Comparison:
+    values = dict(row)
+    values["blind"] = bool(values["blind"])
+    return Comparison(**values)
 
 
 def check_message(role: str, status: str, rating: int) -> None:

@@ -7,8 +7,8 @@ operation holds a lock; several processes may share one file (WAL mode plus a bu
 Every write runs in a ``BEGIN IMMEDIATE`` transaction: it takes SQLite's write lock up front, so a second writer
 (another app instance) waits up to the busy timeout instead of failing with "database is locked" halfway through.
 
-Its methods live by table: conversations.py, messages.py (and their branches, ratings, corrections), search.py
-and training_runs.py; the records they return and the errors they raise are in records.py.
+Its methods live by table: conversations.py, messages.py (and their branches, ratings, corrections), search.py,
+training_runs.py and comparisons.py; the records they return and the errors they raise are in records.py.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from sqlite_utils import Database
 
+from .comparisons import Comparisons
 from .conversations import Conversations
 from .messages import Messages
 from .migrations import migrate
@@ -71,7 +72,7 @@ def memory_database() -> Database:
     return Database(sqlite3.connect(":memory:", check_same_thread=False))
 
 
-class Store(Conversations, Messages, FullTextSearch, TrainingRuns):
+class Store(Conversations, Messages, FullTextSearch, TrainingRuns, Comparisons):
     """Conversations, messages and training runs in one SQLite database; see the module docstring."""
 
     def __init__(self, db: Database) -> None:

@@ -6,8 +6,10 @@ typed text must reach the message box, and messages must still be answered. The 
 deaf to every key after Esc (it overwrote Textual's ``_closed``) while a Pilot test passed: only a real terminal
 showed it.
 
+Then /compare --blind is opened again and an answer picked with 1 (the labels are A and B only until then).
+
 One app session and one model load: 65 s on the 2-core machine at load ~5 (25 s of it converting the bundled model,
-shared with the other real-model tests), 2 min at load ~7.
+shared with the other real-model tests), 2 min at load ~7 (before /compare was added).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ DIALOGS = [
     Dialog("help", ("F1",), "Keys and commands", ("F1",)),
     Dialog("runs list", ("/runs",), "Training runs"),
     Dialog("command palette", ("C-p",), "Search for commands"),
+    # Esc here leaves a comparison without a pick, whether its answers are still being written or not.
+    Dialog("compare", ("M-v",), r"Compare two answers", ("BTab",), "Leave (Esc)"),
 ]
 
 
@@ -119,6 +123,16 @@ def ask(terminal: Terminal, question: str, after: str) -> None:
         time.sleep(0.2)
 
 
+def pick_in_compare(terminal: Terminal) -> None:
+    """/compare --blind: the answers are labelled A and B only; 1 picks A, and the pick names the models."""
+    terminal.type("/compare --blind")
+    screen = terminal.wait_for(r"Which is better\?", timeout=120)
+    assert "A  ·" in screen and "B  ·" in screen and "A · smollm2" not in screen, screen
+    terminal.keys("1")
+    terminal.wait_for(r"You picked A", timeout=10)  # the notification wraps before it names the models
+    terminal.wait_gone(r"Which is better\?", timeout=10)
+
+
 def test_every_dialog_closes_by_keyboard_and_the_window_keeps_working(bundled_home):
     terminal = Terminal("dialogs")
     env = {"TUI_CHAT_HOME": str(bundled_home.root), "TERM": "xterm-256color", "COLORTERM": "truecolor"}
@@ -137,6 +151,8 @@ def test_every_dialog_closes_by_keyboard_and_the_window_keeps_working(bundled_ho
             if dialog is DIALOGS[0]:
                 ask(terminal, "Hi again", f"closing {dialog.name}")
         ask(terminal, "Goodbye", "closing every dialog")
+        pick_in_compare(terminal)
+        check_typing(terminal, "a pick in /compare")
         print(f"every dialog opened and closed in {time.monotonic() - started:.0f} s")
         terminal.keys("C-q")
         deadline = time.monotonic() + 15

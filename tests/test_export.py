@@ -302,3 +302,40 @@ def test_a_missing_folder_and_bad_filters_are_clear_errors(store: Store, tmp_pat
         ExportFilters(val_fraction=1.0)
     with pytest.raises(ExportError, match="min-rating"):
         ExportFilters(min_rating=3)
+
+
+def test_preference_pairs_are_counted_by_source_ratings_corrections_and_compare_picks(store, tmp_path) -> None:
+    conversation, (question, rated_up) = chat(store, "q1", "good")
+    rated_down = store.add_message(conversation.id, "assistant", "bad", parent_id=question.id)
+    store.set_rating(rated_up.id, 1)
+    store.set_rating(rated_down.id, -1)
+    follow_up = store.add_message(conversation.id, "user", "q2", parent_id=rated_up.id)
+    wrong = store.add_message(conversation.id, "assistant", "wrong")
+    store.set_correction(wrong.id, "right")
+    store.add_message(conversation.id, "user", "q3", parent_id=wrong.id)
+    a = store.add_message(conversation.id, "assistant", "picked")
+    b = store.add_message(conversation.id, "assistant", "passed over", parent_id=a.parent_id)
+    store.record_comparison(a.parent_id, a.id, b.id, seed=1, blind=True, choice="a", ratings={a.id: 1, b.id: -1})
+
+    result = export_preference_pairs(store, tmp_path / "p.jsonl")
+    found = {(r["chosen"], r["rejected"]) for r in lines(tmp_path / "p.jsonl")}
+    assert found == {("good", "bad"), ("right", "wrong"), ("picked", "passed over")}
+    assert result.sources == {"ratings": 1, "corrections": 1, "compare": 1}
+    assert "(from 1 rated versions, 1 corrections, 1 compare picks)" in result.summary()
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["counts"]["sources"] == {"ratings": 1, "corrections": 1, "compare": 1}
+    assert follow_up.id
+
+
+def test_preference_pairs_split_by_conversation_never_straddle(store: Store, tmp_path: Path) -> None:
+    for n in range(60):
+        conversation, (question, first) = chat(store, f"question {n}", f"one {n}")
+        for text, rating in ((f"two {n}", -1), (f"three {n}", -1)):
+            store.set_rating(store.add_message(conversation.id, "assistant", text, parent_id=question.id).id, rating)
+        store.set_rating(first.id, 1)
+    result = export_preference_pairs(store, tmp_path / "p.jsonl", ExportFilters(val_fraction=0.3))
+    sides = {name: {r["prompt"][0]["content"] for r in lines(path)} for name, path in result.paths.items()}
+    assert sides["train"] and sides["val"] and not sides["train"] & sides["val"]  # a prompt is on one side only
+    assert result.records["train"] + result.records["val"] == 120 and result.records["val"] % 2 == 0
+    again = export_preference_pairs(store, tmp_path / "q.jsonl", ExportFilters(val_fraction=0.3))
+    assert again.sha256 == result.sha256

@@ -93,6 +93,12 @@ class Correct:
 
 
 @dataclass(frozen=True)
+class Compare:
+    spec: str | None  # the other model; None: two samples of the current one
+    blind: bool = False  # hide which model wrote which until the pick
+
+
+@dataclass(frozen=True)
 class Copy:
     pass
 
@@ -125,7 +131,7 @@ class Quit:
 
 Action = Union[
     Help, New, ListConversations, Open, Rename, Delete, SwitchModel, SystemPrompt, SetParam, Retry, Edit, Rate,
-    Correct, Copy, Exclude, Export, Train, Runs, Quit,
+    Correct, Compare, Copy, Exclude, Export, Train, Runs, Quit,
 ]
 
 # The words /rate and /exclude take. One table each: both front ends complete and accept exactly these.
@@ -201,6 +207,15 @@ def _exclude(args: str, usage: str) -> Action:
     return Exclude(SWITCH_WORDS[args.lower()] if args else None)
 
 
+def _compare(args: str, usage: str) -> Action:
+    words = split_options(args, usage)
+    blind = "--blind" in words
+    rest = [word for word in words if word != "--blind"]
+    if any(word.startswith("--") for word in rest) or len(rest) > 1:
+        raise CommandError(f"{usage}: SPEC is one model (as /model takes it), and --blind hides which is which")
+    return Compare(rest[0] if rest else None, blind)
+
+
 def _runs(args: str, usage: str) -> Action:
     action, _, name = args.partition(" ")
     if action == "cancel":
@@ -239,6 +254,11 @@ COMMANDS: tuple[SlashCommand, ...] = (
                  choices=("+", "-", "0")),
     SlashCommand("correct", "/correct [TEXT]", "write the ideal answer for the last reply (`/correct -` clears it)",
                  lambda a, u: Correct(None, clear=True) if a == CLEAR else Correct(a or None)),
+    SlashCommand(
+        "compare", "/compare [SPEC] [--blind]",
+        "answer the last prompt twice (this model and SPEC, or two samples) and pick the better one",
+        _compare, choices=("--blind",),
+    ),
     SlashCommand("copy", "/copy", "copy the last reply to the clipboard (and to a file in the data home)",
                  _no_argument(Copy())),
     SlashCommand("exclude", "/exclude [on|off]", "leave this conversation out of training (toggles)", _exclude,

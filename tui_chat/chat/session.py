@@ -9,6 +9,7 @@ The chat window streams in its own worker (Textual's), with the same store calls
 from __future__ import annotations
 
 import queue
+import random
 import signal
 import threading
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from sessions import Conversation, Message, Store
 from trainer.model_names import engine_name
 
 from tui_chat.chat.commands import CommandError, setting_error
+from tui_chat.chat.compare import Comparison, plan_sides
 from tui_chat.chat.replies import add_user_message, generate_reply
 from tui_chat.inference.contract import Chunk, Engine, EngineFactory, EngineInfo, GenerationParams
 
@@ -68,6 +70,9 @@ class ChatSession:
         self.load_engine = load_engine
         self.engine: Engine | None = None
         self._engine_spec: str | None = None  # the spec ``engine`` was opened with (its name may differ)
+        # The other model of the last /compare, kept open for the next one (comparing a run with its base is done
+        # many times in a row, and opening a model costs seconds); (spec, engine).
+        self._compared: tuple[str, Engine] | None = None
         self.stop = threading.Event()  # set to stop the reply in progress (Ctrl+C does)
         self.conversation: Conversation | None = None  # the open one, as last read or written
         # A new conversation starts with these: what the front end was started with (`--system`, `--temperature`).
@@ -238,18 +243,21 @@ class ChatSession:
         """From now on replies come from ``spec`` (``engine``: already opened for it). A switch is recorded on the
         open conversation; the first model a front end loads is not (the conversation keeps the one it had)."""
         self.model = spec
+        if self._compared is not None and self._compared[0] == spec:
+            self._compared = None  # now the chat's own model: no second copy kept for comparisons
         if engine is not None:
             self.engine, self._engine_spec = engine, spec
         if switched and self.conversation is not None:
             self.conversation = self.store.update_conversation(self.conversation.id, model=engine_name(spec))
 
-    def ensure_engine(self) -> Engine:
-        """The engine for the current model, loaded (slow the first time: the front end shows progress)."""
+    def ensure_engine(self, *, quiet: bool = False) -> Engine:
+        """The engine for the current model, loaded (slow the first time: the front end shows progress, unless
+        ``quiet``)."""
         if self.engine is None or self._engine_spec != self.model:
             self.engine = self.engine_factory(self.model)
             self._engine_spec = self.model
         if not self.engine.ready:
-            self.load_engine(self.engine)
+            self.engine.load() if quiet else self.load_engine(self.engine)
         return self.engine
 
     def engine_info(self) -> EngineInfo | None:
@@ -292,23 +300,59 @@ class ChatSession:
         self.add_user_message(text, edit_of=original)
         return self._reply(engine, None, on_chunk)
 
+    # ---- comparing two answers ------------------------------------------------------------------------------
+
+    def compare(
+        self, spec: str | None = None, *, blind: bool = False, selected: Message | None = None, seed: int | None = None
+    ) -> Comparison:
+        """Start comparing answers to the last prompt (or the one ``selected`` answers): this model's against
+        ``spec``'s, or two samples of this model. Nothing is generated yet: see ``Comparison``."""
+        prompt_id = self.retry_parent(selected=selected)
+        conversation = self.store.get_conversation(self.require_conversation().id)  # its tip as it is now
+        seed = random.randrange(2**31) if seed is None else seed
+        sides = plan_sides(self.model, spec, self.params, seed)
+        return Comparison(
+            self.store, self.store.get_message(prompt_id), conversation.tip_id, sides,
+            seed=seed, blind=blind, engine_for=self._compare_engine,
+        )
+
+    def _compare_engine(self, spec: str, quiet: bool) -> Engine:
+        """The engine for one side of a comparison, loaded: the current one, or the other model's, opened by the
+        same factory as a model switch. ``quiet``: without the front end's progress, which names the model (blind)."""
+        if engine_name(spec) == engine_name(self.model):
+            return self.ensure_engine(quiet=quiet)
+        if self._compared is None or self._compared[0] != spec:
+            self._compared = None  # the previous one is closed as it is dropped
+            self._compared = (spec, self.engine_factory(spec))
+        engine = self._compared[1]
+        if not engine.ready:
+            engine.load() if quiet else self.load_engine(engine)
+        return engine
+
+    def stream_answer(self, comparison: Comparison, index: int, on_chunk: ChunkHandler) -> Message:
+        """A comparison's answer ``index``, streamed as ``send`` streams a reply (Ctrl+C stops it)."""
+        return self._streamed(lambda stop, put: comparison.answer(index, put, stop=stop), on_chunk)
+
     def _reply(self, engine: Engine, parent_id: int | None, on_chunk: ChunkHandler) -> Message:
-        """Generate in a worker thread; hand its chunks to ``on_chunk`` in this thread; Ctrl+C sets ``stop``."""
         conversation_id = self.require_conversation().id
+        return self._streamed(
+            lambda stop, put: generate_reply(
+                self.store, engine, conversation_id, self.params, parent_id=parent_id, stop=stop, on_chunk=put
+            ),
+            on_chunk,
+        )
+
+    def _streamed(
+        self, generate: Callable[[threading.Event, ChunkHandler], Message], on_chunk: ChunkHandler
+    ) -> Message:
+        """Run ``generate(stop, put)`` in a worker thread; hand its chunks to ``on_chunk`` in this thread; Ctrl+C
+        sets ``stop``."""
         self.stop.clear()
         chunks: queue.Queue[Chunk | _Finished] = queue.Queue()
 
         def work() -> None:
             try:
-                message = generate_reply(
-                    self.store,
-                    engine,
-                    conversation_id,
-                    self.params,
-                    parent_id=parent_id,
-                    stop=self.stop,
-                    on_chunk=chunks.put,
-                )
+                message = generate(self.stop, chunks.put)
                 chunks.put(_Finished(message, None))
             except BaseException as exc:  # handed to the caller's thread, which re-raises it
                 chunks.put(_Finished(None, exc))

@@ -19,7 +19,7 @@ from trainer.model_names import list_local_models
 from tui_chat.training.errors import TrainingError
 from tui_chat.training.monitor import is_active, reconcile_runs
 from tui_chat.training.run_folder import delete_run, run_to_delete
-from tui_chat.training.summary import finish_summary, metrics_text, progress_text
+from tui_chat.training.summary import finish_summary, metrics_text, progress_text, win_rate_of, win_rate_text
 
 if TYPE_CHECKING:
     from tui_chat.cli.context import CliContext
@@ -71,7 +71,8 @@ def list_command(obj: CliContext) -> None:
 
 
 def _show_run(console: Console, store: Store, run: TrainingRun, limit: int) -> None:
-    console.print(Text(finish_summary(run) if not is_active(run) else f"{run.name} is {run.status}", style="bold"))
+    win = win_rate_of(store, run)
+    console.print(Text(finish_summary(run, win) if not is_active(run) else f"{run.name} is {run.status}", style="bold"))
     params = run.params
     details = [
         ("base model", run.base_model or ""),
@@ -81,6 +82,8 @@ def _show_run(console: Console, store: Store, run: TrainingRun, limit: int) -> N
         ("dataset", f"{run.dataset_path} (sha256 {run.dataset_sha256})"),
         ("model folder", run.output_dir or ""),
         ("log", run.log_path or ""),
+        ("vs its base", (win and win_rate_text(win)) or f"not compared yet: in the chat on {run.base_model}, "
+                        f"/compare {run.name} --blind and pick the better answer"),
     ]
     for label, value in details:
         console.print(Text.assemble((f"{label:>13}: ", "dim"), value))

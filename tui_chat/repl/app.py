@@ -206,8 +206,9 @@ class Repl:
     def send(self, text: str) -> Message:
         return self.stream(lambda on_chunk: self.session.send(text, on_chunk))
 
-    def stream(self, action: Callable[[Callable[[Chunk], None]], Message]) -> Message:
-        """Run a reply action, printing its text as it streams, then a line of stats."""
+    def stream(self, action: Callable[[Callable[[Chunk], None]], Message], *, model: str | None = None) -> Message:
+        """Run a reply action, printing its text as it streams, then a line of stats (naming ``model``, else the
+        session's)."""
         printer = PlainStream(self.console.file) if self.plain else MarkdownStream(self.console)
         stats: list[GenerationStats] = []
 
@@ -224,7 +225,8 @@ class Repl:
         finally:
             if stats:
                 engine = self.session.engine
-                line = _describe(stats[-1], engine.name if engine else engine_name(self.session.model))
+                model = model or (engine.name if engine else engine_name(self.session.model))
+                line = _describe(stats[-1], model)
                 self.status_console.print(Text(line, style="dim"), highlight=False)
         return message
 

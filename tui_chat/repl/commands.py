@@ -19,11 +19,12 @@ from trainer.model_names import engine_name
 
 from tui_chat.chat import commands
 from tui_chat.chat.commands import (
-    Action, Copy, Correct, Delete, Edit, Exclude, Export, Help, ListConversations, New, Open, Quit, Rate, Rename,
+    Action, Compare, Copy, Correct, Delete, Edit, Exclude, Export, Help, ListConversations, New, Open, Quit, Rate, Rename,
     Retry, Runs, SetParam, SwitchModel, SystemPrompt, Train,
 )
+from tui_chat.chat.compare import CompareError
 from tui_chat.chat.export import run_export
-from tui_chat.training.summary import finish_summary, progress_line, run_line
+from tui_chat.training.summary import finish_summary, progress_line, run_line, win_rate_of
 
 if TYPE_CHECKING:
     from tui_chat.repl.app import Repl
@@ -41,6 +42,7 @@ LIST_DEFAULT = 10  # conversations shown by /list
 SHOWN_ON_OPEN = 6  # messages of an opened conversation printed as a reminder
 COPY_FILE = "last-copy.md"  # /copy also writes the text here in the data home (no clipboard over plain ssh)
 RATED = {1: "rated up", -1: "rated down", 0: "rating cleared"}
+PICK_QUESTION = "which is better? 1 = A, 2 = B, n = neither (then write the ideal answer), Enter = no pick › "
 
 
 class ReplCommands:
@@ -189,6 +191,43 @@ class ReplCommands:
                        else "correction cleared")
 
     @run.register
+    def _compare(self, action: Compare) -> None:
+        comparison = self.session.compare(action.spec, blind=action.blind)
+        console = self.repl.console
+        if comparison.blind:
+            self.repl.info("getting both models ready (which is which stays hidden until you pick)…")
+        comparison.prepare()
+        for index in range(2):
+            console.print(Text(f"answer {comparison.label(index)}", style="bold"), highlight=False)
+            try:
+                reply = self.repl.stream(lambda on_chunk: self.session.stream_answer(comparison, index, on_chunk),
+                                         model=comparison.label(index))
+            except BaseException:
+                comparison.skip()  # a failed answer: the conversation goes on from the reply it had
+                raise
+            if reply.status != "complete":
+                comparison.skip()
+                self.repl.info(f"{comparison.label(index)} {reply.status}: no pick. " + comparison.outcome())
+                return
+        while True:
+            answer = self.repl.ask(PICK_QUESTION).strip().lower()
+            if not answer:
+                comparison.skip()
+                break
+            if answer in ("n", "neither"):
+                first = comparison.replies[0]
+                ideal = self.repl.ask("ideal answer (Enter: none; Alt+Enter for a new line) › ",
+                                      default=first.content if first is not None else "")
+                comparison.pick("neither", ideal)
+                break
+            try:
+                comparison.pick(answer)
+                break
+            except CompareError as exc:
+                self.repl.error(str(exc))
+        self.repl.info(comparison.outcome())
+
+    @run.register
     def _copy(self, action: Copy) -> None:
         text = self.session.target_reply("copy").content
         home = self.repl.home
@@ -261,7 +300,8 @@ class ReplCommands:
         if action.name:
             run = runs.find(action.name)
             progress = runs.progress_of(run)
-            self.repl.info(progress_line(run.name, progress) if progress else finish_summary(run))
+            self.repl.info(progress_line(run.name, progress) if progress
+                           else finish_summary(run, win_rate_of(self.store, run)))
             self.repl.info(f"base {run.base_model} · {len(run.conversation_ids)} conversations · dataset "
                            f"{run.dataset_path} · log {run.log_path}")
             return

@@ -55,6 +55,8 @@ class ReplCompleter(Completer):
             return []
         if command.name == "model":
             return self.model_names()
+        if command.name == "compare":  # the other model, or --blind
+            return [*command.choices, *self.model_names()]
         return list(command.choices)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from sessions import TrainingRun, counted, minute_text
+from sessions import Store, TrainingRun, WinRate, counted, minute_text
 
 from tui_chat.training.monitor import RunProgress, is_active
 
@@ -95,13 +95,27 @@ def metrics_text(metrics: dict[str, Any]) -> str:
     return ", ".join(part for part in parts if part)
 
 
-def finish_summary(run: TrainingRun) -> str:
-    """How a run ended, in one line, with what to do next."""
+def win_rate_text(win: WinRate) -> str | None:
+    """``preferred over smollm2 in 7 of 10 comparisons (5 of 6 blind)``: the user's /compare picks between a run and
+    its base; None before the first."""
+    if not win.picks:
+        return None
+    blind = f" ({win.blind_wins} of {win.blind_picks} blind)" if win.blind_picks else ""
+    return f"preferred over {win.against} in {win.wins} of {counted(win.picks, 'comparison')}{blind}"
+
+
+def win_rate_of(store: Store, run: TrainingRun) -> WinRate | None:
+    """The run's /compare record against the model it was trained from."""
+    return store.win_rate(run.name, run.base_model) if run.base_model else None
+
+
+def finish_summary(run: TrainingRun, win: WinRate | None = None) -> str:
+    """How a run ended, in one line, with what to do next; ``win``: how it fared against its base in /compare."""
     metrics = run.metrics
     if run.status == "finished":
         took = metrics.get("wall_s") or metrics.get("elapsed_s")
         took = f" in {duration(took)}" if took else ""
-        measured = metrics_text(metrics)
+        measured = ", ".join(part for part in (metrics_text(metrics), win and win_rate_text(win)) if part)
         steps = f" ({counted(metrics['steps'], 'step')})" if metrics.get("steps") else ""
         warning = (metrics.get("retention") or {}).get("warning")
         return (f"{run.name} finished{took}{steps}" + (f": {measured}" if measured else "")

@@ -9,6 +9,7 @@ from textual.message import Message
 
 import sessions
 
+from tui_chat.chat.compare import Comparison
 from tui_chat.inference.contract import Engine, EngineInfo, GenerationStats
 
 
@@ -88,3 +89,33 @@ class ContextCounted(Message):
 class ExportFinished(Message):
     summary: str | None
     error: str | None
+
+
+@dataclass
+class CompareAnswerStarted(Message):
+    index: int  # 0: A, 1: B
+
+
+@dataclass
+class CompareChunk(Message):
+    index: int
+    pending: PendingText = field(repr=False)
+
+
+@dataclass
+class CompareAnswered(Message):
+    index: int
+    reply: sessions.Message  # complete, or stopped
+
+
+@dataclass
+class CompareFailed(Message):
+    index: int
+    error: str  # one line for the user
+
+
+@dataclass
+class ComparisonEnded(Message):
+    """The compare worker is done (both answers written, or it stopped or failed)."""
+
+    comparison: Comparison

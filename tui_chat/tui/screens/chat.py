@@ -3,7 +3,7 @@
 The chat core (``ChatSession``, ``self.session``) holds the open conversation and decides every rule; the screen
 shows it: the branch as drawn, the reply streaming. The model lives in ``chat_model``, the actions in
 ``chat_actions`` (keys, the palette and slash commands all end there; ``chat_commands`` maps a typed slash command
-to them) and `/train` in ``chat_training``. Slow work runs in thread workers that post messages back (``worker_messages``): loading a model,
+to them), `/train` in ``chat_training`` and `/compare` in ``chat_compare``. Slow work runs in thread workers that post messages back (``worker_messages``): loading a model,
 generating a reply, counting the context, exporting, planning a run.
 """
 
@@ -60,6 +60,7 @@ from tui_chat.tui.widgets.training_panel import TrainingPanel
 from tui_chat.chat.session import ChatSession
 from tui_chat.tui.screens.chat_actions import ChatActions
 from tui_chat.tui.screens.chat_commands import ChatCommands
+from tui_chat.tui.screens.chat_compare import ChatCompare
 from tui_chat.tui.screens.chat_model import ChatModel
 from tui_chat.tui.screens.chat_training import ChatTraining
 
@@ -92,7 +93,7 @@ def user_error_types() -> tuple[type[Exception], ...]:
     return (EngineError, StoreError) + ((models.ModelError,) if models is not None else ())
 
 
-class ChatScreen(ChatActions, ChatModel, ChatTraining, Screen):
+class ChatScreen(ChatActions, ChatModel, ChatTraining, ChatCompare, Screen):
     BINDINGS = chat_bindings()
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]  # a narrow terminal gets a narrower sidebar
 

@@ -11,10 +11,10 @@ from functools import singledispatchmethod
 from typing import TYPE_CHECKING
 
 from tui_chat.chat.commands import (
-    Action, CommandError, Copy, Correct, Delete, Edit, Exclude, Export, Help, ListConversations, New, Open, Quit,
+    Action, CommandError, Compare, Copy, Correct, Delete, Edit, Exclude, Export, Help, ListConversations, New, Open, Quit,
     Rate, Rename, Retry, Runs, SetParam, SwitchModel, SystemPrompt, Train,
 )
-from tui_chat.training.summary import finish_summary, progress_line
+from tui_chat.training.summary import finish_summary, progress_line, win_rate_of
 from tui_chat.tui.screens.help import HelpScreen
 from tui_chat.tui.screens.runs_list import RunsScreen
 
@@ -118,6 +118,10 @@ class ChatCommands:
         self.screen.correct(self.screen.target_reply("correct"), action.text or "")
 
     @run.register
+    async def _compare(self, action: Compare) -> None:
+        self.screen.compare(action.spec, blind=action.blind)
+
+    @run.register
     async def _copy(self, action: Copy) -> None:
         self.screen.action_copy()
 
@@ -148,7 +152,8 @@ class ChatCommands:
         if action.name:
             run = watch.find(action.name)
             progress = watch.progress_of(run)
-            screen.notify(progress_line(run.name, progress) if progress else finish_summary(run), timeout=10)
+            summary = finish_summary(run, win_rate_of(screen.store, run))
+            screen.notify(progress_line(run.name, progress) if progress else summary, timeout=10)
             return
         runs = [(run, watch.progress_of(run)) for run in screen.store.list_training_runs()]
         screen.app.push_screen(RunsScreen(runs, screen.store, screen.home), screen.model_chosen)
