@@ -225,7 +225,7 @@ async def test_runs_finished_while_closed_are_told_and_offered_in_the_switcher(h
     (home.runs / "tiny-sft-1.log").write_text(json.dumps({"time": run.created_at + 60, **done_event()}) + "\n")
     (home.models / "tiny-sft-1").symlink_to(home.models / "tiny", target_is_directory=True)
     async with build_app(FakeEngine(name="tiny"), home=home, store=store).run_test(size=SIZE) as pilot:
-        screen = await ready(pilot)
+        await ready(pilot)
         assert any(n.startswith("While the app was closed: tiny-sft-1 finished in 1 min 00 s") for n in
                    notifications(pilot))
         assert store.get_training_run(run.id).status == "finished"
