@@ -31,6 +31,7 @@ from trainer.home import DataHome
 from trainer.models import BUNDLED_DIR, bundled_gguf, ensure_bundled, load_model
 from tui_chat.inference.hf_engine import HFEngine
 from tui_chat.inference.contract import GenerationParams, GenerationStats, TextDelta
+from tui_chat.inference.quantize import Int4Linear
 from tui_chat.inference.screened_head import ScreenedHead
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
@@ -215,11 +216,12 @@ def copy_bandwidth() -> float:
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of weights one decoded token reads: every parameter once (tied embeddings are read once, as the output
     projection); for quantized tensors, their packed data. A screened output projection reads its int8 copy, and of
-    the exact weights only a few rows (not counted)."""
+    the exact weights only a few rows (not counted); int4 layers' bfloat16 weights serve prompts only (not counted)."""
     seen: set[int] = set()
     head = model.get_output_embeddings()
     if isinstance(head, ScreenedHead):
         seen.add(head.weight.data_ptr())
+    seen.update(m.prompt_weight.data_ptr() for m in model.modules() if isinstance(m, Int4Linear))  # prompts only
     total = 0
     for tensor in [*model.parameters(), *model.buffers()]:
         parts = [tensor]

@@ -39,6 +39,9 @@ from transformers.cache_utils import DynamicLayer, StaticLayer
 from tui_chat.inference.contract import GenerationParams
 
 MIN_STATIC_CAPACITY = 1024  # tokens: a short prompt plus the default 512-token reply fits the first capacity
+# Prompt tokens from which a prefill uses ``Decoder.prompt_threads``: a new turn's short message encodes in a few ms
+# on the decode thread's count; a reopened or edited long chat is hundreds to thousands of tokens.
+PARALLEL_PROMPT = 64
 WARM_UP_PROMPT = 8  # tokens in the compile warm-up's scratch cache: dynamo specialises sizes 0 and 1, not 8
 
 
@@ -158,13 +161,24 @@ class Decoder:
     """
 
     def __init__(
-        self, model: Any, device: torch.device, context_limit: int, *, compile: bool, threads: int | None = None
+        self,
+        model: Any,
+        device: torch.device,
+        context_limit: int,
+        *,
+        compile: bool,
+        threads: int | None = None,
+        prompt_threads: int | None = None,
     ) -> None:
         self.model = model
         self.device = device
         # Intra-op threads replies decode with: the compiled step is specialised on it (a reply on another count
         # would recompile on the spot), so the compile uses it too and other counts take the eager step.
         self.threads = threads
+        # Intra-op threads a prompt of PARALLEL_PROMPT tokens or more encodes with (None: the decode thread's count).
+        # A decode step is a chain of small calls that extra threads only slow down, but a long prompt is hundreds
+        # of rows a matmul: there every core helps, and a reopened long chat waits for nothing else.
+        self.prompt_threads = prompt_threads
         static = compile and device.type == "cuda"  # CUDA graphs need fixed shapes; elsewhere the cache grows
         self.prompt_cache = PromptCache(model, static=static, context_limit=context_limit)
         self.compiled_step: Callable[..., torch.Tensor] | None = None
@@ -193,13 +207,19 @@ class Decoder:
         """Encode ``ids`` at positions ``start...`` into the cache; the logits after the last one."""
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(ids), device=self.device)[None]
-        output = self.model(
-            input_ids=input_ids,
-            position_ids=positions,
-            past_key_values=self.prompt_cache.cache,
-            use_cache=True,
-            logits_to_keep=1,  # the prompt's other logits are never used: skip the vocabulary projection for them
-        )
+        threads = torch.get_num_threads()
+        if self.prompt_threads is not None and len(ids) >= PARALLEL_PROMPT:
+            torch.set_num_threads(self.prompt_threads)
+        try:
+            output = self.model(
+                input_ids=input_ids,
+                position_ids=positions,
+                past_key_values=self.prompt_cache.cache,
+                use_cache=True,
+                logits_to_keep=1,  # the prompt's other logits are never used: skip the vocabulary projection for them
+            )
+        finally:
+            torch.set_num_threads(threads)  # the decode steps' count (the compiled step is specialised on it)
         return output.logits[:, -1]
 
     def tokens(self, ids: list[int], max_new_tokens: int, choose: Callable[[torch.Tensor], int]) -> Iterator[int]:

@@ -156,9 +156,18 @@ class HFEngine:
                     use_one_query_attention(loaded.model)  # see decode_attention.py: long chats decoded 3-4x slower
                 self._stop_ids = _end_of_turn_ids(loaded)
                 compile = pick_compile(loaded.device, self.compile)
-                threads = (self.threads or inference_threads()) if loaded.device.type == "cpu" else None
+                threads = prompt_threads = None
+                if loaded.device.type == "cpu":
+                    threads = self.threads or inference_threads()
+                    # A long prompt on every core torch would use (a decode step on one; see Decoder.prompt_threads).
+                    prompt_threads = max(threads, torch.get_num_threads())
                 self._decoder = Decoder(
-                    loaded.model, loaded.device, loaded.context_limit, compile=compile, threads=threads
+                    loaded.model,
+                    loaded.device,
+                    loaded.context_limit,
+                    compile=compile,
+                    threads=threads,
+                    prompt_threads=prompt_threads,
                 )
                 threading.Thread(target=_run_jobs, args=(self._jobs,), name=f"decode-{self.name}", daemon=True).start()
                 weakref.finalize(self, self._jobs.put, None)  # a dropped engine (a model switch) ends its thread
