@@ -20,8 +20,10 @@ Two cache layouts (transformers' cache classes):
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +38,7 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicLayer, StaticLayer
 
+from tui_chat.inference import compile_cache
 from tui_chat.inference.contract import GenerationParams
 
 MIN_STATIC_CAPACITY = 1024  # tokens: a short prompt plus the default 512-token reply fits the first capacity
@@ -169,8 +172,10 @@ class Decoder:
         compile: bool,
         threads: int | None = None,
         prompt_threads: int | None = None,
+        compile_cache_file: Path | None = None,
     ) -> None:
         self.model = model
+        self.compile_cache_file = compile_cache_file  # where the compiled step's artifacts are kept (compile_cache.py)
         self.device = device
         # Intra-op threads replies decode with: the compiled step is specialised on it (a reply on another count
         # would recompile on the spot), so the compile uses it too and other counts take the eager step.
@@ -193,6 +198,8 @@ class Decoder:
             skip_module_guards = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
             self.compiled_step = torch.compile(self._step, dynamic=True, options=skip_module_guards)
         self.compile_state = "on" if compile else "off"  # off | on | warming | ready | failed: why
+        self.compile_seconds: float | None = None  # how long the last compile took, from a kept cache or not
+        self.compile_cached = False  # whether the last compile started from artifacts kept by an earlier process
         self.reused = 0  # prompt tokens the last reply took from the cache instead of encoding them
         self._compiled: set[int] = set()  # cache capacities whose compiled step is ready (0: the dynamic cache)
         self._compiling: dict[int, threading.Thread] = {}  # capacity -> the thread compiling for it
@@ -285,9 +292,11 @@ class Decoder:
         # torch warns once that torchao's int4 tensors cannot key its compile cache: not the user's to act on, and
         # a chat screen must not get stray lines from this thread.
         warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching", category=UserWarning)
+        started = time.perf_counter()
         try:
             if self.threads is not None:
                 torch.set_num_threads(self.threads)
+            self.compile_cached = compile_cache.load(self.compile_cache_file)
             with torch.inference_mode():
                 # Scratch caches (the live one belongs to the replies that run meanwhile). The first call compiles
                 # for its cache length, the next recompiles for any length: both here, not in a reply.
@@ -309,6 +318,11 @@ class Decoder:
                 del self._compiling[capacity]
                 self.compile_state = f"failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
             return
+        self.compile_seconds = time.perf_counter() - started
+        try:
+            compile_cache.save(self.compile_cache_file)
+        except OSError:  # a full or read-only disk: the next start compiles from scratch, this one is ready
+            pass
         with self._warm_lock:
             del self._compiling[capacity]
             self._compiled.add(capacity)

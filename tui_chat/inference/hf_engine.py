@@ -26,6 +26,7 @@ from trainer.home import DataHome
 from trainer.model_names import BUNDLED_NAME, engine_name
 from trainer.models import LoadedModel, ModelError, error_line, load_model
 
+from tui_chat.inference.compile_cache import cache_file
 from tui_chat.inference.decode_attention import use_one_query_attention
 from tui_chat.inference.decoding import Decoder, Sampler
 from tui_chat.inference.contract import Chunk, EngineError, EngineInfo, GenerationParams, GenerationStats, ProgressCallback, TextDelta
@@ -168,6 +169,9 @@ class HFEngine:
                     compile=compile,
                     threads=threads,
                     prompt_threads=prompt_threads,
+                    compile_cache_file=cache_file(self.models_dir, loaded.model, self.name, quantization, threads)
+                    if compile
+                    else None,
                 )
                 threading.Thread(target=_run_jobs, args=(self._jobs,), name=f"decode-{self.name}", daemon=True).start()
                 weakref.finalize(self, self._jobs.put, None)  # a dropped engine (a model switch) ends its thread
