@@ -173,11 +173,8 @@ def with_threads(engine: HFEngine, threads: int, row: Callable[[], Run]) -> Call
     return run
 
 
-def llama_cpp_row(engine: HFEngine, threads: int) -> Callable[[], Run] | None:
-    """llama.cpp (llama-cpp-python) on the bundled GGUF, same prompt text and greedy settings; None if missing."""
-    if importlib.util.find_spec("llama_cpp") is None:
-        print("llama.cpp: skipped (`pip install -e '.[llamacpp]'` adds llama-cpp-python for this row)")
-        return None
+def llama_cpp_row(engine: HFEngine, threads: int) -> Callable[[], Run]:
+    """llama.cpp (llama-cpp-python) on the bundled GGUF on ``threads`` threads, same prompt text and greedy settings."""
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(bundled_gguf()), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -197,7 +194,7 @@ def llama_cpp_row(engine: HFEngine, threads: int) -> Callable[[], Run] | None:
                 break
         return len(new), first_at, llm.detokenize([t for t in new if t not in stop]).decode(errors="replace")
 
-    return lambda: timed("llama.cpp (GGUF Q4_1)", work)
+    return lambda: timed(f"llama.cpp (GGUF Q4_1), {threads} thread(s)", work)
 
 
 def copy_bandwidth() -> float:
@@ -260,7 +257,8 @@ def compiled_engine(models_dir: Path) -> HFEngine:
     engine.load()
     started = time.perf_counter()
     engine.decoder.warm_up(wait=True)
-    print(f"compiled the decode step in {time.perf_counter() - started:.0f} s: {engine.info().extra['compile']}")
+    kept = "from the artifacts kept in the data home" if engine.decoder.compile_cached else "from scratch"
+    print(f"compiled the decode step {kept} in {time.perf_counter() - started:.0f} s: {engine.info().extra['compile']}")
     return engine
 
 
@@ -280,9 +278,11 @@ def speed_rows(eager: HFEngine, engine: HFEngine, models_dir: Path, threads: int
         rows["engine-all-cores"] = with_threads(
             eager, all_cores, engine_stream(eager, f"engine before the compile, {all_cores} threads")
         )
-    llama = llama_cpp_row(engine, threads)
-    if llama is not None:
-        rows["llama.cpp"] = llama
+    if importlib.util.find_spec("llama_cpp") is None:
+        print("llama.cpp: skipped (`pip install -e '.[llamacpp]'` adds llama-cpp-python for these rows)")
+    else:
+        for count in sorted({threads, all_cores}):  # llama.cpp at the engine's thread count, and on every core
+            rows["llama.cpp" if count == threads else f"llama.cpp-{count}"] = llama_cpp_row(engine, count)
     runs: dict[str, list[Run]] = {name: [] for name in rows}
     for _ in range(REPEATS):  # interleaved, so a burst of load from other jobs hits every row alike
         for name, row in rows.items():
@@ -294,7 +294,8 @@ def speed_rows(eager: HFEngine, engine: HFEngine, models_dir: Path, threads: int
     )
     for run in best.values():
         print_row(run, best["fp32"])
-    for mine, other, target in (("engine", "fp32", 3.0), ("engine-eager", "fp32", None), ("engine", "llama.cpp", None)):
+    pairs = (("engine", "fp32", 3.0), ("engine-eager", "fp32", 3.0), ("engine", "llama.cpp", 1.0))
+    for mine, other, target in pairs:
         if mine in best and other in best:
             wall = best[mine].tokens_per_s / best[other].tokens_per_s
             cpu = best[mine].tokens_per_cpu_s / best[other].tokens_per_cpu_s
@@ -361,15 +362,23 @@ def history_rows(engine: HFEngine) -> None:
     at a third of a short one's speed (see tui_chat/decode_attention.py)."""
     filler = "The lighthouse stood on the rock for many years, and the keeper watched the sea every night. "
     print(f"\ndecode speed by history length (the chat's engine, {NEW_TOKENS} new tokens, greedy, best of {REPEATS}):")
-    for copies in (0, 25, 50, 100):
+    decoder = engine.decoder
+    every_core = decoder.prompt_threads
+    for copies, prompt_threads in ((0, every_core), (25, every_core), (50, every_core), (100, every_core), (100, None)):
         messages = [{"role": "user", "content": filler * copies + PROMPT}]
         best: GenerationStats | None = None
+        decoder.prompt_threads = prompt_threads
         for _ in range(REPEATS):
-            engine.decoder.prompt_cache.clear()
+            decoder.prompt_cache.clear()
             stats = list(engine.stream(messages, PARAMS))[-1]
             best = stats if best is None or stats.tokens_per_s > best.tokens_per_s else best
+        decoder.prompt_threads = every_core
         assert best is not None
-        print(f"  {best.prompt_tokens:5d} prompt tokens: {best.tokens_per_s:5.1f} tok/s, TTFT {best.ttft_s:5.2f} s")
+        threads = prompt_threads or engine.decode_threads()
+        print(
+            f"  {best.prompt_tokens:5d} prompt tokens: {best.tokens_per_s:5.1f} tok/s, TTFT {best.ttft_s:5.2f} s"
+            f" (prompt on {threads} thread(s))"
+        )
 
 
 def main() -> None:
@@ -380,7 +389,7 @@ def main() -> None:
     ensure_bundled(models_dir, progress=lambda what, _: print(f"  {what}", flush=True))
     print(f"bundled model in {models_dir / BUNDLED_DIR} (ready in {time.perf_counter() - started:.1f} s)")
     load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    eager = HFEngine("default", models_dir)
+    eager = HFEngine("default", models_dir, compile=False)  # not the compile the row below keeps in the data home
     started = time.perf_counter()
     info = eager.load()
     threads = eager.decode_threads()

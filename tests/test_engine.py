@@ -439,11 +439,11 @@ def test_bundled_default_answers_stay_close_to_float32(bundled_engine: HFEngine,
 
 
 @pytest.mark.slow
-def test_bundled_compiled_answers_stay_close_to_float32(bundled_models_dir: Path) -> None:
+def test_bundled_compiled_answers_stay_close_to_float32(bundled_home: DataHome, bundled_models_dir: Path) -> None:
     """The chat's engine on CPU once its decode step is compiled (fused kernels round differently from eager ones):
     the same tolerance. Measured: 4 of these 5 answers identical to float32's (5 of 8 with three more prompts), every
-    opening identical."""
-    compiled = HFEngine("default", bundled_models_dir, compile=True)
+    opening identical. (A data home of its own: the compile it keeps there must not reach other tests' engines.)"""
+    compiled = HFEngine("default", bundled_home.models, compile=True)
     compiled.load()
     compiled.decoder.warm_up(wait=True)  # 30-100 s on 2 cores
     assert compiled.info().extra["compile"] == "ready"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -289,9 +288,6 @@ class Decoder:
 
     def _compile(self, capacity: int) -> None:
         assert self.compiled_step is not None
-        # torch warns once that torchao's int4 tensors cannot key its compile cache: not the user's to act on, and
-        # a chat screen must not get stray lines from this thread.
-        warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching", category=UserWarning)
         started = time.perf_counter()
         try:
             if self.threads is not None:

@@ -124,6 +124,7 @@ class HFEngine:
         """Load (converting the bundled model on first use); idempotent and safe to call from a worker thread.
 
         With compiling on, the decode step compiles in a background thread afterwards; replies don't wait for it.
+        With ``compile`` unset on CPU, a compile kept in the data home by an earlier process is loaded and waited for.
         """
         with self._load_lock:
             if self._loaded is None:
@@ -156,12 +157,16 @@ class HFEngine:
                 if loaded.device.type == "cpu":
                     use_one_query_attention(loaded.model)  # see decode_attention.py: long chats decoded 3-4x slower
                 self._stop_ids = _end_of_turn_ids(loaded)
-                compile = pick_compile(loaded.device, self.compile)
                 threads = prompt_threads = None
                 if loaded.device.type == "cpu":
                     threads = self.threads or inference_threads()
                     # A long prompt on every core torch would use (a decode step on one; see Decoder.prompt_threads).
                     prompt_threads = max(threads, torch.get_num_threads())
+                kept = cache_file(self.models_dir, loaded.model, self.name, quantization, threads)
+                # Unasked (None) on CPU, a compile kept by an earlier process is used and waited for here: from its
+                # artifacts it takes seconds, not the minutes that made compiling opt-in there.
+                from_kept = self.compile is None and loaded.device.type == "cpu" and kept is not None and kept.is_file()
+                compile = from_kept or pick_compile(loaded.device, self.compile)
                 self._decoder = Decoder(
                     loaded.model,
                     loaded.device,
@@ -169,13 +174,13 @@ class HFEngine:
                     compile=compile,
                     threads=threads,
                     prompt_threads=prompt_threads,
-                    compile_cache_file=cache_file(self.models_dir, loaded.model, self.name, quantization, threads)
-                    if compile
-                    else None,
+                    compile_cache_file=kept if compile else None,
                 )
                 threading.Thread(target=_run_jobs, args=(self._jobs,), name=f"decode-{self.name}", daemon=True).start()
                 weakref.finalize(self, self._jobs.put, None)  # a dropped engine (a model switch) ends its thread
-                self._decoder.warm_up()
+                if from_kept and progress is not None:
+                    progress(f"loading the compiled decode step of {self.name}", None)
+                self._decoder.warm_up(wait=from_kept)
                 self._loaded = loaded
         return self.info()
 
