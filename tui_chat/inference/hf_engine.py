@@ -124,7 +124,6 @@ class HFEngine:
         """Load (converting the bundled model on first use); idempotent and safe to call from a worker thread.
 
         With compiling on, the decode step compiles in a background thread afterwards; replies don't wait for it.
-        With ``compile`` unset on CPU, a compile kept in the data home by an earlier process is loaded and waited for.
         """
         with self._load_lock:
             if self._loaded is None:
@@ -162,11 +161,7 @@ class HFEngine:
                     threads = self.threads or inference_threads()
                     # A long prompt on every core torch would use (a decode step on one; see Decoder.prompt_threads).
                     prompt_threads = max(threads, torch.get_num_threads())
-                kept = cache_file(self.models_dir, loaded.model, self.name, quantization, threads)
-                # Unasked (None) on CPU, a compile kept by an earlier process is used and waited for here: from its
-                # artifacts it takes seconds, not the minutes that made compiling opt-in there.
-                from_kept = self.compile is None and loaded.device.type == "cpu" and kept is not None and kept.is_file()
-                compile = from_kept or pick_compile(loaded.device, self.compile)
+                compile = pick_compile(loaded.device, self.compile)
                 self._decoder = Decoder(
                     loaded.model,
                     loaded.device,
@@ -174,13 +169,13 @@ class HFEngine:
                     compile=compile,
                     threads=threads,
                     prompt_threads=prompt_threads,
-                    compile_cache_file=kept if compile else None,
+                    compile_cache_file=cache_file(self.models_dir, loaded.model, self.name, quantization, threads)
+                    if compile
+                    else None,
                 )
                 threading.Thread(target=_run_jobs, args=(self._jobs,), name=f"decode-{self.name}", daemon=True).start()
                 weakref.finalize(self, self._jobs.put, None)  # a dropped engine (a model switch) ends its thread
-                if from_kept and progress is not None:
-                    progress(f"loading the compiled decode step of {self.name}", None)
-                self._decoder.warm_up(wait=from_kept)
+                self._decoder.warm_up()
                 self._loaded = loaded
         return self.info()
 
