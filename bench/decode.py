@@ -7,7 +7,8 @@
 - llama.cpp on the package's own GGUF, when ``llama_cpp`` is importable (``pip install -e '.[llamacpp]'``);
 - the ceiling: measured memory copy bandwidth / bytes of weights read per token;
 - time to first token on the 1st and the 10th turn of one conversation (prompt cache), and the 10th without it;
-- decode speed and TTFT as the history grows to ~2,000 tokens.
+- decode speed and TTFT as the history grows to ~2,000 tokens;
+- the int4 engine's levers one by one (bfloat16 weights for prompts, fused projections), in CPU time on one thread.
 
 Each row gives the time to first token (TTFT, prefill included) and decode tokens/s after it, best of ``REPEATS``
 interleaved runs, with the CPU that other processes used meanwhile ("others", in cores): on a shared machine only rows
@@ -19,18 +20,21 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import DynamicCache
 from transformers.generation.streamers import BaseStreamer
 
 from trainer.home import DataHome
 from trainer.models import BUNDLED_DIR, bundled_gguf, ensure_bundled, load_model
 from tui_chat.inference.hf_engine import HFEngine
 from tui_chat.inference.contract import GenerationParams, GenerationStats, TextDelta
+from tui_chat.inference import quantize
 from tui_chat.inference.quantize import Int4Linear
 from tui_chat.inference.screened_head import ScreenedHead
 
@@ -381,6 +385,55 @@ def history_rows(engine: HFEngine) -> None:
         )
 
 
+def lever_rows(models_dir: Path) -> None:
+    """The int4 engine's levers one by one, in CPU time on one thread (what an idle core would take, whatever else
+    runs): encoding a ~2,000-token prompt, and an eager decode step after a short history, for the model built
+    without and with each lever."""
+    groups, rows = quantize.FUSED_GROUPS, quantize.PROMPT_ROWS
+    variants = {  # label: (fused groups, rows from which a matmul reads the bfloat16 weights)
+        "int4 kernel for prompts, 7 matmuls a layer": ((), sys.maxsize),
+        "bfloat16 weights for prompts, 7 matmuls a layer": ((), rows),
+        "bfloat16 weights for prompts, fused: 4 matmuls": (groups, rows),
+    }
+    models = {}
+    for label, (fused, _) in variants.items():
+        quantize.FUSED_GROUPS = fused
+        try:
+            models[label] = HFEngine("default", models_dir, compile=False)
+            models[label].load()
+        finally:
+            quantize.FUSED_GROUPS = groups
+    prompt = torch.randint(100, 40_000, (1, 1946))
+    history = 46  # tokens kept before the decode steps: as many as the speed rows' prompt
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    print("\nlevers, CPU time on one thread (best of 2):")
+    best: dict[str, tuple[float, float]] = {}
+    try:
+        for _ in range(REPEATS):
+            for label, engine in models.items():
+                model = engine.loaded.model
+                quantize.PROMPT_ROWS = variants[label][1]
+                with torch.inference_mode():
+                    cache = DynamicCache(config=model.config)
+                    started = time.thread_time()
+                    model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    encode = time.thread_time() - started
+                    cache.crop(history - cache.get_seq_length())
+                    token, started = torch.tensor([[42]]), time.thread_time()
+                    for position in range(history, history + NEW_TOKENS):
+                        model(input_ids=token, position_ids=torch.tensor([[position]]), past_key_values=cache)
+                    step = (time.thread_time() - started) / NEW_TOKENS
+                quantize.PROMPT_ROWS = rows
+                old = best.get(label, (float("inf"), float("inf")))
+                best[label] = (min(old[0], encode), min(old[1], step))
+    finally:
+        quantize.PROMPT_ROWS = rows
+        torch.set_num_threads(before)
+    for label, (encode, step) in best.items():
+        print(f"  {label:<50} encode 1,946 tokens {encode:5.2f} CPU-s   eager step {step * 1000:5.1f} CPU-ms")
+
+
 def main() -> None:
     """Print the comparison (with a 30-100 s compile of the decode step first, not timed)."""
     home = DataHome.locate()
@@ -402,6 +455,7 @@ def main() -> None:
     speed_rows(eager, engine, models_dir, threads)
     conversation_ttft(engine)
     history_rows(engine)
+    lever_rows(models_dir)
     after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nload average {load_average:.1f} at the start, {after:.1f} at the end ({os.cpu_count()} cores)")
 

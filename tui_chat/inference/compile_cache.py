@@ -1,11 +1,12 @@
-"""Compiled decode steps kept in the data home, so a second start has its compiled step in seconds, not minutes.
+"""Compiled decode steps kept in the data home, so a later process compiles from them instead of from nothing.
 
-``torch.compile`` traces the step (dynamo: seconds) and then generates and C++-compiles its kernels (Inductor: most
-of the 30-100 s a first compile takes on 2 cores). Inductor caches what it generated, but under /tmp (gone after a
-reboot, shared by everything the user compiles). ``torch.compiler.save_cache_artifacts`` hands back, as one blob,
-the artifacts this process made or used; ``load_cache_artifacts`` puts them back before a compile, which then skips
-code generation. One file per model architecture, dtype, quantization, thread count, torch version and CPU: the
-compiled kernels hold none of the weights (they are inputs), so a fine-tuned run shares its base model's file.
+``torch.compile`` traces the step (dynamo) and then generates and C++-compiles its kernels (Inductor). Inductor
+caches what it generated, but under /tmp (gone after a reboot, shared by everything the user compiles).
+``torch.compiler.save_cache_artifacts`` hands back, as one blob, the artifacts this process made or used;
+``load_cache_artifacts`` puts them back before a compile, which then skips code generation (tracing remains: see the
+README's decode section for what that leaves). One file per model name, architecture, dtype, quantization, thread
+count, torch version and CPU: the compiled kernels hold none of the weights (they are inputs), so a model trained
+again under the same name keeps a valid file.
 """
 
 from __future__ import annotations

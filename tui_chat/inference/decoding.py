@@ -20,7 +20,6 @@ Two cache layouts (transformers' cache classes):
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -197,7 +196,6 @@ class Decoder:
             skip_module_guards = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
             self.compiled_step = torch.compile(self._step, dynamic=True, options=skip_module_guards)
         self.compile_state = "on" if compile else "off"  # off | on | warming | ready | failed: why
-        self.compile_seconds: float | None = None  # how long the last compile took, from a kept cache or not
         self.compile_cached = False  # whether the last compile started from artifacts kept by an earlier process
         self.reused = 0  # prompt tokens the last reply took from the cache instead of encoding them
         self._compiled: set[int] = set()  # cache capacities whose compiled step is ready (0: the dynamic cache)
@@ -288,7 +286,6 @@ class Decoder:
 
     def _compile(self, capacity: int) -> None:
         assert self.compiled_step is not None
-        started = time.perf_counter()
         try:
             if self.threads is not None:
                 torch.set_num_threads(self.threads)
@@ -314,7 +311,6 @@ class Decoder:
                 del self._compiling[capacity]
                 self.compile_state = f"failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
             return
-        self.compile_seconds = time.perf_counter() - started
         try:
             compile_cache.save(self.compile_cache_file)
         except OSError:  # a full or read-only disk: the next start compiles from scratch, this one is ready
