@@ -42,6 +42,7 @@ def test_a_second_engine_compiles_from_the_kept_artifacts(tmp_path: Path) -> Non
     assert first.info().extra["compile"] == "ready" and not first.decoder.compile_cached
     kept = list((tmp_path / "home" / DIRECTORY).iterdir())
     assert len(kept) == 1 and kept[0].stat().st_size > 0
+    assert kept[0].stat().st_mode & 0o077 == 0 and kept[0].parent.stat().st_mode & 0o077 == 0  # private
     second = HFEngine(str(path), models, device="cpu", dtype="float32", compile=True, threads=1)
     second.load()
     second.decoder.warm_up(wait=True)

@@ -60,7 +60,8 @@ def save(path: Path | None) -> None:
     artifacts = torch.compiler.save_cache_artifacts() if path is not None else None
     if artifacts is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, like everything in the data home
     partial = path.with_suffix(f".{os.getpid()}.partial")
-    partial.write_bytes(artifacts[0])
+    with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
+        file.write(artifacts[0])
     os.replace(partial, path)
