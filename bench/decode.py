@@ -7,7 +7,8 @@
 - llama.cpp on the package's own GGUF, when ``llama_cpp`` is importable (``pip install -e '.[llamacpp]'``);
 - the ceiling: measured memory copy bandwidth / bytes of weights read per token;
 - time to first token on the 1st and the 10th turn of one conversation (prompt cache), and the 10th without it;
-- decode speed and TTFT as the history grows to ~2,000 tokens.
+- decode speed and TTFT as the history grows to ~2,000 tokens;
+- the int4 engine's levers one by one (bfloat16 weights for prompts, fused projections), in CPU time on one thread.
 
 Each row gives the time to first token (TTFT, prefill included) and decode tokens/s after it, best of ``REPEATS``
 interleaved runs, with the CPU that other processes used meanwhile ("others", in cores): on a shared machine only rows
@@ -19,18 +20,22 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import DynamicCache
 from transformers.generation.streamers import BaseStreamer
 
 from trainer.home import DataHome
 from trainer.models import BUNDLED_DIR, bundled_gguf, ensure_bundled, load_model
 from tui_chat.inference.hf_engine import HFEngine
 from tui_chat.inference.contract import GenerationParams, GenerationStats, TextDelta
+from tui_chat.inference import quantize
+from tui_chat.inference.quantize import Int4Linear
 from tui_chat.inference.screened_head import ScreenedHead
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
@@ -172,11 +177,8 @@ def with_threads(engine: HFEngine, threads: int, row: Callable[[], Run]) -> Call
     return run
 
 
-def llama_cpp_row(engine: HFEngine, threads: int) -> Callable[[], Run] | None:
-    """llama.cpp (llama-cpp-python) on the bundled GGUF, same prompt text and greedy settings; None if missing."""
-    if importlib.util.find_spec("llama_cpp") is None:
-        print("llama.cpp: skipped (`pip install -e '.[llamacpp]'` adds llama-cpp-python for this row)")
-        return None
+def llama_cpp_row(engine: HFEngine, threads: int) -> Callable[[], Run]:
+    """llama.cpp (llama-cpp-python) on the bundled GGUF on ``threads`` threads, same prompt text and greedy settings."""
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(bundled_gguf()), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -196,7 +198,7 @@ def llama_cpp_row(engine: HFEngine, threads: int) -> Callable[[], Run] | None:
                 break
         return len(new), first_at, llm.detokenize([t for t in new if t not in stop]).decode(errors="replace")
 
-    return lambda: timed("llama.cpp (GGUF Q4_1)", work)
+    return lambda: timed(f"llama.cpp (GGUF Q4_1), {threads} thread(s)", work)
 
 
 def copy_bandwidth() -> float:
@@ -215,11 +217,12 @@ def copy_bandwidth() -> float:
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of weights one decoded token reads: every parameter once (tied embeddings are read once, as the output
     projection); for quantized tensors, their packed data. A screened output projection reads its int8 copy, and of
-    the exact weights only a few rows (not counted)."""
+    the exact weights only a few rows (not counted); int4 layers' bfloat16 weights serve prompts only (not counted)."""
     seen: set[int] = set()
     head = model.get_output_embeddings()
     if isinstance(head, ScreenedHead):
         seen.add(head.weight.data_ptr())
+    seen.update(m.prompt_weight.data_ptr() for m in model.modules() if isinstance(m, Int4Linear))  # prompts only
     total = 0
     for tensor in [*model.parameters(), *model.buffers()]:
         parts = [tensor]
@@ -258,7 +261,8 @@ def compiled_engine(models_dir: Path) -> HFEngine:
     engine.load()
     started = time.perf_counter()
     engine.decoder.warm_up(wait=True)
-    print(f"compiled the decode step in {time.perf_counter() - started:.0f} s: {engine.info().extra['compile']}")
+    kept = "from the artifacts kept in the data home" if engine.decoder.compile_cached else "from scratch"
+    print(f"compiled the decode step {kept} in {time.perf_counter() - started:.0f} s: {engine.info().extra['compile']}")
     return engine
 
 
@@ -278,9 +282,11 @@ def speed_rows(eager: HFEngine, engine: HFEngine, models_dir: Path, threads: int
         rows["engine-all-cores"] = with_threads(
             eager, all_cores, engine_stream(eager, f"engine before the compile, {all_cores} threads")
         )
-    llama = llama_cpp_row(engine, threads)
-    if llama is not None:
-        rows["llama.cpp"] = llama
+    if importlib.util.find_spec("llama_cpp") is None:
+        print("llama.cpp: skipped (`pip install -e '.[llamacpp]'` adds llama-cpp-python for these rows)")
+    else:
+        for count in sorted({threads, all_cores}):  # llama.cpp at the engine's thread count, and on every core
+            rows["llama.cpp" if count == threads else f"llama.cpp-{count}"] = llama_cpp_row(engine, count)
     runs: dict[str, list[Run]] = {name: [] for name in rows}
     for _ in range(REPEATS):  # interleaved, so a burst of load from other jobs hits every row alike
         for name, row in rows.items():
@@ -292,7 +298,8 @@ def speed_rows(eager: HFEngine, engine: HFEngine, models_dir: Path, threads: int
     )
     for run in best.values():
         print_row(run, best["fp32"])
-    for mine, other, target in (("engine", "fp32", 3.0), ("engine-eager", "fp32", None), ("engine", "llama.cpp", None)):
+    pairs = (("engine", "fp32", 3.0), ("engine-eager", "fp32", 3.0), ("engine", "llama.cpp", 1.0))
+    for mine, other, target in pairs:
         if mine in best and other in best:
             wall = best[mine].tokens_per_s / best[other].tokens_per_s
             cpu = best[mine].tokens_per_cpu_s / best[other].tokens_per_cpu_s
@@ -359,15 +366,72 @@ def history_rows(engine: HFEngine) -> None:
     at a third of a short one's speed (see tui_chat/decode_attention.py)."""
     filler = "The lighthouse stood on the rock for many years, and the keeper watched the sea every night. "
     print(f"\ndecode speed by history length (the chat's engine, {NEW_TOKENS} new tokens, greedy, best of {REPEATS}):")
-    for copies in (0, 25, 50, 100):
+    decoder = engine.decoder
+    every_core = decoder.prompt_threads
+    for copies, prompt_threads in ((0, every_core), (25, every_core), (50, every_core), (100, every_core), (100, None)):
         messages = [{"role": "user", "content": filler * copies + PROMPT}]
         best: GenerationStats | None = None
+        decoder.prompt_threads = prompt_threads
         for _ in range(REPEATS):
-            engine.decoder.prompt_cache.clear()
+            decoder.prompt_cache.clear()
             stats = list(engine.stream(messages, PARAMS))[-1]
             best = stats if best is None or stats.tokens_per_s > best.tokens_per_s else best
+        decoder.prompt_threads = every_core
         assert best is not None
-        print(f"  {best.prompt_tokens:5d} prompt tokens: {best.tokens_per_s:5.1f} tok/s, TTFT {best.ttft_s:5.2f} s")
+        threads = prompt_threads or engine.decode_threads()
+        print(
+            f"  {best.prompt_tokens:5d} prompt tokens: {best.tokens_per_s:5.1f} tok/s, TTFT {best.ttft_s:5.2f} s"
+            f" (prompt on {threads} thread(s))"
+        )
+
+
+def lever_rows(models_dir: Path) -> None:
+    """The int4 engine's levers one by one, in CPU time on one thread (what an idle core would take, whatever else
+    runs): encoding a ~2,000-token prompt, and an eager decode step after a short history, for the model built
+    without and with each lever."""
+    groups, rows = quantize.FUSED_GROUPS, quantize.PROMPT_ROWS
+    variants = {  # label: (fused groups, rows from which a matmul reads the bfloat16 weights)
+        "int4 kernel for prompts, 7 matmuls a layer": ((), sys.maxsize),
+        "bfloat16 weights for prompts, 7 matmuls a layer": ((), rows),
+        "bfloat16 weights for prompts, fused: 4 matmuls": (groups, rows),
+    }
+    models = {}
+    for label, (fused, _) in variants.items():
+        quantize.FUSED_GROUPS = fused
+        try:
+            models[label] = HFEngine("default", models_dir, compile=False)
+            models[label].load()
+        finally:
+            quantize.FUSED_GROUPS = groups
+    prompt = torch.randint(100, 40_000, (1, 1946))
+    history = 46  # tokens kept before the decode steps: as many as the speed rows' prompt
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    print("\nlevers, CPU time on one thread (best of 2):")
+    best: dict[str, tuple[float, float]] = {}
+    try:
+        for _ in range(REPEATS):
+            for label, engine in models.items():
+                model = engine.loaded.model
+                quantize.PROMPT_ROWS = variants[label][1]
+                with torch.inference_mode():
+                    cache = DynamicCache(config=model.config)
+                    started = time.thread_time()
+                    model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    encode = time.thread_time() - started
+                    cache.crop(history - cache.get_seq_length())
+                    token, started = torch.tensor([[42]]), time.thread_time()
+                    for position in range(history, history + NEW_TOKENS):
+                        model(input_ids=token, position_ids=torch.tensor([[position]]), past_key_values=cache)
+                    step = (time.thread_time() - started) / NEW_TOKENS
+                quantize.PROMPT_ROWS = rows
+                old = best.get(label, (float("inf"), float("inf")))
+                best[label] = (min(old[0], encode), min(old[1], step))
+    finally:
+        quantize.PROMPT_ROWS = rows
+        torch.set_num_threads(before)
+    for label, (encode, step) in best.items():
+        print(f"  {label:<50} encode 1,946 tokens {encode:5.2f} CPU-s   eager step {step * 1000:5.1f} CPU-ms")
 
 
 def main() -> None:
@@ -378,7 +442,7 @@ def main() -> None:
     ensure_bundled(models_dir, progress=lambda what, _: print(f"  {what}", flush=True))
     print(f"bundled model in {models_dir / BUNDLED_DIR} (ready in {time.perf_counter() - started:.1f} s)")
     load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    eager = HFEngine("default", models_dir)
+    eager = HFEngine("default", models_dir, compile=False)  # not the compile the row below keeps in the data home
     started = time.perf_counter()
     info = eager.load()
     threads = eager.decode_threads()
@@ -391,6 +455,7 @@ def main() -> None:
     speed_rows(eager, engine, models_dir, threads)
     conversation_ttft(engine)
     history_rows(engine)
+    lever_rows(models_dir)
     after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nload average {load_average:.1f} at the start, {after:.1f} at the end ({os.cpu_count()} cores)")
 

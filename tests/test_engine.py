@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from trainer.home import DataHome
+from tui_chat.inference.decoding import PARALLEL_PROMPT
 from tui_chat.inference.hf_engine import HFEngine, TextDeltas, open_engine
 from tui_chat.inference.contract import EngineError, GenerationParams, GenerationStats, TextDelta
 
@@ -239,6 +240,12 @@ def test_cpu_decoding_uses_the_requested_thread_count(tmp_path: Path) -> None:
         engine.loaded.model.forward = counting
         run(engine, ask("hi"), GenerationParams(temperature=0, max_new_tokens=3))
         assert seen and set(seen) == {1}
+        # A long prompt encodes on prompt_threads, and the decode steps after it go back to one thread.
+        engine.decoder.prompt_threads = 2
+        seen.clear()
+        stats = run(engine, ask("hello world " * 40), GenerationParams(temperature=0, max_new_tokens=3))[1]
+        assert stats.prompt_tokens - stats.cached_tokens >= PARALLEL_PROMPT
+        assert seen == [2, 1, 1]
     finally:
         torch.set_num_threads(before)
 
@@ -387,8 +394,9 @@ def test_int4_engine_on_a_tiny_model(tmp_path: Path) -> None:
     assert HFEngine(str(path), tmp_path, device="cpu", dtype="bfloat16").load().extra["quantize"] == "none"
     engine = HFEngine(str(path), tmp_path, device="cpu", dtype="bfloat16", quantize="int4")
     assert engine.load().extra["quantize"] == "int4"
-    projection = engine.loaded.model.model.layers[0].mlp.down_proj.weight
-    assert type(projection).__name__ == "Int4OpaqueTensor"
+    projection = engine.loaded.model.model.layers[0].mlp.down_proj
+    assert projection.int4_weight.dtype == torch.uint8  # decode steps read int4 (two a byte) ...
+    assert projection.prompt_weight.dtype == torch.bfloat16  # ... and prompts the bfloat16 weights
     assert type(engine.loaded.model.lm_head.weight) is torch.nn.Parameter  # the output projection stays bf16
     assert type(engine.loaded.model.lm_head).__name__ == "ScreenedHead"  # ... screened by an int8 copy
     deltas, stats = run(engine, ask("hello world"), VARIED)
@@ -432,11 +440,11 @@ def test_bundled_default_answers_stay_close_to_float32(bundled_engine: HFEngine,
 
 
 @pytest.mark.slow
-def test_bundled_compiled_answers_stay_close_to_float32(bundled_models_dir: Path) -> None:
+def test_bundled_compiled_answers_stay_close_to_float32(bundled_home: DataHome, bundled_models_dir: Path) -> None:
     """The chat's engine on CPU once its decode step is compiled (fused kernels round differently from eager ones):
     the same tolerance. Measured: 4 of these 5 answers identical to float32's (5 of 8 with three more prompts), every
-    opening identical."""
-    compiled = HFEngine("default", bundled_models_dir, compile=True)
+    opening identical. (A data home of its own: the compile it keeps there must not reach other tests' engines.)"""
+    compiled = HFEngine("default", bundled_home.models, compile=True)
     compiled.load()
     compiled.decoder.warm_up(wait=True)  # 30-100 s on 2 cores
     assert compiled.info().extra["compile"] == "ready"

@@ -20,8 +20,8 @@ Two cache layouts (transformers' cache classes):
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,9 +36,13 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicLayer, StaticLayer
 
+from tui_chat.inference import compile_cache
 from tui_chat.inference.contract import GenerationParams
 
 MIN_STATIC_CAPACITY = 1024  # tokens: a short prompt plus the default 512-token reply fits the first capacity
+# Prompt tokens from which a prefill uses ``Decoder.prompt_threads``: a new turn's short message encodes in a few ms
+# on the decode thread's count; a reopened or edited long chat is hundreds to thousands of tokens.
+PARALLEL_PROMPT = 64
 WARM_UP_PROMPT = 8  # tokens in the compile warm-up's scratch cache: dynamo specialises sizes 0 and 1, not 8
 
 
@@ -158,13 +162,26 @@ class Decoder:
     """
 
     def __init__(
-        self, model: Any, device: torch.device, context_limit: int, *, compile: bool, threads: int | None = None
+        self,
+        model: Any,
+        device: torch.device,
+        context_limit: int,
+        *,
+        compile: bool,
+        threads: int | None = None,
+        prompt_threads: int | None = None,
+        compile_cache_file: Path | None = None,
     ) -> None:
         self.model = model
+        self.compile_cache_file = compile_cache_file  # where the compiled step's artifacts are kept (compile_cache.py)
         self.device = device
         # Intra-op threads replies decode with: the compiled step is specialised on it (a reply on another count
         # would recompile on the spot), so the compile uses it too and other counts take the eager step.
         self.threads = threads
+        # Intra-op threads a prompt of PARALLEL_PROMPT tokens or more encodes with (None: the decode thread's count).
+        # A decode step is a chain of small calls that extra threads only slow down, but a long prompt is hundreds
+        # of rows a matmul: there every core helps, and a reopened long chat waits for nothing else.
+        self.prompt_threads = prompt_threads
         static = compile and device.type == "cuda"  # CUDA graphs need fixed shapes; elsewhere the cache grows
         self.prompt_cache = PromptCache(model, static=static, context_limit=context_limit)
         self.compiled_step: Callable[..., torch.Tensor] | None = None
@@ -179,6 +196,7 @@ class Decoder:
             skip_module_guards = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
             self.compiled_step = torch.compile(self._step, dynamic=True, options=skip_module_guards)
         self.compile_state = "on" if compile else "off"  # off | on | warming | ready | failed: why
+        self.compile_cached = False  # whether the last compile started from artifacts kept by an earlier process
         self.reused = 0  # prompt tokens the last reply took from the cache instead of encoding them
         self._compiled: set[int] = set()  # cache capacities whose compiled step is ready (0: the dynamic cache)
         self._compiling: dict[int, threading.Thread] = {}  # capacity -> the thread compiling for it
@@ -193,13 +211,19 @@ class Decoder:
         """Encode ``ids`` at positions ``start...`` into the cache; the logits after the last one."""
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(ids), device=self.device)[None]
-        output = self.model(
-            input_ids=input_ids,
-            position_ids=positions,
-            past_key_values=self.prompt_cache.cache,
-            use_cache=True,
-            logits_to_keep=1,  # the prompt's other logits are never used: skip the vocabulary projection for them
-        )
+        threads = torch.get_num_threads()
+        if self.prompt_threads is not None and len(ids) >= PARALLEL_PROMPT:
+            torch.set_num_threads(self.prompt_threads)
+        try:
+            output = self.model(
+                input_ids=input_ids,
+                position_ids=positions,
+                past_key_values=self.prompt_cache.cache,
+                use_cache=True,
+                logits_to_keep=1,  # the prompt's other logits are never used: skip the vocabulary projection for them
+            )
+        finally:
+            torch.set_num_threads(threads)  # the decode steps' count (the compiled step is specialised on it)
         return output.logits[:, -1]
 
     def tokens(self, ids: list[int], max_new_tokens: int, choose: Callable[[torch.Tensor], int]) -> Iterator[int]:
@@ -262,12 +286,10 @@ class Decoder:
 
     def _compile(self, capacity: int) -> None:
         assert self.compiled_step is not None
-        # torch warns once that torchao's int4 tensors cannot key its compile cache: not the user's to act on, and
-        # a chat screen must not get stray lines from this thread.
-        warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching", category=UserWarning)
         try:
             if self.threads is not None:
                 torch.set_num_threads(self.threads)
+            self.compile_cached = compile_cache.load(self.compile_cache_file)
             with torch.inference_mode():
                 # Scratch caches (the live one belongs to the replies that run meanwhile). The first call compiles
                 # for its cache length, the next recompiles for any length: both here, not in a reply.
@@ -289,6 +311,10 @@ class Decoder:
                 del self._compiling[capacity]
                 self.compile_state = f"failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
             return
+        try:
+            compile_cache.save(self.compile_cache_file)
+        except OSError:  # a full or read-only disk: the next start compiles from scratch, this one is ready
+            pass
         with self._warm_lock:
             del self._compiling[capacity]
             self._compiled.add(capacity)

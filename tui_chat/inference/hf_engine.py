@@ -26,6 +26,7 @@ from trainer.home import DataHome
 from trainer.model_names import BUNDLED_NAME, engine_name
 from trainer.models import LoadedModel, ModelError, error_line, load_model
 
+from tui_chat.inference.compile_cache import cache_file
 from tui_chat.inference.decode_attention import use_one_query_attention
 from tui_chat.inference.decoding import Decoder, Sampler
 from tui_chat.inference.contract import Chunk, EngineError, EngineInfo, GenerationParams, GenerationStats, ProgressCallback, TextDelta
@@ -155,10 +156,22 @@ class HFEngine:
                 if loaded.device.type == "cpu":
                     use_one_query_attention(loaded.model)  # see decode_attention.py: long chats decoded 3-4x slower
                 self._stop_ids = _end_of_turn_ids(loaded)
+                threads = prompt_threads = None
+                if loaded.device.type == "cpu":
+                    threads = self.threads or inference_threads()
+                    # A long prompt on every core torch would use (a decode step on one; see Decoder.prompt_threads).
+                    prompt_threads = max(threads, torch.get_num_threads())
                 compile = pick_compile(loaded.device, self.compile)
-                threads = (self.threads or inference_threads()) if loaded.device.type == "cpu" else None
                 self._decoder = Decoder(
-                    loaded.model, loaded.device, loaded.context_limit, compile=compile, threads=threads
+                    loaded.model,
+                    loaded.device,
+                    loaded.context_limit,
+                    compile=compile,
+                    threads=threads,
+                    prompt_threads=prompt_threads,
+                    compile_cache_file=cache_file(self.models_dir, loaded.model, self.name, quantization, threads)
+                    if compile
+                    else None,
                 )
                 threading.Thread(target=_run_jobs, args=(self._jobs,), name=f"decode-{self.name}", daemon=True).start()
                 weakref.finalize(self, self._jobs.put, None)  # a dropped engine (a model switch) ends its thread
