@@ -78,6 +78,21 @@ class SFTConfig:
         default=None, metadata={"help": "passes over the training data (default: 1-8 by dataset size, printed)"}
     )
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (overrides --epochs)"})
+    no_early_stop: bool = field(
+        default=False,
+        metadata={
+            "help": "train every epoch and keep the last weights (default: stop once the validation loss stops "
+            "improving and keep the best epoch's weights)"
+        },
+    )
+    adapter_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "share of the LoRA update kept, 0-1: the model between the base (0) and the tuned one (1) "
+            "(default: chosen after training on the validation loss, within a bound on how far general answers "
+            "moved; printed)"
+        },
+    )
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: by method, printed)"})
     schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule: cosine, linear or constant"})
     warmup: float = field(default=0.05, metadata={"help": "warmup: a fraction of the steps (<1) or a step count"})
@@ -183,6 +198,10 @@ def validate(config: SFTConfig) -> None:
         raise ValueError("--max-steps must be at least 1")
     if config.epochs is not None and config.epochs <= 0:
         raise ValueError("--epochs must be positive")
+    if config.adapter_scale is not None and not 0 <= config.adapter_scale <= 1:
+        raise ValueError("--adapter-scale must be between 0 and 1")
+    if config.adapter_scale not in (None, 1) and config.method == "full":
+        raise ValueError("--adapter-scale needs --method lora (it scales the adapter); leave it out for full")
     if config.max_length < 16:
         raise ValueError("--max-length must be at least 16 tokens")
     if config.resume and not config.out:

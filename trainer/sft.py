@@ -38,13 +38,17 @@ from .config import SFTConfig, validate
 from .cpu_threads import ThreadGovernor
 from .data import Conversation, DataError, read_jsonl, split_conversations
 from .distill import mass_outside_top_k, teacher_targets
-from .evaluate import EvalResult, eval_key, evaluate
+from .early_stop import PATIENCE, BestEpoch
+from .evaluate import EvalResult, eval_key, evaluate, validation_loss
 from .home import DataHome
+from .interpolate import ALPHAS, AdapterScale, choose, distilled_set, measure
 from .loop import Loop, train
 from .loss import TokenLossModel
 from .progress import ProgressReporter
 from .render import RenderedSet, render_conversations
-from .replay import REPLAY_FILE, default_replay_count, replay_for_run, replay_to_generate, write_conversations
+from .replay import (
+    REPLAY_FILE, default_replay_count, drift_conversations, replay_for_run, replay_to_generate, write_conversations,
+)
 from .report import write_metrics, write_run_report
 from .retention import baseline_cached, evaluate_retention, measure_baseline
 from .save import generating, save_model
@@ -244,7 +248,9 @@ def _run(
         model, tokenizer = loaded.model, loaded.tokenizer
         base_parameters = sum(p.numel() for p in model.parameters())
         cache = None
-        if replay_count or not config.no_eval:
+        # With LoRA the kept share of the update is chosen after training (interpolate.py) unless the user set it.
+        choosing_scale = config.method == "lora" and config.adapter_scale is None
+        if replay_count or not config.no_eval or choosing_scale:
             cache = AnswerCache.of(model, tokenizer, home.root / CACHE_DIR, model_identity(loaded.source, dtype))
 
     def rethread(*_: Any) -> None:
@@ -264,6 +270,13 @@ def _run(
             replay = replay_for_run(model, tokenizer, replay_count, cache, bf16=bf16, near=files.train,
                                     resume_dir=run_dir if config.resume else None, progress=rethread)
             record["generated"] = cache.generated.get("replay", 0)
+    drift: list[Conversation] = []
+    if choosing_scale:
+        with clock.phase("drift") as record:
+            rethread()
+            generated = cache.generated.get("replay", 0)
+            drift = drift_conversations(model, tokenizer, cache, bf16=bf16, progress=rethread)
+            record["generated"] = cache.generated.get("replay", 0) - generated
     baseline = None
     if not config.no_eval:
         with clock.phase("baseline") as record:
@@ -327,6 +340,13 @@ def _run(
             dataclasses.replace(e, teacher=t) for e, t in zip(replayed, targets)
         ]
         outside_top_k = mass_outside_top_k(targets)
+    drift_batches = None
+    if drift:
+        with clock.phase("distill_drift"):
+            drift_batches = _eval_batches(
+                distilled_set(model, tokenizer, drift, collate, config.micro_batch, autocast, config.max_length),
+                config.micro_batch, collate,
+            )
     lengths = [len(e) for e in data.train.examples]
     sampler = LengthGroupedBatches(lengths, config.micro_batch, config.seed)
     # The loader's own generator: starting an iteration draws a seed from it, and drawing from the global RNG
@@ -392,15 +412,43 @@ def _run(
             if accelerator.is_main_process:
                 rundir.write_json_atomic(before_path, dataclasses.asdict(before))
 
-    # -- the loop
+    def val_loss() -> float:
+        """Mean loss per assistant token on the validation split, as the model is now (0 without one)."""
+        unwrapped = accelerator.unwrap_model(trained).model
+        return validation_loss(unwrapped, val_batches(), device, bf16)[0] if data.val.examples else 0.0
+
+    # -- the loop; with a validation split, early stopping keeps the best epoch (early_stop.py)
+    # (--no-early-stop: the losses are still recorded, for the report)
+    best = BestEpoch(trainable, val_loss, None if config.no_early_stop else PATIENCE) if data.val.examples else None
     loop = Loop(
         accelerator, trained, trainable, optimizer, scheduler, loader, sampler, autocast, config.grad_accum,
-        steps_per_epoch, total_steps, config.save_every, run_dir,
+        steps_per_epoch, total_steps, config.save_every, run_dir, epoch_end=best.epoch_end if best else None,
     )
     with clock.phase("train", start_step=step) as record:
         result = train(loop, step, progress=progress, stop=stop, governor=governor, started=started)
         record.update(steps=result.step - step, tokens=result.tokens)
     step = result.step
+    if best is not None and best.losses:
+        if not config.no_early_stop:
+            best.restore()
+        progress.info(f"early stopping: validation loss by epoch {', '.join(f'{v:.3f}' for v in best.losses)}; "
+                      f"kept epoch {best.best_epoch}")
+
+    # -- how much of the LoRA update to keep (interpolate.py): chosen here, or as --adapter-scale says
+    scale, points = None, []
+    if config.method == "lora" and config.adapter_scale != 1:
+        scale = AdapterScale(accelerator.unwrap_model(trained).model)
+        if drift_batches is None:
+            scale.set(config.adapter_scale if config.adapter_scale is not None else 1.0)
+        else:
+            with clock.phase("interpolate"):
+                unwrapped = accelerator.unwrap_model(trained).model
+                points = measure(scale, ALPHAS, val_loss,
+                                 lambda: validation_loss(unwrapped, drift_batches(), device, bf16)[0])
+                scale.set(choose(points).alpha)
+            progress.info("adapter scale: " + ", ".join(
+                f"{p.alpha:g}: val loss {p.val_loss:.3f} drift {p.drift:.3f}" for p in points
+            ) + f"; kept {scale.alpha:g} (the lowest validation loss whose drift on general answers is in bounds)")
 
     # -- evaluate, save (the model loads from then on: COMPLETE), then retention, then the report
     after = None
@@ -460,6 +508,8 @@ def _run(
                        "loss": config.replay_loss,
                        # The base model's mean probability outside the TOP_K tokens distillation keeps.
                        "outside_top_k": outside_top_k},
+            "early_stop": {"val_losses": best.losses, "best_epoch": best.best_epoch} if best else None,
+            "adapter_scale": {"alpha": scale.alpha if scale else 1.0, "points": [dataclasses.asdict(p) for p in points]},
             "replay_tokens_each": sum(lengths[data.replay_from :]) / len(replay) if replay else None,
             "retention": {**retention.metrics(), "warning": retention_warning} if retention else None,
             "startup_s": startup_s,
