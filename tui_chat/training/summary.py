@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from sessions import TrainingRun, counted, minute_text
+from trainer.outcome import outcome_line
 
 from tui_chat.training.monitor import RunProgress, is_active
 
@@ -104,7 +105,9 @@ def finish_summary(run: TrainingRun) -> str:
         measured = metrics_text(metrics)
         steps = f" ({counted(metrics['steps'], 'step')})" if metrics.get("steps") else ""
         warning = (metrics.get("retention") or {}).get("warning")
-        return (f"{run.name} finished{took}{steps}" + (f": {measured}" if measured else "")
+        outcome = outcome_line(metrics)
+        return (f"{run.name} finished{took}{steps}" + (f". {outcome} Measured" if outcome else "")
+                + (f": {measured}" if measured else "")
                 + (f". Warning: {warning}" if warning else "") + f". Chat with it: /model {run.name}")
     if run.status == "failed":
         return f"{run.name} failed: {run.error or 'no reason recorded'}. Log: {run.log_path}"
