@@ -12,6 +12,7 @@ import time
 BENCHMARKS = [
     "decode",
     "decode_process",
+    "learn",
     "small_runs",
     "store",
     "train",

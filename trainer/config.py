@@ -137,6 +137,17 @@ class SFTConfig:
             epochs=self.epochs if self.epochs is not None else auto_epochs(n_conversations),
         )
 
+    def describe(self, replay_count: int) -> str:
+        """The resolved settings that decide what is learned, in one line (printed when training starts)."""
+        method = f"LoRA rank {self.lora_r} on {self.lora_targets}" if self.method == "lora" else "full fine-tune"
+        epochs = f"{self.epochs:g} epochs" if self.max_steps is None else f"{self.max_steps} steps"
+        stop = "every epoch kept" if self.no_early_stop else "stopping when the validation loss stops improving"
+        replay = f"{replay_count} replayed ({self.replay_loss})" if replay_count else "no replay"
+        scale = ("the share of the update kept chosen after training" if self.adapter_scale is None
+                 else f"{self.adapter_scale:g} of the update kept")
+        return f"{method}, lr {self.lr:g}, up to {epochs} ({stop}), {replay}" + (
+            f", {scale}" if self.method == "lora" else "")
+
     def bf16(self, device: torch.device) -> bool:
         """Whether training autocasts to bf16 on ``device`` (--precision; auto: where it is fast)."""
         from .devices import bf16_is_fast

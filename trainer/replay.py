@@ -44,7 +44,7 @@ DRIFT_PROMPTS = 32
 # Replay conversations per user conversation, and bounds (see default_replay_count).
 REPLAY_RATIO = 2.0
 MIN_REPLAY = 16
-MAX_REPLAY = 64
+MAX_REPLAY = 32
 # Words rarer than this across the replay prompts (inverse document frequency, natural log) say what a prompt is
 # about: "capital" (10 of 329 prompts) is 3.5, "what" 0.8. Only those words make a prompt near the user's data.
 TOPIC_MIN_IDF = 2.0

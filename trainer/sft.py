@@ -241,6 +241,7 @@ def _run(
     set_seed(config.seed)
     dtype = config.base_dtype(bf16)
     replay_count = 0 if config.no_replay else config.replay if config.replay is not None else default_replay_count(n_user)
+    progress.info(f"settings: {config.describe(replay_count)}")
     progress.info(f"loading {config.model}")
     with clock.phase("load"):
         loaded = load_model(config.model, models_dir=home.models, device=str(device), dtype=dtype,
