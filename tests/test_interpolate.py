@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from trainer.config import SFTConfig
-from trainer.interpolate import ALPHAS, DRIFT_LIMIT, AdapterScale, ScalePoint, choose
+from trainer.interpolate import ALPHAS, AdapterScale, ScalePoint, choose
 from trainer.progress import ProgressReporter
 from trainer.sft import SettingsError, run_sft
 
@@ -54,16 +54,19 @@ def test_interpolation_needs_a_lora_model(tiny_dir: Path) -> None:
         AdapterScale(AutoModelForCausalLM.from_pretrained(tiny_dir))
 
 
-def test_the_rule_takes_the_lowest_validation_loss_whose_drift_is_in_bounds() -> None:
-    points = [ScalePoint(1.0, 1.0, 0.30), ScalePoint(0.8, 1.1, 0.04), ScalePoint(0.6, 1.3, 0.02)]
-    assert choose(points, limit=0.05).alpha == 0.8  # 1.0 learns most but moved general answers too far
-    assert choose(points, limit=0.5).alpha == 1.0
-    # Interpolating can also lower the validation loss (WiSE-FT): the best one in bounds wins, not the largest.
-    assert choose([ScalePoint(1.0, 1.2, 0.01), ScalePoint(0.8, 1.0, 0.005)], limit=0.05).alpha == 0.8
-    assert choose([ScalePoint(1.0, 1.0, 0.01), ScalePoint(0.8, 1.0, 0.005)], limit=0.05).alpha == 1.0  # a tie
-    assert choose(points, limit=0.01).alpha == 0.6  # none in bounds: the least drift measured
-    with pytest.raises(ValueError):
-        choose([])
+def test_the_rule_takes_the_least_drift_that_keeps_most_of_the_validation_gain() -> None:
+    points = [ScalePoint(1.0, 2.0, 0.30), ScalePoint(0.7, 2.05, 0.20), ScalePoint(0.4, 2.5, 0.10)]
+    # Base 3.0: the whole update gains 1.0; 0.7 keeps 0.95 of it with less drift, 0.4 only 0.5.
+    assert choose(points, 3.0, keep=0.9).alpha == 0.7
+    assert choose(points, 3.0, keep=0.99).alpha == 1.0
+    assert choose(points, 3.0, keep=0.5).alpha == 0.4
+    # Interpolating can also lower the validation loss (WiSE-FT): it keeps more than the whole gain.
+    assert choose([ScalePoint(1.0, 2.0, 0.3), ScalePoint(0.7, 1.9, 0.2)], 3.0).alpha == 0.7
+    # Nothing gained on validation (or no validation split: every loss 0): the update stays whole.
+    assert choose(points, 1.5).alpha == 1.0
+    assert choose([ScalePoint(1.0, 0.0, 0.3), ScalePoint(0.4, 0.0, 0.1)], 0.0).alpha == 1.0
+    with pytest.raises(ValueError, match="alpha 1"):
+        choose(points[1:], 3.0)
 
 
 def run(tiny_dir: Path, tmp_path: Path, name: str, **changes) -> tuple[Path, dict]:
@@ -83,12 +86,13 @@ def test_a_run_measures_every_candidate_and_saves_the_chosen_model(
     _, metrics = run(tiny_dir, tmp_path, "chosen")
     points = [ScalePoint(**p) for p in metrics["adapter_scale"]["points"]]
     assert [p.alpha for p in points] == list(ALPHAS)
-    assert metrics["adapter_scale"]["alpha"] == choose(points, DRIFT_LIMIT).alpha
+    assert metrics["adapter_scale"]["alpha"] == choose(points, metrics["adapter_scale"]["base_val_loss"]).alpha
+    assert metrics["adapter_scale"]["base_val_loss"] == pytest.approx(metrics["before"]["val_loss"], rel=0.05)
     assert points[0].drift > points[-1].drift >= 0  # less of the update: closer to the base model
 
     base = AutoModelForCausalLM.from_pretrained(tiny_dir)
     run_dir, metrics = run(tiny_dir, tmp_path, "none-kept", adapter_scale=0.0)
-    assert metrics["adapter_scale"] == {"alpha": 0.0, "points": []}
+    assert metrics["adapter_scale"] == {"alpha": 0.0, "base_val_loss": None, "points": []}
     saved = load_file(run_dir / "model.safetensors")
     for name, weight in base.state_dict().items():
         if name in saved:

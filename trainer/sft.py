@@ -41,7 +41,7 @@ from .distill import mass_outside_top_k, teacher_targets
 from .early_stop import PATIENCE, BestEpoch
 from .evaluate import EvalResult, eval_key, evaluate, validation_loss
 from .home import DataHome
-from .interpolate import ALPHAS, AdapterScale, choose, distilled_set, measure
+from .interpolate import ALPHAS, GAIN_KEPT, AdapterScale, choose, distilled_set, measure
 from .loop import Loop, train
 from .loss import TokenLossModel
 from .progress import ProgressReporter
@@ -436,7 +436,7 @@ def _run(
                       f"kept epoch {best.best_epoch}")
 
     # -- how much of the LoRA update to keep (interpolate.py): chosen here, or as --adapter-scale says
-    scale, points = None, []
+    scale, points, base_val_loss = None, [], None
     if config.method == "lora" and config.adapter_scale != 1:
         scale = AdapterScale(accelerator.unwrap_model(trained).model)
         if drift_batches is None:
@@ -444,12 +444,13 @@ def _run(
         else:
             with clock.phase("interpolate"):
                 unwrapped = accelerator.unwrap_model(trained).model
-                points = measure(scale, ALPHAS, val_loss,
-                                 lambda: validation_loss(unwrapped, drift_batches(), device, bf16)[0])
-                scale.set(choose(points).alpha)
-            progress.info("adapter scale: " + ", ".join(
+                base_val_loss, points = measure(
+                    scale, ALPHAS, val_loss, lambda: validation_loss(unwrapped, drift_batches(), device, bf16)[0])
+                scale.set(choose(points, base_val_loss).alpha)
+            progress.info(f"adapter scale: 0: val loss {base_val_loss:.3f}, " + ", ".join(
                 f"{p.alpha:g}: val loss {p.val_loss:.3f} drift {p.drift:.3f}" for p in points
-            ) + f"; kept {scale.alpha:g} (the lowest validation loss whose drift on general answers is in bounds)")
+            ) + f"; kept {scale.alpha:g} (the least drift on general answers that keeps {GAIN_KEPT:.0%} of the "
+                "validation gain)")
 
     # -- evaluate, save (the model loads from then on: COMPLETE), then retention, then the report
     after = None
@@ -510,7 +511,8 @@ def _run(
                        # The base model's mean probability outside the TOP_K tokens distillation keeps.
                        "outside_top_k": outside_top_k},
             "early_stop": {"val_losses": best.losses, "best_epoch": best.best_epoch} if best else None,
-            "adapter_scale": {"alpha": scale.alpha if scale else 1.0, "points": [dataclasses.asdict(p) for p in points]},
+            "adapter_scale": {"alpha": scale.alpha if scale else 1.0, "base_val_loss": base_val_loss,
+                              "points": [dataclasses.asdict(p) for p in points]},
             "replay_tokens_each": sum(lengths[data.replay_from :]) / len(replay) if replay else None,
             "retention": {**retention.metrics(), "warning": retention_warning} if retention else None,
             "startup_s": startup_s,
