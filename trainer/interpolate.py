@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -95,6 +95,38 @@ def choose(points: Sequence[ScalePoint], base_val_loss: float, keep: float = GAI
         return whole
     kept = [p for p in points if base_val_loss - p.val_loss >= keep * gain]
     return min(kept, key=lambda p: (p.drift, -p.alpha))
+
+
+@dataclass
+class Interpolation:
+    """What a run kept of its update and, when it chose, what it measured to choose."""
+
+    alpha: float
+    base_val_loss: float | None = None  # the validation loss at alpha 0
+    points: list[ScalePoint] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "base_val_loss": self.base_val_loss,
+                "points": [dataclasses.asdict(p) for p in self.points]}
+
+    def describe(self) -> str:
+        measured = ", ".join(f"{p.alpha:g}: val loss {p.val_loss:.3f} drift {p.drift:.3f}" for p in self.points)
+        return (f"adapter scale: 0: val loss {self.base_val_loss:.3f}, {measured}; kept {self.alpha:g} (the least "
+                f"drift on general answers that keeps {GAIN_KEPT:.0%} of the validation gain)")
+
+
+def interpolate(
+    model: Any, fixed: float | None, val_loss: Callable[[], float], drift: Callable[[], float] | None
+) -> Interpolation:
+    """Scale ``model``'s (a PEFT model's) update in place: to ``fixed``, else as chosen on ``val_loss`` and ``drift``
+    (the rule above), or kept whole when there is nothing to measure the drift on."""
+    scale = AdapterScale(model)
+    if fixed is not None or drift is None:
+        scale.set(1.0 if fixed is None else fixed)
+        return Interpolation(scale.alpha)
+    base, points = measure(scale, ALPHAS, val_loss, drift)
+    scale.set(choose(points, base).alpha)
+    return Interpolation(scale.alpha, base, points)
 
 
 def distilled_set(

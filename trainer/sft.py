@@ -41,7 +41,7 @@ from .distill import mass_outside_top_k, teacher_targets
 from .early_stop import PATIENCE, BestEpoch
 from .evaluate import EvalResult, eval_key, evaluate, validation_loss
 from .home import DataHome
-from .interpolate import ALPHAS, GAIN_KEPT, AdapterScale, choose, distilled_set, measure
+from .interpolate import Interpolation, distilled_set, interpolate
 from .loop import Loop, train
 from .loss import TokenLossModel
 from .progress import ProgressReporter
@@ -436,21 +436,14 @@ def _run(
                       f"kept epoch {best.best_epoch}")
 
     # -- how much of the LoRA update to keep (interpolate.py): chosen here, or as --adapter-scale says
-    scale, points, base_val_loss = None, [], None
+    interpolation = None
     if config.method == "lora" and config.adapter_scale != 1:
-        scale = AdapterScale(accelerator.unwrap_model(trained).model)
-        if drift_batches is None:
-            scale.set(config.adapter_scale if config.adapter_scale is not None else 1.0)
-        else:
-            with clock.phase("interpolate"):
-                unwrapped = accelerator.unwrap_model(trained).model
-                base_val_loss, points = measure(
-                    scale, ALPHAS, val_loss, lambda: validation_loss(unwrapped, drift_batches(), device, bf16)[0])
-                scale.set(choose(points, base_val_loss).alpha)
-            progress.info(f"adapter scale: 0: val loss {base_val_loss:.3f}, " + ", ".join(
-                f"{p.alpha:g}: val loss {p.val_loss:.3f} drift {p.drift:.3f}" for p in points
-            ) + f"; kept {scale.alpha:g} (the least drift on general answers that keeps {GAIN_KEPT:.0%} of the "
-                "validation gain)")
+        unwrapped = accelerator.unwrap_model(trained).model
+        drift_loss = (lambda: validation_loss(unwrapped, drift_batches(), device, bf16)[0]) if drift_batches else None
+        with clock.phase("interpolate"):
+            interpolation = interpolate(unwrapped, config.adapter_scale, val_loss, drift_loss)
+        if interpolation.points:
+            progress.info(interpolation.describe())
 
     # -- evaluate, save (the model loads from then on: COMPLETE), then retention, then the report
     after = None
@@ -511,8 +504,7 @@ def _run(
                        # The base model's mean probability outside the TOP_K tokens distillation keeps.
                        "outside_top_k": outside_top_k},
             "early_stop": {"val_losses": best.losses, "best_epoch": best.best_epoch} if best else None,
-            "adapter_scale": {"alpha": scale.alpha if scale else 1.0, "base_val_loss": base_val_loss,
-                              "points": [dataclasses.asdict(p) for p in points]},
+            "adapter_scale": (interpolation or Interpolation(1.0)).metrics(),
             "replay_tokens_each": sum(lengths[data.replay_from :]) / len(replay) if replay else None,
             "retention": {**retention.metrics(), "warning": retention_warning} if retention else None,
             "startup_s": startup_s,
