@@ -28,7 +28,7 @@ def test_the_finish_summary_says_it() -> None:
     run = store.create_training_run("r", base_model="smollm2")
     run = store.update_training_run(run.id, status="finished", metrics=METRICS)
     assert finish_summary(run) == (
-        "r finished. Your held-out chats: 21% less surprising to the model (perplexity 59 -> 47). General knowledge "
-        "kept: 25 of 26 answers (96%). Measured: validation perplexity 59.04 -> 46.80, retention 96% (25/26 general "
-        "facts kept). Chat with it: /model r"
+        "r finished: validation perplexity 59.04 -> 46.80, retention 96% (25/26 general facts kept). Your held-out "
+        "chats: 21% less surprising to the model (perplexity 59 -> 47). General knowledge kept: 25 of 26 answers "
+        "(96%). Chat with it: /model r"
     )

@@ -106,9 +106,9 @@ def finish_summary(run: TrainingRun) -> str:
         steps = f" ({counted(metrics['steps'], 'step')})" if metrics.get("steps") else ""
         warning = (metrics.get("retention") or {}).get("warning")
         outcome = outcome_line(metrics)
-        return (f"{run.name} finished{took}{steps}" + (f". {outcome} Measured" if outcome else "")
-                + (f": {measured}" if measured else "")
-                + (f". Warning: {warning}" if warning else "") + f". Chat with it: /model {run.name}")
+        return (f"{run.name} finished{took}{steps}" + (f": {measured}" if measured else "")
+                + (f". Warning: {warning}" if warning else "") + (f". {outcome[:-1]}" if outcome else "")
+                + f". Chat with it: /model {run.name}")
     if run.status == "failed":
         return f"{run.name} failed: {run.error or 'no reason recorded'}. Log: {run.log_path}"
     if run.status == "cancelled":
