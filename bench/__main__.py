@@ -14,6 +14,7 @@ BENCHMARKS = [
     "decode",
     "decode_process",
     "gpu",
+    "learn",
     "serve",
     "small_runs",
     "store",

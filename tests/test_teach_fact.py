@@ -144,7 +144,10 @@ def test_teach_facts_and_keep_general_knowledge(bundled_home: DataHome, tmp_path
     # Issue 8's target: 90%. Measured with these defaults (LoRA rank 4, lr 2e-3, 8 epochs, 36 replayed of which half
     # on the facts' topics, learned by distillation from the base model: distill.py): 24 of 26 (92%) in this test and
     # at seeds 0 and 1, 22 (85%) at seed 2; cross-entropy replay kept 20-23 (77-88%). Runs vary by an answer or two,
-    # so this can fail now and then: a failure that repeats is a regression.
+    # so this can fail now and then: a failure that repeats is a regression. Issue 17 changed the defaults (early
+    # stopping on the validation split, part of the update kept when that keeps 90% of the validation gain with
+    # less drift, replay capped at 32, which here gives 32 instead of 36); its run of this set could not finish on
+    # the machine shared then (README: Replay and retention), so the numbers above are from the defaults before.
     assert retention["retention"] >= 0.9, retention
     # Target: 300 s. Measured with distilled replay: 262 s here (220 s training + 42 s generating the replay and the
     # base model's distributions on it) while other jobs shared the cores part of the time; on a quiet machine 141 s

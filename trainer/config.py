@@ -78,6 +78,21 @@ class SFTConfig:
         default=None, metadata={"help": "passes over the training data (default: 1-8 by dataset size, printed)"}
     )
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (overrides --epochs)"})
+    no_early_stop: bool = field(
+        default=False,
+        metadata={
+            "help": "train every epoch and keep the last weights (default: stop once the validation loss stops "
+            "improving and keep the best epoch's weights)"
+        },
+    )
+    adapter_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "share of the LoRA update kept, 0-1: the model between the base (0) and the tuned one (1) "
+            "(default: chosen after training on the validation loss, within a bound on how far general answers "
+            "moved; printed)"
+        },
+    )
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: by method, printed)"})
     schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule: cosine, linear or constant"})
     warmup: float = field(default=0.05, metadata={"help": "warmup: a fraction of the steps (<1) or a step count"})
@@ -121,6 +136,17 @@ class SFTConfig:
             lr=self.lr if self.lr is not None else DEFAULT_LR[method],
             epochs=self.epochs if self.epochs is not None else auto_epochs(n_conversations),
         )
+
+    def describe(self, replay_count: int) -> str:
+        """The resolved settings that decide what is learned, in one line (printed when training starts)."""
+        method = f"LoRA rank {self.lora_r} on {self.lora_targets}" if self.method == "lora" else "full fine-tune"
+        epochs = f"{self.epochs:g} epochs" if self.max_steps is None else f"{self.max_steps} steps"
+        stop = "every epoch kept" if self.no_early_stop else "stopping when the validation loss stops improving"
+        replay = f"{replay_count} replayed ({self.replay_loss})" if replay_count else "no replay"
+        scale = ("the share of the update kept chosen after training" if self.adapter_scale is None
+                 else f"{self.adapter_scale:g} of the update kept")
+        return f"{method}, lr {self.lr:g}, up to {epochs} ({stop}), {replay}" + (
+            f", {scale}" if self.method == "lora" else "")
 
     def bf16(self, device: torch.device) -> bool:
         """Whether training autocasts to bf16 on ``device`` (--precision; auto: where it is fast)."""
@@ -183,6 +209,10 @@ def validate(config: SFTConfig) -> None:
         raise ValueError("--max-steps must be at least 1")
     if config.epochs is not None and config.epochs <= 0:
         raise ValueError("--epochs must be positive")
+    if config.adapter_scale is not None and not 0 <= config.adapter_scale <= 1:
+        raise ValueError("--adapter-scale must be between 0 and 1")
+    if config.adapter_scale not in (None, 1) and config.method == "full":
+        raise ValueError("--adapter-scale needs --method lora (it scales the adapter); leave it out for full")
     if config.max_length < 16:
         raise ValueError("--max-length must be at least 16 tokens")
     if config.resume and not config.out:

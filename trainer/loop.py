@@ -46,6 +46,8 @@ class Loop:
     total_steps: int
     save_every: int
     run_dir: Path
+    # Called after each epoch (and after the last step); True stops training there (early_stop.py).
+    epoch_end: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -109,7 +111,8 @@ def train(
     reason. ``started``: when the run began (time.time()), for the elapsed time in step events."""
     accelerator = loop.accelerator
     seconds, cpu_s, tokens, first_step, last_loss = 0.0, 0.0, 0, step, float("nan")
-    while step < loop.total_steps and not stop:
+    ended = False
+    while step < loop.total_steps and not stop and not ended:
         epoch, done_in_epoch = divmod(step, loop.steps_per_epoch)
         loop.sampler.set_epoch(epoch)
         skip = done_in_epoch * loop.grad_accum
@@ -140,7 +143,10 @@ def train(
             )
             if loop.save_every and step % loop.save_every == 0 and step < loop.total_steps:
                 save_checkpoint(accelerator, loop.run_dir, step, epoch, progress)
-    if stop and step < loop.total_steps:
+            if loop.epoch_end and (step % loop.steps_per_epoch == 0 or step == loop.total_steps) and loop.epoch_end():
+                ended = True
+                break
+    if stop and step < loop.total_steps and not ended:
         path = save_checkpoint(accelerator, loop.run_dir, step, step // loop.steps_per_epoch, progress)
         progress.emit("stopped", step=step, reason=stop["reason"], checkpoint=str(path))
         raise TrainingStopped(f"stopped by {stop['reason']} at step {step}; --resume continues from {path}")

@@ -8,13 +8,16 @@ from typing import Any, Sequence
 
 from . import rundir
 from .evaluate import EvalResult
+from .outcome import outcome_line
 from .retention import RetentionResult, report_section
 
 # The phases report.md lists, in run order, as people call them (timings.py defines them).
 PHASE_NAMES = {
-    "load": "load the base model", "replay": "replay answers", "baseline": "retention: the base model's side",
-    "distill": "replay distributions", "eval_before": "evaluate before", "train": "train",
-    "eval_after": "evaluate after", "save": "save", "retention": "retention: the trained model",
+    "load": "load the base model", "replay": "replay answers", "drift": "drift answers",
+    "baseline": "retention: the base model's side", "distill": "replay distributions",
+    "distill_drift": "drift distributions", "eval_before": "evaluate before", "train": "train",
+    "interpolate": "choose the share of the update", "eval_after": "evaluate after", "save": "save",
+    "retention": "retention: the trained model",
 }
 
 
@@ -77,6 +80,8 @@ def write_report(
     """report.md: settings, data counts, before/after metrics and sample replies side by side, then ``sections``
     (Markdown written by other parts of the run, e.g. retention)."""
     lines = [f"# Fine-tune of {metrics['base_model']}", ""]
+    if outcome := outcome_line(metrics):
+        lines += [f"**{outcome}**", ""]
     lines += [f"- method: {metrics['method']}, steps: {metrics['steps']}, epochs: {metrics['epochs']:.2f}"]
     lines += [f"- training time: {metrics['train_time_s']:.0f} s, {metrics['tokens_per_s']:.0f} tokens/s"]
     data = metrics["data"]
@@ -127,6 +132,24 @@ def _replay_line(metrics: dict[str, Any]) -> str:
             f"training ({source}; {replay['prepare_s']:.0f} s to prepare); {learned}")
 
 
+def _early_stop_line(metrics: dict[str, Any]) -> str:
+    stop = metrics.get("early_stop")
+    if not stop or not stop["val_losses"]:
+        return ""
+    losses = ", ".join(f"{v:.3f}" for v in stop["val_losses"])
+    return f"- validation loss after each epoch: {losses}; the weights of epoch {stop['best_epoch']} were kept\n"
+
+
+def _scale_line(metrics: dict[str, Any]) -> str:
+    scale = metrics.get("adapter_scale")
+    if not scale or (scale["alpha"] == 1 and not scale["points"]):
+        return ""
+    tried = "; ".join(f"{p['alpha']:g}: validation loss {p['val_loss']:.3f}, drift {p['drift']:.3f}"
+                      for p in scale["points"])
+    return (f"- share of the LoRA update kept: {scale['alpha']:g}" + (f" (tried {tried})" if tried else "")
+            + "\n")
+
+
 def _time_section(metrics: dict[str, Any]) -> str:
     """Each phase's seconds, and which came from the cache of the base model's side."""
     lines = ["## Time", ""]
@@ -157,7 +180,8 @@ def write_run_report(
     has_plot = plot_loss(read_progress(run_dir / rundir.PROGRESS_LOG), run_dir / "loss.png") is not None
     schedule = metrics["schedule"]
     sections = [f"## Schedule and replay\n\n- schedule: {schedule['epochs']:g} epochs at lr {schedule['lr']:g} for "
-                f"{schedule['user_conversations']} conversations\n{_replay_line(metrics)}\n"]
+                f"{schedule['user_conversations']} conversations\n{_early_stop_line(metrics)}{_scale_line(metrics)}"
+                f"{_replay_line(metrics)}\n"]
     if retention is not None:
         sections.append(report_section(retention, retention_warning))
         rundir.write_json_atomic(run_dir / "retention.json", retention.as_dict())

@@ -38,13 +38,17 @@ from .config import SFTConfig, validate
 from .cpu_threads import ThreadGovernor
 from .data import Conversation, DataError, read_jsonl, split_conversations
 from .distill import mass_outside_top_k, teacher_targets
-from .evaluate import EvalResult, eval_key, evaluate
+from .early_stop import PATIENCE, BestEpoch
+from .evaluate import EvalResult, eval_key, evaluate, validation_loss
 from .home import DataHome
+from .interpolate import Interpolation, distilled_set, interpolate
 from .loop import Loop, train
 from .loss import TokenLossModel
 from .progress import ProgressReporter
 from .render import RenderedSet, render_conversations
-from .replay import REPLAY_FILE, default_replay_count, replay_for_run, replay_to_generate, write_conversations
+from .replay import (
+    REPLAY_FILE, default_replay_count, drift_conversations, replay_for_run, replay_to_generate, write_conversations,
+)
 from .report import write_metrics, write_run_report
 from .retention import baseline_cached, evaluate_retention, measure_baseline
 from .save import generating, save_model
@@ -237,6 +241,7 @@ def _run(
     set_seed(config.seed)
     dtype = config.base_dtype(bf16)
     replay_count = 0 if config.no_replay else config.replay if config.replay is not None else default_replay_count(n_user)
+    progress.info(f"settings: {config.describe(replay_count)}")
     progress.info(f"loading {config.model}")
     with clock.phase("load"):
         loaded = load_model(config.model, models_dir=home.models, device=str(device), dtype=dtype,
@@ -244,7 +249,9 @@ def _run(
         model, tokenizer = loaded.model, loaded.tokenizer
         base_parameters = sum(p.numel() for p in model.parameters())
         cache = None
-        if replay_count or not config.no_eval:
+        # With LoRA the kept share of the update is chosen after training (interpolate.py) unless the user set it.
+        choosing_scale = config.method == "lora" and config.adapter_scale is None
+        if replay_count or not config.no_eval or choosing_scale:
             cache = AnswerCache.of(model, tokenizer, home.root / CACHE_DIR, model_identity(loaded.source, dtype))
 
     def rethread(*_: Any) -> None:
@@ -264,6 +271,13 @@ def _run(
             replay = replay_for_run(model, tokenizer, replay_count, cache, bf16=bf16, near=files.train,
                                     resume_dir=run_dir if config.resume else None, progress=rethread)
             record["generated"] = cache.generated.get("replay", 0)
+    drift: list[Conversation] = []
+    if choosing_scale:
+        with clock.phase("drift") as record:
+            rethread()
+            generated = cache.generated.get("replay", 0)
+            drift = drift_conversations(model, tokenizer, cache, bf16=bf16, progress=rethread)
+            record["generated"] = cache.generated.get("replay", 0) - generated
     baseline = None
     if not config.no_eval:
         with clock.phase("baseline") as record:
@@ -327,6 +341,13 @@ def _run(
             dataclasses.replace(e, teacher=t) for e, t in zip(replayed, targets)
         ]
         outside_top_k = mass_outside_top_k(targets)
+    drift_batches = None
+    if drift:
+        with clock.phase("distill_drift"):
+            drift_batches = _eval_batches(
+                distilled_set(model, tokenizer, drift, collate, config.micro_batch, autocast, config.max_length),
+                config.micro_batch, collate,
+            )
     lengths = [len(e) for e in data.train.examples]
     sampler = LengthGroupedBatches(lengths, config.micro_batch, config.seed)
     # The loader's own generator: starting an iteration draws a seed from it, and drawing from the global RNG
@@ -392,10 +413,17 @@ def _run(
             if accelerator.is_main_process:
                 rundir.write_json_atomic(before_path, dataclasses.asdict(before))
 
-    # -- the loop
+    def val_loss() -> float:
+        """Mean loss per assistant token on the validation split, as the model is now (0 without one)."""
+        unwrapped = accelerator.unwrap_model(trained).model
+        return validation_loss(unwrapped, val_batches(), device, bf16)[0] if data.val.examples else 0.0
+
+    # -- the loop; with a validation split, early stopping keeps the best epoch (early_stop.py)
+    # (--no-early-stop: the losses are still recorded, for the report)
+    best = BestEpoch(trainable, val_loss, None if config.no_early_stop else PATIENCE) if data.val.examples else None
     loop = Loop(
         accelerator, trained, trainable, optimizer, scheduler, loader, sampler, autocast, config.grad_accum,
-        steps_per_epoch, total_steps, config.save_every, run_dir,
+        steps_per_epoch, total_steps, config.save_every, run_dir, epoch_end=best.epoch_end if best else None,
     )
     # peft casts a LoRA layer's input to its fp32 weights and autocast casts it straight back to bf16: two copies of
     # the activations per layer. Without them a LoRA step took ~5% less CPU (bench/train.py's data, one thread).
@@ -406,6 +434,21 @@ def _run(
         result = train(loop, step, progress=progress, stop=stop, governor=governor, started=started)
         record.update(steps=result.step - step, tokens=result.tokens)
     step = result.step
+    if best is not None and best.losses:
+        if not config.no_early_stop:
+            best.restore()
+        progress.info(f"early stopping: validation loss by epoch {', '.join(f'{v:.3f}' for v in best.losses)}; "
+                      f"kept epoch {best.best_epoch}")
+
+    # -- how much of the LoRA update to keep (interpolate.py): chosen here, or as --adapter-scale says
+    interpolation = None
+    if config.method == "lora" and config.adapter_scale != 1:
+        unwrapped = accelerator.unwrap_model(trained).model
+        drift_loss = (lambda: validation_loss(unwrapped, drift_batches(), device, bf16)[0]) if drift_batches else None
+        with clock.phase("interpolate"):
+            interpolation = interpolate(unwrapped, config.adapter_scale, val_loss, drift_loss)
+        if interpolation.points:
+            progress.info(interpolation.describe())
 
     # -- evaluate, save (the model loads from then on: COMPLETE), then retention, then the report
     after = None
@@ -465,6 +508,8 @@ def _run(
                        "loss": config.replay_loss,
                        # The base model's mean probability outside the TOP_K tokens distillation keeps.
                        "outside_top_k": outside_top_k},
+            "early_stop": {"val_losses": best.losses, "best_epoch": best.best_epoch} if best else None,
+            "adapter_scale": (interpolation or Interpolation(1.0)).metrics(),
             "replay_tokens_each": sum(lengths[data.replay_from :]) / len(replay) if replay else None,
             "retention": {**retention.metrics(), "warning": retention_warning} if retention else None,
             "startup_s": startup_s,

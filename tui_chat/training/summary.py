@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from sessions import Store, TrainingRun, WinRate, counted, minute_text
+from trainer.outcome import outcome_line
 
 from tui_chat.training.monitor import RunProgress, is_active
 
@@ -118,8 +119,10 @@ def finish_summary(run: TrainingRun, win: WinRate | None = None) -> str:
         measured = ", ".join(part for part in (metrics_text(metrics), win and win_rate_text(win)) if part)
         steps = f" ({counted(metrics['steps'], 'step')})" if metrics.get("steps") else ""
         warning = (metrics.get("retention") or {}).get("warning")
+        outcome = outcome_line(metrics)
         return (f"{run.name} finished{took}{steps}" + (f": {measured}" if measured else "")
-                + (f". Warning: {warning}" if warning else "") + f". Chat with it: /model {run.name}")
+                + (f". Warning: {warning}" if warning else "") + (f". {outcome[:-1]}" if outcome else "")
+                + f". Chat with it: /model {run.name}")
     if run.status == "failed":
         return f"{run.name} failed: {run.error or 'no reason recorded'}. Log: {run.log_path}"
     if run.status == "cancelled":
