@@ -99,6 +99,17 @@ def test_a_run_measures_every_candidate_and_saves_the_chosen_model(
             assert torch.allclose(saved[name].float(), weight.to(saved[name].dtype).float()), name
 
 
+def test_a_run_without_held_out_conversations_keeps_the_whole_update_unmeasured(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing to weigh the gain on: no drift set is generated (a base model's first small run would pay for it)."""
+    can_replay_answers(monkeypatch)
+    run_dir, metrics = run(tiny_dir, tmp_path, "no-val", val_fraction=0.0)
+    assert metrics["adapter_scale"] == {"alpha": 1.0, "base_val_loss": None, "points": []}
+    timings = json.loads((tmp_path / "home" / "runs" / "timings.jsonl").read_text().splitlines()[-1])
+    assert "drift" not in timings["phases"] and "interpolate" in timings["phases"]
+
+
 def test_adapter_scale_is_checked(tiny_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="between 0 and 1"):
         run(tiny_dir, tmp_path, "bad", adapter_scale=1.5)

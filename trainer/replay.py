@@ -172,6 +172,13 @@ def replay_to_generate(
     return sum(1 for p in asked if p.prompt not in cached)
 
 
+def drift_to_generate(cache: AnswerCache | None, *, bf16: bool) -> int:
+    """How many answers of the drift set (``drift_conversations``) a run will generate: the rest are in ``cache``."""
+    prompts = replay_prompts()
+    cached = cache.cached("replay", prompts, replay_settings(bf16)) if cache is not None else {}
+    return sum(1 for p in prompts[-DRIFT_PROMPTS:] if p.prompt not in cached)
+
+
 def replay_conversations(
     model: Any,
     tokenizer: Any,

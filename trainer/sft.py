@@ -249,8 +249,9 @@ def _run(
         model, tokenizer = loaded.model, loaded.tokenizer
         base_parameters = sum(p.numel() for p in model.parameters())
         cache = None
-        # With LoRA the kept share of the update is chosen after training (interpolate.py) unless the user set it.
-        choosing_scale = config.method == "lora" and config.adapter_scale is None
+        # With LoRA the kept share of the update is chosen after training (interpolate.py) unless the user set it;
+        # the rule weighs the held-out conversations' gain, so a run without any keeps the whole update.
+        choosing_scale = config.method == "lora" and config.adapter_scale is None and bool(files.val)
         if replay_count or not config.no_eval or choosing_scale:
             cache = AnswerCache.of(model, tokenizer, home.root / CACHE_DIR, model_identity(loaded.source, dtype))
 

@@ -154,6 +154,8 @@ class RunWork:
     baseline_cached: bool  # the base model's retention answers and perplexity are cached
     eval_samples: int  # sample replies per evaluation (0: no validation set)
     eval_before_cached: bool  # the base model's evaluation on this validation set is cached
+    chooses_scale: bool = False  # the run chooses how much of its LoRA update to keep (trainer/interpolate.py)
+    drift_answers: int = 0  # answers of the drift set that choice measures on, still to generate
 
 
 @dataclass(frozen=True)
@@ -175,9 +177,11 @@ def _rates(record: dict[str, Any]) -> dict[str, float]:
         phase = phases.get(name) or {}
         if phase.get(unit) and not phase.get("cached"):
             rates[name] = phase["s"] / phase[unit]
-    for name in ("load", "retention", "save"):
+    for name in ("load", "retention", "save", "distill_drift", "interpolate"):
         if name in phases:
             rates[name] = phases[name]["s"]
+    if "drift" in phases and not phases["drift"].get("generated"):  # reading its cached answers; generating them
+        rates["drift"] = phases["drift"]["s"]  # is priced per answer at replay's rate (same prompts and settings)
     if "baseline" in phases:
         rates["baseline_cached" if phases["baseline"].get("cached") else "baseline"] = phases["baseline"]["s"]
     if record.get("startup_s") is not None:
@@ -267,6 +271,12 @@ def estimate_time(
         seconds += rate("retention")
     if work.eval_samples:
         seconds += work.eval_samples * (rate("eval_after") + (0 if work.eval_before_cached else rate("eval_before")))
+    if work.chooses_scale:
+        seconds += rate("distill_drift") + rate("interpolate")
+        if work.drift_answers:
+            first_time_s += work.drift_answers * rate("replay")
+        else:
+            seconds += rate("drift")
     return TimeEstimate(seconds + first_time_s, train_s, 1.0 / (rate("train") * slower), first_time_s, source)
 
 

@@ -106,7 +106,7 @@ def run_work(
 
     from trainer.base_answers import CACHE_DIR, AnswerCache, model_identity
     from trainer.evaluate import eval_key, eval_prompts
-    from trainer.replay import replay_to_generate
+    from trainer.replay import drift_to_generate, replay_to_generate
     from trainer.retention import baseline_cached
 
     config = dataclasses.replace(config, method=method)
@@ -115,6 +115,7 @@ def run_work(
     evaluate = not config.no_eval
     samples = len(eval_prompts(val, config.eval_samples)) if evaluate else 0
     replay_tokens = round(plan.replay * replay_tokens_each)
+    chooses_scale = method == "lora" and config.adapter_scale is None and len(val) > 0  # as trainer/sft.py decides
     return RunWork(
         trained_tokens=round((tokens + replay_tokens) * plan.epochs),
         replay_tokens=replay_tokens,
@@ -124,4 +125,6 @@ def run_work(
         eval_samples=samples,
         eval_before_cached=bool(samples) and cache is not None
         and cache.value("eval_before", **eval_key(val, config, bf16)) is not None,
+        chooses_scale=chooses_scale,
+        drift_answers=drift_to_generate(cache, bf16=bf16) if chooses_scale else 0,
     )
