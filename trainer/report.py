@@ -13,7 +13,8 @@ from .retention import RetentionResult, report_section
 # The phases report.md lists, in run order, as people call them (timings.py defines them).
 PHASE_NAMES = {
     "load": "load the base model", "replay": "replay answers", "baseline": "retention: the base model's side",
-    "distill": "replay distributions", "eval_before": "evaluate before", "train": "train",
+    "distill": "replay distributions", "reference": "the base model's log-probabilities of the pairs (DPO)",
+    "eval_before": "evaluate before", "train": "train",
     "eval_after": "evaluate after", "save": "save", "retention": "retention: the trained model",
 }
 

@@ -1,0 +1,66 @@
+"""The DPO settings: SFT's (config.py) with preference pairs as the data and DPO's ``beta``. Torch-free, like
+config.py, so the chat's `/train` can read them.
+
+Replay is not offered: it teaches the base model's answers by cross-entropy / distillation, an SFT objective. DPO's
+reference term already holds the model to the base model's distribution on the pairs' replies, and the retention
+check still measures what was kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .config import SFTConfig
+from .schedule import auto_epochs
+
+if TYPE_CHECKING:
+    import torch
+
+# Peak learning rates (AdamW, cosine). DPO's gradient is the SFT gradient of both replies scaled by
+# sigmoid(-margin) * beta, so it wants a larger step than SFT at the same rank; measured on the teach-a-preference
+# test (bench/teach_preference.py: 19 pairs, LoRA r4): see the README's preference section.
+DPO_LEARNING_RATES = {"lora": 2e-3, "full": 1e-5}
+# beta: how far the policy may move from the reference; 0.1 is the paper's and TRL's default, and on the
+# teach-a-preference test it taught the trait while keeping retention (bench/teach_preference.py).
+DEFAULT_BETA = 0.1
+NOT_FOR_DPO = frozenset({"replay", "no_replay", "replay_loss"})  # SFT-only options (see the module docstring)
+
+
+@dataclass
+class DPOConfig(SFTConfig):
+    data: str = field(metadata={
+        "help": 'preference pairs: JSONL of {"prompt": [messages], "chosen": str, "rejected": str} '
+        "(`tui-chat export --format preference`; a `split` field is honoured)"
+    })
+    out: str | None = field(
+        default=None, metadata={"help": "run directory (default: the data home's models/<model>-dpo-<time>)"}
+    )
+    extra_data: list[str] = field(
+        default_factory=list, metadata={"help": "more preference JSONL mixed into training only (repeatable)"}
+    )
+    micro_batch: int = field(default=4, metadata={"help": "pairs per forward pass (each is two rows)"})
+    max_length: int = field(
+        default=1024, metadata={"help": "tokens per prompt + reply; a pair with a longer side is dropped"}
+    )
+    beta: float = field(
+        default=DEFAULT_BETA,
+        metadata={"help": "DPO beta: how far the model may move from the base model (higher: less far)"},
+    )
+    no_replay: bool = field(default=True, metadata={"help": "(SFT only)"})
+
+    def resolved(self, device: "torch.device", n_conversations: int = 1) -> "DPOConfig":
+        """SFT's automatic choices, with DPO's learning rates; ``n_conversations``: training pairs."""
+        method = self.method or ("full" if device.type == "cuda" else "lora")
+        return dataclasses.replace(
+            self, method=method, replay_loss="ce",
+            lr=self.lr if self.lr is not None else DPO_LEARNING_RATES[method],
+            epochs=self.epochs if self.epochs is not None else auto_epochs(n_conversations),
+        )
+
+
+def validate_dpo(config: DPOConfig) -> None:
+    """Raise ValueError (one line) for DPO settings that cannot work (SFT's own are checked by config.validate)."""
+    if not config.beta > 0:
+        raise ValueError("--beta must be positive (0.1 is the usual value)")
