@@ -14,6 +14,7 @@ BENCHMARKS = [
     "decode_process",
     "small_runs",
     "store",
+    "teach_preference",
     "train",
     "tui_stream",
 ]

@@ -111,8 +111,8 @@ def test_dpo_loss_matches_a_hand_computation(tiny_dir: Path) -> None:
                 ref = [hand_logp(policy, s.input_ids, s.assistant_mask) for s in (p.chosen, p.rejected)]
             margin = beta * ((now[0] - ref[0]) - (now[1] - ref[1]))
             expected += -math.log(1 / (1 + math.exp(-margin)))
-    assert loss == pytest.approx(expected, rel=1e-4)
-    assert loss != pytest.approx(len(pairs) * math.log(2), rel=1e-3)  # the policy did move
+    assert loss == pytest.approx(expected / len(pairs), rel=1e-4)  # the batch's mean
+    assert loss != pytest.approx(math.log(2), rel=1e-3)  # the policy did move
 
 
 def _no_autocast():

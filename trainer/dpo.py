@@ -27,19 +27,21 @@ from transformers import get_scheduler
 
 from . import rundir
 from .base_answers import CACHE_DIR, AnswerCache, model_identity
-from .batching import LengthGroupedBatches, padding_efficiency
+from .batching import padding_efficiency
 from .config import validate
 from .cpu_threads import ThreadGovernor
-from .data import DataError
+from .data import Conversation, DataError, read_jsonl
 from .dpo_config import DPOConfig, validate_dpo
 from .evaluate import generate_replies
 from .home import DataHome
 from .loop import Loop, train
 from .pairs import Pair, RenderedPairs, read_pairs, render_pairs, split_pairs
 from .preference_loss import (
-    PairCollator, PreferenceLossModel, evaluate_pairs, pair_batches, pairs_in, reference_logps,
+    PairCollator, PreferenceLossModel, evaluate_pairs, one_batch, pair_batches, reference_logps,
 )
+from .mixed_batches import KindGroupedBatches, MixedCollator
 from .progress import ProgressReporter
+from .render import RenderedSet, render_conversations
 from .report import write_metrics
 from .retention import evaluate_retention, measure_baseline
 from .save import generating, save_model
@@ -54,6 +56,7 @@ class PairFiles:
 
     train: list[Pair]
     val: list[Pair]
+    conversations: list[Conversation]  # --sft-data: learned by cross-entropy alongside (all of them train)
     skipped_invalid: int
     sha256: str  # of every input file, in order: --resume refuses a run whose data changed
 
@@ -80,7 +83,13 @@ def read_pair_files(config: DPOConfig) -> PairFiles:
         skipped += len(extra.skipped)
         digest.update(extra.sha256.encode())
         train = train + extra.pairs
-    return PairFiles(train, val, skipped, digest.hexdigest())
+    conversations: list[Conversation] = []
+    for path in config.sft_data:
+        sft = read_jsonl(path, skip_invalid=config.skip_invalid)
+        skipped += len(sft.skipped)
+        digest.update(sft.sha256.encode())
+        conversations += sft.conversations
+    return PairFiles(train, val, conversations, skipped, digest.hexdigest())
 
 
 def run_dpo(config: DPOConfig, progress: ProgressReporter) -> Path:
@@ -120,9 +129,10 @@ def _run(
     progress.enabled = progress.enabled and accelerator.is_main_process
     device = accelerator.device
     automatic = [name for name in ("epochs", "lr") if getattr(config, name) is None]
-    config = config.resolved(device, len(files.train))
+    n_user = len(files.train) + len(files.conversations)  # examples of either kind: each is one step's share
+    config = config.resolved(device, n_user)
     if automatic:
-        progress.info(f"schedule: {len(files.train)} pairs: {config.epochs:g} epochs at lr {config.lr:g} "
+        progress.info(f"schedule: {len(files.train)} pairs, {len(files.conversations)} conversations: {config.epochs:g} epochs at lr {config.lr:g} "
                       f"(chosen by dataset size and method: {', '.join(automatic)}; set --epochs / --lr to override)")
     bf16 = config.bf16(device)
     run_dir = Path(config.out).expanduser() if config.out else default_run_dir(home, config.model)
@@ -151,6 +161,7 @@ def _run(
             record.update(generated=cache.generated.get("retention", 0), cached=baseline.cached)
     train_set = render_pairs(tokenizer, files.train, config.max_length)
     val_set = render_pairs(tokenizer, files.val, config.max_length)
+    conversations = render_conversations(tokenizer, files.conversations, config.max_length)
     if not train_set.pairs:
         raise DataError(f"{config.data}: no pair fits in --max-length {config.max_length} tokens; raise --max-length")
     if accelerator.is_main_process:
@@ -166,13 +177,16 @@ def _run(
     accelerator.wait_for_everyone()
     for count, what in ((files.skipped_invalid, "invalid lines skipped"),
                         (train_set.dropped + val_set.dropped, f"pairs dropped: a side over --max-length "
-                                                             f"{config.max_length} or hidden by the template")):
+                                                             f"{config.max_length} or hidden by the template"),
+                        (conversations.truncated, f"conversations cut to --max-length {config.max_length}"),
+                        (conversations.dropped_too_long + conversations.dropped_unrenderable,
+                         "conversations dropped: too long or hidden by the template")):
         if count:
             progress.info(f"{count} {what}")
 
     # -- the model to train, and the reference's log-probabilities (the base model's: computed once)
     attention = model.config._attn_implementation
-    if device.type == "cpu" and max(len(p) for p in train_set.pairs) <= EAGER_MAX_TOKENS:
+    if device.type == "cpu" and max(len(p) for p in [*train_set.pairs, *conversations.examples]) <= EAGER_MAX_TOKENS:
         model.set_attn_implementation("eager")  # why: sft.py
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -193,10 +207,13 @@ def _run(
         train_pairs = reference_logps(model, train_set.pairs, collate, config.micro_batch, autocast)
         val_pairs = reference_logps(model, val_set.pairs, collate, config.micro_batch, autocast)
 
-    lengths = [len(p) for p in train_pairs]
-    sampler = LengthGroupedBatches(lengths, config.micro_batch, config.seed)
+    items = [*train_pairs, *conversations.examples]
+    lengths = [len(item) for item in items]
+    sampler = KindGroupedBatches(lengths[: len(train_pairs)], lengths[len(train_pairs) :], config.micro_batch,
+                                 config.seed)
     loader = torch.utils.data.DataLoader(
-        train_pairs, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator().manual_seed(config.seed),
+        items, batch_sampler=sampler, collate_fn=MixedCollator(tokenizer.pad_token_id),
+        generator=torch.Generator().manual_seed(config.seed),
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -219,7 +236,9 @@ def _run(
         device=str(device), dtype="bf16 autocast" if bf16 else "fp32", total_steps=total_steps, start_step=step,
         epochs=total_steps / steps_per_epoch, train_conversations=len(train_pairs),
         val_conversations=len(val_pairs), train_pairs=len(train_pairs), val_pairs=len(val_pairs),
-        train_tokens=train_set.n_tokens, assistant_tokens=train_set.n_reply_tokens,
+        sft_conversations=len(conversations.examples),
+        train_tokens=train_set.n_tokens + conversations.n_tokens,
+        assistant_tokens=train_set.n_reply_tokens + conversations.n_assistant_tokens,
         real_token_fraction=round(real_fraction, 4), beta=config.beta,
     )
     eval_enabled = not config.no_eval and bool(val_pairs)
@@ -247,10 +266,10 @@ def _run(
             if accelerator.is_main_process:
                 rundir.write_json_atomic(before_path, before)
 
-    # -- the loop (loop.py), its loss averaged per pair
+    # -- the loop (loop.py); each micro-batch's loss is its own mean (preference_loss.py says why)
     loop = Loop(
         accelerator, trained, trainable, optimizer, scheduler, loader, sampler, autocast, config.grad_accum,
-        steps_per_epoch, total_steps, config.save_every, run_dir, units=pairs_in,
+        steps_per_epoch, total_steps, config.save_every, run_dir, units=one_batch,
     )
     with clock.phase("train", start_step=step) as record:
         result = train(loop, step, progress=progress, stop=stop, governor=governor, started=started)
@@ -290,10 +309,10 @@ def _run(
             "tokens_per_s": result.tokens / result.seconds if result.seconds else 0.0,
             "train_cpu_s": result.cpu_s,
             "final_train_loss": result.last_loss,
-            "data": _data_counts(train_set, val_set, files, real_fraction),
+            "data": _data_counts(train_set, val_set, conversations, files, real_fraction),
             "before": _numbers(before), "after": _numbers(after),
             "schedule": {"epochs": config.epochs, "lr": config.lr, "automatic": automatic,
-                         "user_pairs": len(files.train)},
+                         "user_pairs": len(files.train), "user_conversations": len(files.conversations)},
             "retention": {**retention.metrics(), "warning": retention_warning} if retention else None,
             "startup_s": startup_s,
             "phases": clock.phases,
@@ -312,10 +331,14 @@ def _numbers(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in evaluation.items() if k != "replies"} if evaluation else None
 
 
-def _data_counts(train: RenderedPairs, val: RenderedPairs, files: PairFiles, real_fraction: float) -> dict[str, Any]:
+def _data_counts(
+    train: RenderedPairs, val: RenderedPairs, conversations: RenderedSet, files: PairFiles, real_fraction: float
+) -> dict[str, Any]:
     return {
-        "train_pairs": len(train.pairs), "val_pairs": len(val.pairs), "train_tokens": train.n_tokens,
-        "reply_tokens": train.n_reply_tokens, "skipped_invalid": files.skipped_invalid,
+        "train_pairs": len(train.pairs), "val_pairs": len(val.pairs), "sft_conversations": len(conversations.examples),
+        "train_tokens": train.n_tokens + conversations.n_tokens,
+        "reply_tokens": train.n_reply_tokens + conversations.n_assistant_tokens,
+        "skipped_invalid": files.skipped_invalid,
         "dropped": train.dropped + val.dropped, "real_token_fraction": real_fraction, "dataset_sha256": files.sha256,
     }
 

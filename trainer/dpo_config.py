@@ -44,6 +44,11 @@ class DPOConfig(SFTConfig):
     max_length: int = field(
         default=1024, metadata={"help": "tokens per prompt + reply; a pair with a longer side is dropped"}
     )
+    sft_data: list[str] = field(
+        default_factory=list,
+        metadata={"help": "conversations (`messages` JSONL) learned by cross-entropy in the same run: the combined "
+                  "objective `/train` uses when there are pairs (repeatable)"},
+    )
     beta: float = field(
         default=DEFAULT_BETA,
         metadata={"help": "DPO beta: how far the model may move from the base model (higher: less far)"},

@@ -37,7 +37,10 @@ def write_preference_report(
         f"- method: {metrics['method']}, beta {metrics['beta']:g}, steps: {metrics['steps']}, "
         f"epochs: {metrics['epochs']:.2f} at lr {schedule['lr']:g}",
         f"- training time: {metrics['train_time_s']:.0f} s, {metrics['tokens_per_s']:.0f} tokens/s",
-        f"- data: {data['train_pairs']} train / {data['val_pairs']} validation pairs; {data['skipped_invalid']} "
+        f"- data: {data['train_pairs']} train / {data['val_pairs']} validation pairs"
+        + (f", and {data['sft_conversations']} conversations learned by cross-entropy alongside (the combined "
+           "objective)" if data["sft_conversations"] else "")
+        + f"; {data['skipped_invalid']} "
         f"invalid lines skipped, {data['dropped']} dropped as too long; {data['real_token_fraction']:.0%} of "
         "computed tokens real",
         "- the reference is the base model; a reply's implicit reward is beta x (its log-probability now - under the "

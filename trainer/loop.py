@@ -121,7 +121,12 @@ def train(
         epoch, done_in_epoch = divmod(step, loop.steps_per_epoch)
         loop.sampler.set_epoch(epoch)
         skip = done_in_epoch * loop.grad_accum
-        iterator = iter(accelerator.skip_first_batches(loop.loader, skip) if skip else loop.loader)
+        source = accelerator.skip_first_batches(loop.loader, skip) if skip else loop.loader
+        if hasattr(source, "set_epoch"):
+            # accelerate's loader sets its sampler's epoch to its own count of passes on each iter(); a resumed run
+            # starts counting late, so the loader is told the epoch (else its batches are another epoch's order).
+            source.set_epoch(epoch)
+        iterator = iter(source)
         while step < loop.total_steps and not stop:
             group = [b for _, b in zip(range(loop.grad_accum), iterator)]
             if not group:

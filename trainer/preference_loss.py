@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .batching import IGNORE_INDEX, Collator, LengthGroupedBatches
-from .loss import _logits_at
+from .loss import _logits_at, summed_token_loss
 from .pairs import RenderedPair
 
 
@@ -63,11 +63,6 @@ class PairCollator:
         return batch
 
 
-def pairs_in(batch: dict[str, torch.Tensor]) -> int:
-    """What a DPO micro-batch's summed loss is averaged over: its pairs (the loop's ``units``)."""
-    return len(batch["ref_chosen"])
-
-
 def policy_margins(model: Any, batch: dict[str, torch.Tensor], beta: float) -> tuple[torch.Tensor, ...]:
     """(loss, margin, chosen log-prob, rejected log-prob) per pair of one collated batch."""
     logps = reply_logps(model, batch)
@@ -76,9 +71,16 @@ def policy_margins(model: Any, batch: dict[str, torch.Tensor], beta: float) -> t
     return loss, margin, chosen, rejected
 
 
+def one_batch(batch: dict[str, torch.Tensor]) -> int:
+    """The loop's ``units`` for ``PreferenceLossModel``: each micro-batch's loss is already its own mean."""
+    return 1
+
+
 class PreferenceLossModel(torch.nn.Module):
-    """The model and the DPO loss as one module (``accelerator.prepare`` wraps the whole forward, as loss.py's
-    TokenLossModel does for SFT). ``forward`` returns the loss summed over the batch's pairs."""
+    """The model and the preference run's loss as one module (``accelerator.prepare`` wraps the whole forward, as
+    loss.py's TokenLossModel does for SFT). ``forward`` returns the batch's mean loss: DPO's per pair for a batch of
+    pairs, SFT's cross-entropy per assistant token for a batch of conversations (the combined objective, see
+    mixed_batches.py). Each micro-batch weighs the same in a step: the two losses have no common unit to sum over."""
 
     def __init__(self, model: Any, beta: float) -> None:
         super().__init__()
@@ -86,7 +88,10 @@ class PreferenceLossModel(torch.nn.Module):
         self.beta = beta
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:
-        return policy_margins(self.model, batch, self.beta)[0].sum()
+        if "ref_chosen" in batch:
+            return policy_margins(self.model, batch, self.beta)[0].mean()
+        summed, tokens = summed_token_loss(self.model, batch)
+        return summed / max(tokens, 1)
 
 
 def pair_batches(
