@@ -96,8 +96,9 @@ def home_with_bundled() -> Path:
     return home.root
 
 
-def teach(home: Path, seed: int, out: Path, **settings: Any) -> dict[str, Any]:
-    """One default DPO run on the pairs; its metrics and the trait rate after."""
+def teach(home: Path, seed: int, out: Path, prompts: Sequence[str] = UNSEEN, **settings: Any) -> dict[str, Any]:
+    """One DPO run on the pairs (default settings but ``settings``); its metrics and the trait rate after, on
+    ``prompts``."""
     from trainer.dpo import run_dpo
     from trainer.dpo_config import DPOConfig
     from trainer.progress import ProgressReporter
@@ -107,7 +108,7 @@ def teach(home: Path, seed: int, out: Path, **settings: Any) -> dict[str, Any]:
     config = DPOConfig(data=str(data), home=str(home), out=str(out), seed=seed, progress="none", **settings)
     run_dir = run_dpo(config, ProgressReporter("none"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    rate, replies = trait_rate(str(run_dir), home / "models")
+    rate, replies = trait_rate(str(run_dir), home / "models", prompts)
     return {"metrics": metrics, "after": rate, "replies": replies}
 
 

@@ -222,3 +222,17 @@ def test_the_command_line_runs_dpo_and_refuses_bad_files_in_one_line(
                          "--progress", "json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[-1]["event"] == "done" and lines[-1]["metrics"]["objective"] == "dpo"
+
+
+def test_tui_chat_train_dpo_runs_the_dpo_command(tiny_dir: Path, pairs_file: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tui_chat.cli import main as cli_main
+
+    out = tmp_path / "via-cli"
+    result = CliRunner().invoke(cli_main, [
+        "--home", str(tmp_path / "home"), "train", "dpo", "--data", str(pairs_file), "--model", str(tiny_dir),
+        "--out", str(out), "--max-steps", "1", "--no-eval", "--threads", "1", "--progress", "none",
+    ])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["objective"] == "dpo"

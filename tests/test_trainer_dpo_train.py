@@ -88,3 +88,12 @@ def test_a_started_run_keeps_its_pairs_beside_the_conversations(store: Store, ho
     assert (dataset_dir / "pairs.jsonl").is_file() and (dataset_dir / "messages.jsonl").is_file()
     recorded = store.get_training_run(monitor.run.id)
     assert recorded.params["pairs"] == 6 and recorded.params["command"][2] == "dpo"
+
+
+def test_the_summary_tells_the_preference_accuracy() -> None:
+    from tui_chat.training.summary import metrics_text
+
+    metrics = {"before": {"reward_accuracy": 0.0, "pairs": 4}, "after": {"reward_accuracy": 0.75, "pairs": 4},
+               "retention": {"retention": 0.96, "facts_kept": 25, "facts_total": 26}}
+    assert metrics_text(metrics) == ("preference accuracy 0% -> 75% on 4 held-out pairs, retention 96% (25/26 general "
+                                     "facts kept)")
