@@ -97,3 +97,16 @@ def test_the_summary_tells_the_preference_accuracy() -> None:
                "retention": {"retention": 0.96, "facts_kept": 25, "facts_total": 26}}
     assert metrics_text(metrics) == ("preference accuracy 0% -> 75% on 4 held-out pairs, retention 96% (25/26 general "
                                      "facts kept)")
+
+
+def test_the_preview_shows_an_example_with_the_learned_text_marked(store: Store, home: DataHome) -> None:
+    add_chat(store, [("hi", "hello world"), ("and the fox?", "the quick brown fox")])
+    add_chat(store, [("a much longer question about the lazy dog", "the lazy dog sleeps " * 5)])
+    previewed = plan_training(store, home, [], current_model="tiny")
+    text = "\n".join(previewed.preview_lines())
+    example = text.split("(the loss is on the «marked» text only):\n", 1)[1]
+    # The shortest conversation, in the tiny model's template; each reply and its end-of-turn token marked.
+    assert example == ("<|user|>\nhi<|im_end|>\n<|assistant|>\n«hello world<|im_end|>»\n<|user|>\nand the fox?<|im_end|>"
+                       "\n<|assistant|>\n«the quick brown fox<|im_end|>»")
+    assert "lazy dog" not in example
+    previewed.discard()

@@ -91,6 +91,7 @@ class TrainingPlan:
     device: DevicePlan
     work: RunWork
     estimate: TimeEstimate | None
+    example: str | None = None  # one training conversation in the base model's template, learned text «marked»
 
     @property
     def epochs(self) -> float:
@@ -232,6 +233,7 @@ def plan_training(
             base_parameters=side.parameters, method=side.method,
             lr=config.lr if config.lr is not None else DEFAULT_LR[side.method], schedule=side.steps, data=data,
             export=export, snapshot_dir=snapshot_dir, device=side.device, work=side.work, estimate=estimate,
+            example=side.example,
         )
     except BaseException:
         shutil.rmtree(snapshot_dir, ignore_errors=True)

@@ -36,6 +36,9 @@ def preview_lines(plan: "TrainingPlan") -> list[str]:
         lines.append("Disk: " + _disk_text(plan))
     lines.extend(plan.device.notes)
     lines.append(f"Run: {plan.name} (the model appears under this name in /model when it finishes)")
+    if plan.example:
+        lines.append("What the model learns, in its own template (the loss is on the «marked» text only):\n"
+                     + plan.example.rstrip())
     return lines
 
 
