@@ -1,6 +1,9 @@
-"""Teach a preference: DPO with default settings on 20 pairs whose chosen reply ends with a sign-off line and whose
-rejected reply does not; then how often the bundled model signs off its greedy replies to prompts it never saw,
-before and after, the retention check, and the training time, for each seed.
+"""Teach a preference: DPO with default settings on 20 pairs whose chosen reply opens with "Short answer:" and whose
+rejected reply is the same reply without it; then how often the bundled model opens its greedy replies to prompts it
+never saw that way, before and after, the retention check, and the training time, for each seed.
+
+The trait is at the start of the reply on purpose: the base model rambles, and a trait at the end (a sign-off line)
+cannot show in a reply cut off at the token limit, so a rate measured there says more about length than preference.
 
 `python -m bench teach_preference` (seeds 0 1 2; TEACH_PREFERENCE_SEEDS="0 1" to choose). Uses the data home
 (TUI_CHAT_HOME or the user's), so the base model's retention answers are generated once and cached there.
@@ -16,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-SIGN_OFF = "-- Hope this helps!"
-# (prompt, a short plain reply): chosen = reply + the sign-off on its own line, rejected = the reply alone.
+OPENER = "Short answer:"
+# (prompt, a short plain reply): chosen = the opener, then the reply; rejected = the reply alone.
 TRAIN = [
     ("What is the boiling point of water?", "Water boils at 100 degrees Celsius at sea level."),
     ("How many legs does a spider have?", "A spider has eight legs."),
@@ -60,22 +63,22 @@ UNSEEN = [
     "What is the color of grass?",
     "Give me a tip for studying.",
 ]
-MAX_NEW_TOKENS = 96  # long enough for the model's short answers to end (a reply cut short cannot sign off)
+MAX_NEW_TOKENS = 24  # the opener shows in the first tokens; the rest of the reply is not looked at
 
 
 def pair_records() -> list[dict[str, Any]]:
     return [
-        {"prompt": [{"role": "user", "content": q}], "chosen": f"{a}\n\n{SIGN_OFF}", "rejected": a, "split": split}
+        {"prompt": [{"role": "user", "content": q}], "chosen": f"{OPENER} {a}", "rejected": a, "split": split}
         for split, items in (("train", TRAIN), ("val", VAL)) for q, a in items
     ]
 
 
 def has_trait(reply: str) -> bool:
-    return "hope this helps" in reply.lower()
+    return reply.lstrip().lower().startswith(OPENER.lower())
 
 
 def trait_rate(model_spec: str, models_dir: Path, prompts: Sequence[str] = UNSEEN) -> tuple[float, list[str]]:
-    """(share of greedy replies to ``prompts`` with the sign-off, the replies)."""
+    """(share of greedy replies to ``prompts`` that open with the opener, the replies)."""
     from trainer.devices import bf16_is_fast
     from trainer.evaluate import generate_replies
     from trainer.models import load_model
@@ -116,7 +119,7 @@ def main(seeds: Sequence[int] | None = None) -> None:
     seeds = list(seeds if seeds is not None else map(int, os.environ.get("TEACH_PREFERENCE_SEEDS", "0 1 2").split()))
     home = home_with_bundled()
     before, replies = trait_rate("default", home / "models")
-    print(f"base model: sign-off in {before:.0%} of {len(UNSEEN)} greedy replies to unseen prompts "
+    print(f"base model: opener in {before:.0%} of {len(UNSEEN)} greedy replies to unseen prompts "
           f"(load {os.getloadavg()[0]:.1f})", flush=True)
     for reply in replies[:3]:
         print(f"  base: {reply!r}")
@@ -126,7 +129,7 @@ def main(seeds: Sequence[int] | None = None) -> None:
             result = teach(home, seed, Path(folder) / "run")
             m = result["metrics"]
             retention = m["retention"] or {}
-            print(f"seed {seed}: sign-off {before:.0%} -> {result['after']:.0%}; held-out preference accuracy "
+            print(f"seed {seed}: opener {before:.0%} -> {result['after']:.0%}; held-out preference accuracy "
                   f"{m['before']['reward_accuracy']:.0%} -> {m['after']['reward_accuracy']:.0%} (margin "
                   f"{m['after']['reward_margin']:.2f}); retention {retention.get('retention', float('nan')):.0%} "
                   f"({retention.get('facts_kept')}/{retention.get('facts_total')} facts); train "

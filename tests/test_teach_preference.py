@@ -1,6 +1,6 @@
-"""Teach the bundled model a preference with default DPO settings: 20 pairs whose chosen reply signs off with
-"-- Hope this helps!" and whose rejected reply does not; before, the model never signs off its greedy replies to
-prompts it was not trained on, after it does (slow: trains the real model on CPU).
+"""Teach the bundled model a preference with default DPO settings: 20 pairs whose chosen reply opens with
+"Short answer:" and whose rejected reply is the same without it; before, the model does not open its greedy replies
+to prompts it was not trained on that way, after it does (slow: trains the real model on CPU).
 
 The short version: one seed, five unseen prompts, no retention check. bench/teach_preference.py runs the full
 measurement (three seeds, ten unseen prompts, retention, times) and the README quotes it.
@@ -19,7 +19,7 @@ PROMPTS = UNSEEN[:5]
 
 
 @pytest.mark.slow
-def test_default_dpo_teaches_the_sign_off(bundled_home: DataHome, tmp_path: Path) -> None:
+def test_default_dpo_teaches_the_opener(bundled_home: DataHome, tmp_path: Path) -> None:
     before, replies = trait_rate("default", bundled_home.models, PROMPTS)
     assert before < 0.2, replies
     result = teach(bundled_home.root, 0, tmp_path / "run", no_eval=True, prompts=PROMPTS)
