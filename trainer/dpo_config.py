@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 # Peak learning rates (AdamW, cosine), LoRA measured on the teach-a-preference bench (bench/teach_preference.py: 20
 # pairs, 8 epochs, rank 4, beta 0.1). Chosen = the reply opened by "Short answer:": 5e-4 drove the rejected replies
 # down without raising the chosen ones (DPO's known failure): replies turned to rambling, retention 35-50%; 1e-3 taught
-# the opener and kept 24 of 26 general facts (92%). An earlier trait (a sign-off line after the reply): 2e-4 kept 25 of
+# the opener in 3 seeds of 3 and kept 24, 24 and 22 of 26 general facts (92%, 92%, 85%). An earlier trait (a sign-off line after the reply): 2e-4 kept 25 of
 # 26 but taught nothing, 2e-3 (SFT's rate) taught it and kept 18 of 26 (69%). Full fine-tuning: not measured here.
 DPO_LEARNING_RATES = {"lora": 1e-3, "full": 1e-5}
 # beta: how far the policy may move from the reference; 0.1 is the paper's and TRL's default, and on the
