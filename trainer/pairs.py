@@ -12,12 +12,11 @@ last reply's tokens (and its end-of-turn token) carry loss, so earlier assistant
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data import DataError, DatasetFile, check_messages, read_records, split_conversations
+from .data import DatasetFile, check_messages, read_records, split_conversations
 from .render import RenderedExample, render_last_reply
 
 
@@ -132,7 +131,3 @@ def render_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int | None) 
             result.pairs.append(RenderedPair(chosen, rejected, pair))
     return result
 
-
-def write_pairs(path: Path, pairs: Sequence[dict[str, Any]]) -> None:
-    """Pairs as JSONL (tests and benches write their data with it)."""
-    path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
