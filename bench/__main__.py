@@ -18,6 +18,7 @@ BENCHMARKS = [
     "serve",
     "small_runs",
     "store",
+    "teach_preference",
     "train",
     "tui_stream",
 ]

@@ -1,4 +1,5 @@
-"""``python -m trainer sft ...`` (fine-tune) and ``python -m trainer eval ...`` (score a model on conversations).
+"""``python -m trainer sft ...`` (fine-tune), ``python -m trainer dpo ...`` (preference-train on chosen / rejected
+pairs) and ``python -m trainer eval ...`` (score a model on conversations).
 
 Exit status: 0 done, 1 an error the user can fix (one line, also an ``error`` event), 130 stopped by a signal with
 a checkpoint saved (``--resume`` continues). Multi-GPU: ``accelerate launch -m trainer sft ...``.
@@ -12,6 +13,7 @@ import sys
 from typing import Sequence
 
 from .config import SFTConfig, add_config_options
+from .dpo_config import NOT_FOR_DPO, DPOConfig
 from .data import DataError
 from .home import DataHome
 from .models import ModelError
@@ -32,6 +34,12 @@ def build_parser(sft_prog: str | None = None) -> argparse.ArgumentParser:
         **({"prog": sft_prog} if sft_prog else {}),
     )
     add_config_options(sft)
+    dpo = commands.add_parser(
+        "dpo", help="preference-train a model on chosen / rejected pairs (DPO)",
+        description="Preference-train a model on {prompt, chosen, rejected} JSONL with DPO's sigmoid loss; the "
+        "reference is the base model (with LoRA: the model with its adapter off).",
+    )
+    add_config_options(dpo, skip=NOT_FOR_DPO, config_class=DPOConfig)
     ev = commands.add_parser(
         "eval",
         help="score a model on conversations and/or recall probes",
@@ -92,6 +100,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         if args.command == "sft":
             config = SFTConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SFTConfig)})
             run_sft(config, progress)
+        elif args.command == "dpo":
+            from .dpo import run_dpo
+
+            names = [f.name for f in dataclasses.fields(DPOConfig) if f.name not in NOT_FOR_DPO]
+            run_dpo(DPOConfig(**{name: getattr(args, name) for name in names}), progress)
         else:
             _eval_command(args, progress)
     except USER_ERRORS as exc:

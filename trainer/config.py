@@ -167,12 +167,15 @@ class SFTConfig:
         return hashlib.sha256(json.dumps(self.learning_fields(), sort_keys=True).encode()).hexdigest()
 
 
-def add_config_options(parser: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> None:
-    """One option per SFTConfig field (but those named in ``skip``), its help from the field's metadata.
+def add_config_options(
+    parser: argparse.ArgumentParser, skip: frozenset[str] = frozenset(), config_class: type = SFTConfig
+) -> None:
+    """One option per field of ``config_class`` (SFTConfig or a subclass, e.g. dpo.py's) but those named in
+    ``skip``, its help from the field's metadata.
 
     `python -m trainer sft` takes them all; the chat's `/train` skips the ones it sets itself (data, out, ...).
     """
-    for f in dataclasses.fields(SFTConfig):
+    for f in dataclasses.fields(config_class):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")

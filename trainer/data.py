@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 ROLES = ("system", "user", "assistant")
 TRAIN_SPLITS = ("train",)
@@ -46,16 +46,10 @@ class DatasetFile:
     sha256: str = ""
 
 
-def _check_line(raw: str) -> tuple[tuple[dict[str, str], ...], str | None]:
-    """Validate one JSONL line; return (messages, split) or raise ValueError with the reason."""
-    try:
-        record = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"bad JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-        raise ValueError('expected an object with a "messages" list')
+def check_messages(raw_messages: list) -> tuple[dict[str, str], ...]:
+    """Validate chat messages (roles, non-empty contents); return them, or raise ValueError with the reason."""
     messages = []
-    for i, message in enumerate(record["messages"]):
+    for i, message in enumerate(raw_messages):
         if not isinstance(message, dict):
             raise ValueError(f"message {i} is not an object")
         role, content = message.get("role"), message.get("content")
@@ -64,16 +58,36 @@ def _check_line(raw: str) -> tuple[tuple[dict[str, str], ...], str | None]:
         if not isinstance(content, str) or not content.strip():
             raise ValueError(f"message {i} ({role}) has empty content")
         messages.append({"role": role, "content": content})
+    return tuple(messages)
+
+
+def _check_conversation(record: Any) -> tuple[dict[str, str], ...]:
+    """Validate one conversation record; return its messages or raise ValueError with the reason."""
+    if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+        raise ValueError('expected an object with a "messages" list')
+    messages = check_messages(record["messages"])
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError("no assistant turn to learn from")
-    split = record.get("split")
+    return messages
+
+
+def _split_of(record: Any) -> str | None:
+    split = record.get("split") if isinstance(record, dict) else None
     if split is not None and split not in TRAIN_SPLITS + VAL_SPLITS:
         raise ValueError(f"unknown split {split!r} (expected train or val)")
-    return tuple(messages), ("val" if split in VAL_SPLITS else split)
+    return "val" if split in VAL_SPLITS else split
 
 
-def read_jsonl(path: str | Path, *, skip_invalid: bool = False) -> DatasetFile:
-    """Read and validate a `messages` JSONL file. Blank lines are ignored."""
+def read_records(
+    path: str | Path,
+    accept: Callable[[Any, int, str | None, "DatasetFile"], None],
+    *,
+    skip_invalid: bool = False,
+    what: str = "conversations",
+) -> DatasetFile:
+    """Read a JSONL file line by line: each parsed line goes to ``accept(record, line_number, split, file)``, which
+    keeps it or raises ValueError with the reason (a DataError naming file and line, or with ``skip_invalid`` a
+    skipped line). Blank lines are ignored; a file with nothing accepted is a DataError naming ``what`` it lacks."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -84,21 +98,34 @@ def read_jsonl(path: str | Path, *, skip_invalid: bool = False) -> DatasetFile:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    accepted = 0
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
         try:
-            messages, split = _check_line(raw)
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"bad JSON ({exc.msg} at column {exc.colno})") from None
+            accept(record, number, _split_of(record), result)
+            accepted += 1
         except ValueError as exc:
             problem = f"{path}:{number}: {exc}"
             if not skip_invalid:
                 raise DataError(f"{problem} (fix the line, or pass --skip-invalid to drop bad lines)") from None
             result.skipped.append(problem)
-            continue
-        result.conversations.append(Conversation(messages, f"{path.name}:{number}", split))
-    if not result.conversations:
-        raise DataError(f"{path}: no usable conversations")
+    if not accepted:
+        raise DataError(f"{path}: no usable {what}")
     return result
+
+
+def read_jsonl(path: str | Path, *, skip_invalid: bool = False) -> DatasetFile:
+    """Read and validate a `messages` JSONL file. Blank lines are ignored."""
+
+    def accept(record: Any, number: int, split: str | None, file: DatasetFile) -> None:
+        file.conversations.append(Conversation(_check_conversation(record), f"{file.path.name}:{number}", split))
+
+    return read_records(path, accept, skip_invalid=skip_invalid)
 
 
 def _fingerprint(conversation: Conversation) -> int:

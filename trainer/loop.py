@@ -3,7 +3,8 @@ signal. ``sft.py`` builds what it runs on (model, optimizer, loader, schedule) a
 
 Units: a *step* is one optimizer update = ``grad_accum`` micro-batches of ``micro_batch`` conversations on every
 process. The loss is the summed per-token loss of the step's assistant tokens (all processes, all micro-batches)
-divided by their count, so every assistant token weighs the same however batches and processes split them.
+divided by their count, so every assistant token weighs the same however batches and processes split them. A loss
+summed over other units (DPO's: per pair) says so through ``Loop.units``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from .cpu_threads import ThreadGovernor
 from .progress import ProgressReporter
 
 MAX_GRAD_NORM = 1.0  # gradient clipping: keeps a bad batch from wrecking a small model in one step
+
+
+def assistant_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """The tokens an SFT micro-batch's loss is summed over: the assistant tokens its positions predict."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 class TrainingStopped(Exception):
@@ -46,6 +52,7 @@ class Loop:
     total_steps: int
     save_every: int
     run_dir: Path
+    units: Callable[[dict[str, torch.Tensor]], int] = assistant_tokens  # what a micro-batch's loss is summed over
     # Called after each epoch (and after the last step); True stops training there (early_stop.py).
     epoch_end: Callable[[], bool] | None = None
 
@@ -60,13 +67,14 @@ class LoopResult:
 
 
 def backward_step(
-    accelerator: Accelerator, model: torch.nn.Module, group: list[dict[str, torch.Tensor]], autocast: Any
+    accelerator: Accelerator, model: torch.nn.Module, group: list[dict[str, torch.Tensor]], autocast: Any,
+    units: Callable[[dict[str, torch.Tensor]], int] = assistant_tokens,
 ) -> tuple[float, int]:
     """Accumulate the gradients of one optimizer step's micro-batches; returns (summed loss, assistant tokens),
-    both over every process. The gradient is that of the mean loss per assistant token of the whole step.
-    ``model`` is a (prepared) ``TokenLossModel``."""
+    both over every process. The gradient is that of the mean loss per assistant token of the whole step (per
+    ``units``, when the model's loss is summed over something else). ``model`` is a (prepared) ``TokenLossModel``."""
     device = accelerator.device
-    local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in group)
+    local = sum(units(b) for b in group)
     n_tokens = int(accelerator.reduce(torch.tensor(local, device=device), reduction="sum").item())
     loss_sum = 0.0
     for i, batch in enumerate(group):
@@ -116,13 +124,18 @@ def train(
         epoch, done_in_epoch = divmod(step, loop.steps_per_epoch)
         loop.sampler.set_epoch(epoch)
         skip = done_in_epoch * loop.grad_accum
-        iterator = iter(accelerator.skip_first_batches(loop.loader, skip) if skip else loop.loader)
+        source = accelerator.skip_first_batches(loop.loader, skip) if skip else loop.loader
+        if hasattr(source, "set_epoch"):
+            # accelerate's loader sets its sampler's epoch to its own count of passes on each iter(); a resumed run
+            # starts counting late, so the loader is told the epoch (else its batches are another epoch's order).
+            source.set_epoch(epoch)
+        iterator = iter(source)
         while step < loop.total_steps and not stop:
             group = [b for _, b in zip(range(loop.grad_accum), iterator)]
             if not group:
                 break
             tick, cpu_tick = time.perf_counter(), time.process_time()
-            loss_sum, n_tokens = backward_step(accelerator, loop.model, group, loop.autocast)
+            loss_sum, n_tokens = backward_step(accelerator, loop.model, group, loop.autocast, loop.units)
             accelerator.clip_grad_norm_(loop.trainable, MAX_GRAD_NORM)
             loop.optimizer.step()
             loop.scheduler.step()

@@ -129,6 +129,20 @@ def render_conversation(
     return _encode(tokenizer, full, spans, max_length) if spans else None
 
 
+def render_last_reply(
+    tokenizer: Any, messages: Sequence[dict], max_length: int | None = None
+) -> RenderedExample | None:
+    """Tokenize a conversation whose last message is the assistant reply being judged (a preference pair's side):
+    only that reply carries loss, the turns before it are context. ``None`` when the reply cannot be located in the
+    template's output or does not fit whole in ``max_length`` (a reply cut short would teach a cut reply)."""
+    ensure_chat_template(tokenizer)
+    full, spans = assistant_spans(tokenizer, messages)
+    reply_starts = len(_render(tokenizer, messages[:-1], add_generation_prompt=True))
+    if not spans or spans[-1][0] != reply_starts:
+        return None
+    return _encode(tokenizer, full, spans[-1:], max_length)
+
+
 def render_conversations(tokenizer: Any, conversations: Sequence[Conversation], max_length: int | None) -> RenderedSet:
     """Render every conversation, counting the ones truncated or dropped."""
     ensure_chat_template(tokenizer)

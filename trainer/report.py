@@ -15,7 +15,8 @@ from .retention import RetentionResult, report_section
 PHASE_NAMES = {
     "load": "load the base model", "replay": "replay answers", "drift": "drift answers",
     "baseline": "retention: the base model's side", "distill": "replay distributions",
-    "distill_drift": "drift distributions", "eval_before": "evaluate before", "train": "train",
+    "distill_drift": "drift distributions", "reference": "the base model's log-probabilities of the pairs (DPO)",
+    "eval_before": "evaluate before", "train": "train",
     "interpolate": "choose the share of the update", "eval_after": "evaluate after", "save": "save",
     "retention": "retention: the trained model",
 }

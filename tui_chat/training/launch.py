@@ -1,6 +1,7 @@
 """Start a previewed run as its own process, and stop one.
 
-The trainer runs as ``python -m trainer sft ... --progress json`` in a new session (process group): the chat never
+The trainer runs as ``python -m trainer sft ... --progress json`` (``dpo ... --sft-data`` when the snapshot has
+preference pairs: the combined objective, see plan.py) in a new session (process group): the chat never
 imports the training loop, a crash of either leaves the other alone, and the run keeps going when the app exits.
 Its stdout and stderr go to ``runs/<name>.log`` in the data home, which ``RunMonitor`` reads.
 """
@@ -13,7 +14,10 @@ import subprocess
 import sys
 import time
 
+from typing import Sequence
+
 from sessions import Store, TrainingRun
+from trainer.dpo_config import DEFAULT_BETA, NOT_FOR_DPO
 from trainer.home import DataHome
 
 from tui_chat.training.monitor import RunMonitor, is_active, trainer_alive
@@ -22,12 +26,31 @@ from tui_chat.training.plan import SNAPSHOT_FILE, TrainingPlan, run_name
 
 
 def trainer_command(plan: TrainingPlan, home: DataHome, dataset: str, out_dir: str, python: str) -> list[str]:
-    """The trainer's command line for ``plan``."""
-    command = [python, "-m", "trainer", "sft", "--data", dataset, "--model", plan.base_spec, "--out", out_dir,
+    """The trainer's command line for ``plan``: SFT on the conversations, or with preference pairs the combined
+    objective (the pairs by DPO, the conversations by cross-entropy, one run)."""
+    pairs = plan.pairs_path
+    data = ["dpo", "--data", str(pairs), "--sft-data", dataset] if pairs else ["sft", "--data", dataset]
+    command = [python, "-m", "trainer", *data, "--model", plan.base_spec, "--out", out_dir,
                "--home", str(home.root), "--progress", "json"]
     if plan.options.config.method is None:
         command += ["--method", plan.method]  # the method the preview promised, whatever the trainer would pick
-    return command + list(plan.options.trainer_args)
+    if not pairs:
+        return command + list(plan.options.trainer_args)
+    beta = ["--beta", str(plan.options.beta)] if plan.options.beta != DEFAULT_BETA else []
+    return command + _dpo_arguments(plan.options.trainer_args) + beta
+
+
+def _dpo_arguments(args: Sequence[str]) -> list[str]:
+    """The trainer options without the SFT-only ones (replay: the preview says it is off with pairs)."""
+    sft_only = {"--" + name.replace("_", "-") for name in NOT_FOR_DPO}
+    kept: list[str] = []
+    skipping = False
+    for arg in args:
+        if arg.startswith("--"):
+            skipping = arg in sft_only
+        if not skipping:
+            kept.append(arg)
+    return kept
 
 
 def start_training(store: Store, home: DataHome, plan: TrainingPlan, *, python: str = sys.executable) -> RunMonitor:

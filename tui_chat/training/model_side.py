@@ -48,6 +48,7 @@ class ModelSide:
     device: DevicePlan
     method: str
     work: RunWork
+    example: str | None = None  # one training conversation as the model sees it, the learned text «marked»
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -112,7 +113,8 @@ def compute(home: DataHome, snapshot: Path, base_spec: str, argv: Sequence[str])
         raise TrainingError(f"--base: {exc}") from None
     conversations = read_jsonl(snapshot).conversations
     train, val = split_conversations(conversations, config.val_fraction)
-    counts = count_tokens(base_tokenizer(resolved.location, resolved.kind), train, val, config.max_length)
+    tokenizer = base_tokenizer(resolved.location, resolved.kind)
+    counts = count_tokens(tokenizer, train, val, config.max_length)
     if counts.train_kept < 1:
         raise TrainingError(
             f"nothing to train on: no conversation fits in --max-length {config.max_length} tokens; raise --max-length"
@@ -132,7 +134,37 @@ def compute(home: DataHome, snapshot: Path, base_spec: str, argv: Sequence[str])
         base_name=resolved.name, base_location=resolved.location, base_kind=resolved.kind, train=len(train),
         val=len(val), messages=sum(len(c.messages) for c in conversations), counts=counts, steps=steps,
         parameters=parameters, device=device, method=method, work=work,
+        example=marked_example(tokenizer, train, config.max_length),
     )
+
+
+LEARNED = ("«", "»")  # around the text that carries loss; not Rich markup, so the window shows them as they are
+
+
+def marked_example(tokenizer: Any | None, conversations: Sequence[Any], max_length: int) -> str | None:
+    """The shortest training conversation rendered with the base model's chat template exactly as the trainer
+    renders it (trainer.render), the tokens that carry loss between «»: what the model is taught, in its own
+    template. None without the tokenizer."""
+    from trainer.render import render_conversation
+
+    if tokenizer is None or not conversations:
+        return None
+    shortest = min(conversations, key=lambda c: sum(len(m["content"]) for m in c.messages))
+    example = render_conversation(tokenizer, shortest.as_messages(), max_length)
+    if example is None:
+        return None
+    pieces, run, learned = [], [], example.assistant_mask[0]
+    for token, mask in zip(example.input_ids, example.assistant_mask):
+        if mask != learned:
+            pieces.append(_marked(tokenizer.decode(run), learned))
+            run, learned = [], mask
+        run.append(token)
+    pieces.append(_marked(tokenizer.decode(run), learned))
+    return "".join(pieces)
+
+
+def _marked(text: str, learned: bool) -> str:
+    return f"{LEARNED[0]}{text}{LEARNED[1]}" if learned else text
 
 
 def main() -> None:

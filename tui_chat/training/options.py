@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from trainer.config import SFTConfig, add_config_options, validate
+from trainer.dpo_config import DEFAULT_BETA, DPOConfig, validate_dpo
 
 from tui_chat.training.errors import TrainingError
 
@@ -35,6 +36,7 @@ class TrainOptions:
     yes: bool  # start without asking
     config: SFTConfig
     trainer_args: tuple[str, ...]
+    beta: float = DEFAULT_BETA  # DPO's, used when the store has preference pairs
 
 
 def _parser() -> _Parser:
@@ -47,6 +49,8 @@ def _parser() -> _Parser:
     parser.add_argument("--base", metavar="SPEC", help="model to fine-tune (default: the chat's current model)")
     parser.add_argument("--yes", "-y", action="store_true", help="start without asking (scripts and tests)")
     add_config_options(parser, skip=SET_BY_CHAT)
+    parser.add_argument("--beta", type=float, default=DEFAULT_BETA,
+                        help="DPO beta for the preference pairs, when there are any (higher: the model moves less)")
     return parser
 
 
@@ -88,7 +92,9 @@ def parse_train_options(argv: Sequence[str]) -> TrainOptions:
     )
     try:
         validate(config)
+        validate_dpo(DPOConfig(data="", beta=values["beta"]))
     except ValueError as exc:
         raise TrainingError(f"/train: {exc}") from None
     base = values["base"].strip() if values["base"] else None
-    return TrainOptions(base=base or None, yes=values["yes"], config=config, trainer_args=_as_arguments(config))
+    return TrainOptions(base=base or None, yes=values["yes"], config=config, trainer_args=_as_arguments(config),
+                        beta=values["beta"])

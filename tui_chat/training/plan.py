@@ -4,6 +4,12 @@
 decide what is left out) into a pending folder of the data home's ``datasets/``, then reads it the way the trainer
 will: the same validation split, and the base model's own tokenizer and chat template to count tokens and find
 conversations over ``--max-length``. What the preview shows is exactly what ``start_training`` trains on.
+
+When the store holds preference pairs (sibling replies rated differently, corrections, compare picks), the snapshot
+holds them too (the store's preference export, next to the conversations) and the run trains on both at once: the
+conversations by cross-entropy and the pairs by DPO, one combined objective in one run (launch.py). Why one run and
+not SFT then DPO: one process, one base model load, one reference, one retention check and one model saved, so a
+handful of pairs costs a handful of steps, not a second run (see the README's preference section for the numbers).
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sessions import Store, counted
-from sessions.export import ExportError, ExportFilters, ExportResult, export_messages
+from sessions.export import ExportError, ExportFilters, ExportResult, export_messages, export_preference_pairs
 from trainer.home import DataHome
 from trainer.model_names import engine_name
+from trainer.pairs import read_pairs, split_pairs
 from trainer.timings import TIMINGS_FILE
 
 from tui_chat.training.errors import TrainingError
@@ -36,6 +43,7 @@ from tui_chat.training.model_side import measure
 from tui_chat.training.workload import Schedule
 
 SNAPSHOT_FILE = "messages.jsonl"  # in datasets/<run name>/, next to its manifest
+PAIRS_FILE = "pairs.jsonl"  # the preference pairs, beside it (only when the store has any)
 PENDING_PREFIX = ".pending-"  # a snapshot previewed but not (yet) started
 PENDING_MAX_AGE_S = 24 * 3600  # older pending snapshots were abandoned (the app closed at the question)
 
@@ -53,6 +61,12 @@ class DataPreview:
     truncated: int  # conversations cut at a turn boundary to fit --max-length
     over_long: int | None  # conversations dropped: not even their first reply fits (None: not checked)
     left_out: dict[str, int] = field(default_factory=dict)  # the export's reasons
+    train_pairs: int = 0  # preference pairs, split as the trainer splits them
+    val_pairs: int = 0
+
+    @property
+    def pairs(self) -> int:
+        return self.train_pairs + self.val_pairs
 
     @property
     def conversations(self) -> int:
@@ -77,6 +91,7 @@ class TrainingPlan:
     device: DevicePlan
     work: RunWork
     estimate: TimeEstimate | None
+    example: str | None = None  # one training conversation in the base model's template, learned text «marked»
 
     @property
     def epochs(self) -> float:
@@ -107,7 +122,13 @@ class TrainingPlan:
             "conversations": self.data.conversations,
             "tokens": self.data.tokens,
             "replay": self.schedule.replay,
+            "pairs": self.data.pairs,
         }
+
+    @property
+    def pairs_path(self) -> Path | None:
+        """The snapshot's preference pairs, when the store had any (the run then trains on them too)."""
+        return self.snapshot_dir / PAIRS_FILE if self.data.pairs else None
 
     @property
     def epochs_reason(self) -> str:
@@ -153,6 +174,17 @@ def _remove_abandoned_snapshots(home: DataHome) -> None:
             continue
 
 
+def _export_pairs(store: Store, path: Path, val_fraction: float) -> tuple[int, int]:
+    """Export the store's preference pairs to ``path``; (train, val) pairs as the trainer will split them, (0, 0)
+    when there are none (nothing is left at ``path`` then)."""
+    try:
+        export_preference_pairs(store, path, ExportFilters())
+    except ExportError:
+        return 0, 0  # no pairs: an SFT run as before
+    train, val = split_pairs(read_pairs(path).pairs, val_fraction)
+    return len(train), len(val)
+
+
 def plan_training(
     store: Store, home: DataHome, argv: Sequence[str], *, current_model: str = "default"
 ) -> TrainingPlan:
@@ -182,6 +214,7 @@ def plan_training(
         estimate = estimate_time(timings, side.work, base_name=side.base_name, method=side.method,
                                  device=side.device.device, parameters=side.parameters)
         counts = side.counts
+        train_pairs, val_pairs = _export_pairs(store, snapshot_dir / PAIRS_FILE, config.val_fraction)
         data = DataPreview(
             train_conversations=side.train,
             val_conversations=side.val,
@@ -192,12 +225,15 @@ def plan_training(
             truncated=counts.truncated,
             over_long=counts.over_long,
             left_out=export.left_out,
+            train_pairs=train_pairs,
+            val_pairs=val_pairs,
         )
         return TrainingPlan(
             name=name, options=options, base_spec=base_spec, base_name=side.base_name,
             base_parameters=side.parameters, method=side.method,
             lr=config.lr if config.lr is not None else DEFAULT_LR[side.method], schedule=side.steps, data=data,
             export=export, snapshot_dir=snapshot_dir, device=side.device, work=side.work, estimate=estimate,
+            example=side.example,
         )
     except BaseException:
         shutil.rmtree(snapshot_dir, ignore_errors=True)

@@ -25,6 +25,7 @@ def preview_lines(plan: "TrainingPlan") -> list[str]:
         f"{data.val_conversations} held out to measure it), {counted(data.messages, 'message')}, {tokens}"
         + (f" {data.token_note}" if data.token_note else ""),
         "Left out: " + _left_out_text(data),
+        *([_pairs_text(plan)] if data.pairs else []),
         f"Base model: {plan.base_name}" + (f" ({plan.base_spec})" if plan.base_spec != plan.base_name else "")
         + (f", {_parameters_text(plan.base_parameters)} parameters" if plan.base_parameters else ""),
         "Settings: " + _settings_text(plan),
@@ -35,6 +36,9 @@ def preview_lines(plan: "TrainingPlan") -> list[str]:
         lines.append("Disk: " + _disk_text(plan))
     lines.extend(plan.device.notes)
     lines.append(f"Run: {plan.name} (the model appears under this name in /model when it finishes)")
+    if plan.example:
+        lines.append("What the model learns, in its own template (the loss is on the «marked» text only):\n"
+                     + plan.example.rstrip())
     return lines
 
 
@@ -67,7 +71,17 @@ def _settings_text(plan: "TrainingPlan") -> str:
     return text + (f"; also {' '.join(extras)}" if extras else "")
 
 
+def _pairs_text(plan: "TrainingPlan") -> str:
+    data = plan.data
+    return (f"Preferences: {counted(data.pairs, 'pair')} ({data.train_pairs} to train on, {data.val_pairs} held out "
+            "to measure it) from your ratings, corrections and compare picks: the model learns to prefer the chosen "
+            f"reply over the rejected one (DPO, beta {plan.options.beta:g}) in the same run")
+
+
 def _replay_text(plan: "TrainingPlan") -> str:
+    if plan.data.pairs:
+        return ("off with preference pairs: the pairs' own reference (the base model) holds the model near what it "
+                "was, and the retention check measures what it kept")
     if not plan.schedule.replay:
         return "off: the model trains on your conversations alone and may forget some of what it knew"
     return (f"{counted(plan.schedule.replay, 'general conversation')} answered by {plan.base_name} itself are "

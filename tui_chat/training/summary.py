@@ -84,6 +84,15 @@ def _retention(metrics: dict[str, Any]) -> str | None:
     return text
 
 
+def _preference(metrics: dict[str, Any]) -> str | None:
+    """``preference accuracy 0% -> 100% on 4 held-out pairs``: a run with preference pairs (trainer.dpo)."""
+    before, after = metrics.get("before") or {}, metrics.get("after") or {}
+    if after.get("reward_accuracy") is None:
+        return None
+    return (f"preference accuracy {before.get('reward_accuracy', 0):.0%} -> {after['reward_accuracy']:.0%} on "
+            f"{after.get('pairs', 0)} held-out pairs")
+
+
 def metrics_text(metrics: dict[str, Any]) -> str:
     """``validation perplexity 12.30 -> 8.10, BLEU 3.2 -> 10.5, ROUGE-L 0.120 -> 0.250, retention 95% (...)``:
     what the run measured."""
@@ -91,6 +100,7 @@ def metrics_text(metrics: dict[str, Any]) -> str:
         _eval_change(metrics, "val_ppl", "validation perplexity", 2),
         _eval_change(metrics, "bleu", "BLEU", 1),
         _eval_change(metrics, "rouge_l", "ROUGE-L", 3),
+        _preference(metrics),
         _retention(metrics),
     ]
     return ", ".join(part for part in parts if part)

@@ -1,0 +1,112 @@
+"""`/train` with preference pairs in the store: the preview counts them, the trainer command trains on them and the
+conversations together (the combined objective), and that command runs (tiny model, in this process)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sessions import Store, memory_database
+from trainer import rundir
+from trainer.__main__ import main as trainer_main
+from trainer.home import DataHome
+from tui_chat.training.launch import start_training, trainer_command
+from tui_chat.training.plan import plan_training
+
+from .train_fixtures import add_chat, done_event, fake_trainer, fill_store, home_sharing_tiny, tiny_home, wait_for
+
+
+@pytest.fixture(scope="module")
+def models_home(tmp_path_factory: pytest.TempPathFactory) -> DataHome:
+    return tiny_home(tmp_path_factory.mktemp("dpo-train") / "shared")
+
+
+@pytest.fixture
+def home(tmp_path: Path, models_home: DataHome) -> DataHome:
+    return home_sharing_tiny(tmp_path, models_home)
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store(memory_database())
+
+
+def add_pairs(store: Store, n: int) -> None:
+    """``n`` conversations whose reply has a regenerated sibling: one rated up, one down (a pair each)."""
+    for i in range(n):
+        conversation = add_chat(store, [(f"hello {i} world", "the quick brown fox")], rating=1)
+        question = store.messages(conversation)[0]
+        worse = store.add_message(conversation, "assistant", f"the lazy dog {i}", parent_id=question.id)
+        store.set_rating(worse.id, -1)
+
+
+def test_the_preview_counts_the_pairs_and_the_run_trains_on_both(store: Store, home: DataHome) -> None:
+    fill_store(store, 6)
+    add_pairs(store, 10)
+    previewed = plan_training(store, home, ["--max-steps", "2", "--replay", "4", "--beta", "0.2"],
+                              current_model="tiny")
+    assert (previewed.data.train_pairs, previewed.data.val_pairs) == (9, 1)
+    text = "\n".join(previewed.preview_lines())
+    assert "Preferences: 10 pairs (9 to train on, 1 held out to measure it)" in text and "beta 0.2" in text
+    assert "Replay: off with preference pairs" in text
+    command = trainer_command(previewed, home, "chats.jsonl", "out", "python")
+    assert command[3:8] == ["dpo", "--data", str(previewed.snapshot_dir / "pairs.jsonl"), "--sft-data", "chats.jsonl"]
+    assert "--replay" not in command and command[-2:] == ["--beta", "0.2"]
+    out = home.models / "combined"
+    args = [*command[3:], "--no-eval", "--threads", "1", "--progress", "none"]
+    args[args.index("--sft-data") + 1] = str(previewed.export.paths["all"])
+    args[args.index("--out") + 1] = str(out)
+    assert trainer_main(args) == 0
+    start = next(json.loads(line) for line in (out / rundir.PROGRESS_LOG).read_text().splitlines()
+                 if json.loads(line)["event"] == "start")
+    assert start["objective"] == "dpo" and start["train_pairs"] == 9 and start["sft_conversations"] == 6  # the pairs' own
+    # conversations end in their newest reply, the thumbs-down one: cut there, nothing left to learn by cross-entropy
+    assert (out / rundir.COMPLETE).exists()
+    previewed.discard()
+
+
+def test_without_pairs_the_run_is_plain_sft(store: Store, home: DataHome) -> None:
+    fill_store(store, 6)
+    previewed = plan_training(store, home, ["--beta", "0.2"], current_model="tiny")
+    assert previewed.data.pairs == 0 and previewed.pairs_path is None
+    assert "Preferences" not in "\n".join(previewed.preview_lines())
+    command = trainer_command(previewed, home, "chats.jsonl", "out", "python")
+    assert command[3:6] == ["sft", "--data", "chats.jsonl"] and "--beta" not in command
+    previewed.discard()
+
+
+def test_a_started_run_keeps_its_pairs_beside_the_conversations(store: Store, home: DataHome, tmp_path: Path) -> None:
+    fill_store(store, 3)
+    add_pairs(store, 6)
+    previewed = plan_training(store, home, [], current_model="tiny")
+    python = fake_trainer(tmp_path, [done_event()])
+    monitor = start_training(store, home, previewed, python=python)
+    wait_for(lambda: monitor.process.poll() is not None)
+    dataset_dir = home.datasets / previewed.name
+    assert (dataset_dir / "pairs.jsonl").is_file() and (dataset_dir / "messages.jsonl").is_file()
+    recorded = store.get_training_run(monitor.run.id)
+    assert recorded.params["pairs"] == 6 and recorded.params["command"][2] == "dpo"
+
+
+def test_the_summary_tells_the_preference_accuracy() -> None:
+    from tui_chat.training.summary import metrics_text
+
+    metrics = {"before": {"reward_accuracy": 0.0, "pairs": 4}, "after": {"reward_accuracy": 0.75, "pairs": 4},
+               "retention": {"retention": 0.96, "facts_kept": 25, "facts_total": 26}}
+    assert metrics_text(metrics) == ("preference accuracy 0% -> 75% on 4 held-out pairs, retention 96% (25/26 general "
+                                     "facts kept)")
+
+
+def test_the_preview_shows_an_example_with_the_learned_text_marked(store: Store, home: DataHome) -> None:
+    add_chat(store, [("hi", "hello world"), ("and the fox?", "the quick brown fox")])
+    add_chat(store, [("a much longer question about the lazy dog", "the lazy dog sleeps " * 5)])
+    previewed = plan_training(store, home, [], current_model="tiny")
+    text = "\n".join(previewed.preview_lines())
+    example = text.split("(the loss is on the «marked» text only):\n", 1)[1]
+    # The shortest conversation, in the tiny model's template; each reply and its end-of-turn token marked.
+    assert example == ("<|user|>\nhi<|im_end|>\n<|assistant|>\n«hello world<|im_end|>»\n<|user|>\nand the fox?<|im_end|>"
+                       "\n<|assistant|>\n«the quick brown fox<|im_end|>»")
+    assert "lazy dog" not in example
+    previewed.discard()

@@ -1,0 +1,344 @@
+"""Preference training (DPO) on chosen / rejected pairs, one run end to end: pairs -> base model (and the reference
+log-probabilities, once) -> model to train -> loop (loop.py) -> evaluate -> save (save.py) -> report. Reads top to
+bottom, as sft.py does, and shares its pieces: the signal handling, the resume check, the loop, saving, the
+retention check and the run dir. The loss is preference_loss.py's.
+
+The before/after measure is on held-out pairs: the share whose implicit reward margin is positive (0 before
+training, where the model is its reference), the mean margin, and the share the model itself ranks the right way
+round (chosen reply more likely than the rejected one), plus greedy replies to a few held-out prompts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import get_scheduler
+
+from . import rundir
+from .base_answers import CACHE_DIR, AnswerCache, model_identity
+from .batching import padding_efficiency
+from .config import validate
+from .cpu_threads import ThreadGovernor
+from .data import Conversation, DataError, read_jsonl
+from .dpo_config import DPOConfig, validate_dpo
+from .evaluate import generate_replies
+from .home import DataHome
+from .loop import Loop, train
+from .pairs import Pair, RenderedPairs, read_pairs, render_pairs, split_pairs
+from .preference_loss import (
+    PairCollator, PreferenceLossModel, evaluate_pairs, one_batch, pair_batches, reference_logps,
+)
+from .mixed_batches import KindGroupedBatches, MixedCollator
+from .progress import ProgressReporter
+from .render import RenderedSet, render_conversations
+from .report import write_metrics
+from .retention import evaluate_retention, measure_baseline
+from .save import generating, save_model
+from .sft import EAGER_MAX_TOKENS, SCHEDULES, SettingsError, _check_resume, _slug, stop_on_signals
+from .timings import PhaseClock, process_age_s
+from .dpo_report import write_preference_report
+
+
+@dataclass
+class PairFiles:
+    """The validated pairs of every input file, split, before rendering."""
+
+    train: list[Pair]
+    val: list[Pair]
+    conversations: list[Conversation]  # --sft-data: learned by cross-entropy alongside (all of them train)
+    skipped_invalid: int
+    sha256: str  # of every input file, in order: --resume refuses a run whose data changed
+
+
+def default_run_dir(home: DataHome, model_spec: str) -> Path:
+    """``models/<model>-dpo-<YYYYmmdd-HHMMSS>`` in the data home."""
+    return home.models / f"{_slug(model_spec)}-dpo-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def read_pair_files(config: DPOConfig) -> PairFiles:
+    """Read and validate every pair file and split train / validation (before any model is loaded)."""
+    main = read_pairs(config.data, skip_invalid=config.skip_invalid)
+    skipped = len(main.skipped)
+    digest = hashlib.sha256(main.sha256.encode())
+    if config.val:
+        val_file = read_pairs(config.val, skip_invalid=config.skip_invalid)
+        skipped += len(val_file.skipped)
+        digest.update(val_file.sha256.encode())
+        train, val = main.pairs, val_file.pairs
+    else:
+        train, val = split_pairs(main.pairs, config.val_fraction)
+    for path in config.extra_data:
+        extra = read_pairs(path, skip_invalid=config.skip_invalid)
+        skipped += len(extra.skipped)
+        digest.update(extra.sha256.encode())
+        train = train + extra.pairs
+    conversations: list[Conversation] = []
+    for path in config.sft_data:
+        sft = read_jsonl(path, skip_invalid=config.skip_invalid)
+        skipped += len(sft.skipped)
+        digest.update(sft.sha256.encode())
+        conversations += sft.conversations
+    return PairFiles(train, val, conversations, skipped, digest.hexdigest())
+
+
+def run_dpo(config: DPOConfig, progress: ProgressReporter) -> Path:
+    """Train as ``config`` says and return the finished run dir. Raises DataError, ModelError, SettingsError,
+    RunDirError for problems the user can fix, and TrainingStopped after a signal (with a checkpoint saved)."""
+    try:
+        validate(config)
+        validate_dpo(config)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    threads = torch.get_num_threads()
+    governor = None if config.threads else ThreadGovernor()  # as sft.py: follows the machine's load by default
+    if governor is None:
+        torch.set_num_threads(config.threads)
+    else:
+        governor.start()
+    try:
+        with stop_on_signals() as stop, rundir.private_files():
+            return _run(config, progress, stop, governor)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(
+    config: DPOConfig, progress: ProgressReporter, stop: dict[str, str], governor: ThreadGovernor | None
+) -> Path:
+    from .models import load_model
+
+    home = DataHome.locate(config.home)
+    started, startup_s = time.time(), process_age_s()
+    clock = PhaseClock(progress)
+    files = read_pair_files(config)  # bad data fails here, before a model is loaded
+
+    accelerator = Accelerator(
+        mixed_precision="no", cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    )
+    progress.enabled = progress.enabled and accelerator.is_main_process
+    device = accelerator.device
+    automatic = [name for name in ("epochs", "lr") if getattr(config, name) is None]
+    n_user = len(files.train) + len(files.conversations)  # examples of either kind: each is one step's share
+    config = config.resolved(device, n_user)
+    if automatic:
+        progress.info(f"schedule: {len(files.train)} pairs, {len(files.conversations)} conversations: {config.epochs:g} epochs at lr {config.lr:g} "
+                      f"(chosen by dataset size and method: {', '.join(automatic)}; set --epochs / --lr to override)")
+    bf16 = config.bf16(device)
+    run_dir = Path(config.out).expanduser() if config.out else default_run_dir(home, config.model)
+    if accelerator.is_main_process:
+        rundir.check(run_dir, resume=config.resume)
+        if config.resume:
+            _check_resume(run_dir, config, files.sha256)
+
+    # -- the base model and its side of the before/after measures (retention's, cached in the data home)
+    set_seed(config.seed)
+    progress.info(f"loading {config.model}")
+    with clock.phase("load"):
+        loaded = load_model(config.model, models_dir=home.models, device=str(device),
+                            dtype=config.base_dtype(bf16), trust_remote_code=config.trust_remote_code)
+        model, tokenizer = loaded.model, loaded.tokenizer
+        base_parameters = sum(p.numel() for p in model.parameters())
+    baseline = None
+    if not config.no_eval:
+        with clock.phase("baseline") as record:
+            if governor is not None:
+                governor.recheck()
+            cache = AnswerCache.of(model, tokenizer, home.root / CACHE_DIR,
+                                   model_identity(loaded.source, config.base_dtype(bf16)))
+            progress.info("retention: the base model's answers to the held-out general prompts")
+            baseline = measure_baseline(model, tokenizer, cache, bf16=bf16)
+            record.update(generated=cache.generated.get("retention", 0), cached=baseline.cached)
+    train_set = render_pairs(tokenizer, files.train, config.max_length)
+    val_set = render_pairs(tokenizer, files.val, config.max_length)
+    conversations = render_conversations(tokenizer, files.conversations, config.max_length)
+    if not train_set.pairs:
+        raise DataError(f"{config.data}: no pair fits in --max-length {config.max_length} tokens; raise --max-length")
+    if accelerator.is_main_process:
+        if not config.resume:
+            home.ensure()
+            rundir.create(run_dir)
+            rundir.write_json_atomic(
+                run_dir / rundir.TRAIN_CONFIG,
+                {"config": dataclasses.asdict(config), "model": config.model, "dataset_sha256": files.sha256,
+                 "objective": "dpo"},
+            )
+        progress.log_to(run_dir / rundir.PROGRESS_LOG)
+    accelerator.wait_for_everyone()
+    for count, what in ((files.skipped_invalid, "invalid lines skipped"),
+                        (train_set.dropped + val_set.dropped, f"pairs dropped: a side over --max-length "
+                                                             f"{config.max_length} or hidden by the template"),
+                        (conversations.truncated, f"conversations cut to --max-length {config.max_length}"),
+                        (conversations.dropped_too_long + conversations.dropped_unrenderable,
+                         "conversations dropped: too long or hidden by the template")):
+        if count:
+            progress.info(f"{count} {what}")
+
+    # -- the model to train, and the reference's log-probabilities (the base model's: computed once)
+    attention = model.config._attn_implementation
+    if device.type == "cpu" and max(len(p) for p in [*train_set.pairs, *conversations.examples]) <= EAGER_MAX_TOKENS:
+        model.set_attn_implementation("eager")  # why: sft.py
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = "all-linear" if config.lora_targets == "all-linear" else config.lora_targets.split(",")
+        model = get_peft_model(model, LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=targets, task_type="CAUSAL_LM",
+        ))
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model.train()
+    collate = PairCollator(tokenizer.pad_token_id)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    with clock.phase("reference", pairs=len(train_set.pairs) + len(val_set.pairs)):
+        progress.info("reference: the base model's log-probabilities of every reply (once; they never change)")
+        train_pairs = reference_logps(model, train_set.pairs, collate, config.micro_batch, autocast)
+        val_pairs = reference_logps(model, val_set.pairs, collate, config.micro_batch, autocast)
+
+    items = [*train_pairs, *conversations.examples]
+    lengths = [len(item) for item in items]
+    sampler = KindGroupedBatches(lengths[: len(train_pairs)], lengths[len(train_pairs) :], config.micro_batch,
+                                 config.seed)
+    loader = torch.utils.data.DataLoader(
+        items, batch_sampler=sampler, collate_fn=MixedCollator(tokenizer.pad_token_id),
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    trained, optimizer, loader = accelerator.prepare(PreferenceLossModel(model, config.beta), optimizer, loader)
+    steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    warmup = int(config.warmup) if config.warmup >= 1 else round(config.warmup * total_steps)
+    scheduler = get_scheduler(SCHEDULES[config.schedule], optimizer, warmup, total_steps)
+    accelerator.register_for_checkpointing(scheduler)  # ours, not prepared: see sft.py
+    step = 0
+    checkpoint = rundir.latest_checkpoint(run_dir) if config.resume else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        step = json.loads((checkpoint / rundir.CHECKPOINT_STATE).read_text())["step"]
+        progress.info(f"resuming from step {step} ({checkpoint.name})")
+
+    real_fraction = padding_efficiency(lengths, sampler.batches())
+    progress.emit(
+        "start", run_dir=str(run_dir), model=loaded.name, method=config.method, objective="dpo",
+        device=str(device), dtype="bf16 autocast" if bf16 else "fp32", total_steps=total_steps, start_step=step,
+        epochs=total_steps / steps_per_epoch, train_conversations=len(train_pairs),
+        val_conversations=len(val_pairs), train_pairs=len(train_pairs), val_pairs=len(val_pairs),
+        sft_conversations=len(conversations.examples),
+        train_tokens=train_set.n_tokens + conversations.n_tokens,
+        assistant_tokens=train_set.n_reply_tokens + conversations.n_assistant_tokens,
+        real_token_fraction=round(real_fraction, 4), beta=config.beta,
+    )
+    eval_enabled = not config.no_eval and bool(val_pairs)
+    val_batches = pair_batches(val_pairs, config.micro_batch, collate)
+    prompts = [[dict(m) for m in p.pair.prompt] for p in val_pairs[: config.eval_samples]]
+
+    def run_eval(stage: str) -> dict[str, Any]:
+        with clock.phase(f"eval_{stage}", samples=len(prompts)):
+            progress.info(f"evaluating {stage} training: the held-out pairs")
+            unwrapped = accelerator.unwrap_model(trained).model
+            result = evaluate_pairs(unwrapped, val_batches(), config.beta, autocast)
+            replies = generate_replies(unwrapped, tokenizer, prompts, device=device, bf16=bf16,
+                                       max_new_tokens=config.max_new_tokens)
+        # val_loss: the held-out DPO loss, under the name the loss plot and the chat's monitor read.
+        progress.emit("eval", stage=stage, step=step, val_loss=result.dpo_loss, **result.metrics())
+        return {**result.metrics(), "replies": replies}
+
+    before_path = run_dir / "eval_before.json"  # kept so a resumed run still reports them
+    before = None
+    if eval_enabled:
+        if before_path.exists():
+            before = json.loads(before_path.read_text())
+        else:
+            before = run_eval("before")
+            if accelerator.is_main_process:
+                rundir.write_json_atomic(before_path, before)
+
+    # -- the loop (loop.py); each micro-batch's loss is its own mean (preference_loss.py says why)
+    loop = Loop(
+        accelerator, trained, trainable, optimizer, scheduler, loader, sampler, autocast, config.grad_accum,
+        steps_per_epoch, total_steps, config.save_every, run_dir, units=one_batch,
+    )
+    with clock.phase("train", start_step=step) as record:
+        result = train(loop, step, progress=progress, stop=stop, governor=governor, started=started)
+        record.update(steps=result.step - step, tokens=result.tokens)
+    step = result.step
+
+    # -- evaluate, save (the model loads from then on: COMPLETE), then retention, then the report
+    after = None
+    if eval_enabled:
+        with generating(accelerator.unwrap_model(trained).model, attention):
+            after = run_eval("after")
+    with clock.phase("save"):
+        trained_model = save_model(accelerator, trained, tokenizer, run_dir, config, loaded.source, home.models)
+    if accelerator.is_main_process:
+        rundir.mark_complete(run_dir, {"steps": step, "base_model": loaded.name})
+        progress.emit("ready", run_dir=str(run_dir))
+    retention = None
+    if baseline is not None:
+        with generating(trained_model, attention), clock.phase("retention", prompts=len(baseline.prompts)):
+            progress.info(f"the model is saved and loads now ({run_dir.name}); retention: it answers the held-out "
+                          "general prompts")
+            retention = evaluate_retention(trained_model, tokenizer, baseline, bf16=bf16)
+    retention_warning = retention.warning() if retention is not None else None
+    if retention is not None:
+        progress.emit("retention", stage="after", warning=retention_warning, **retention.metrics())
+        if retention_warning:
+            progress.info(f"warning: {retention_warning}")
+    if accelerator.is_main_process:
+        metrics = {
+            "base_model": loaded.name, "base_parameters": base_parameters, "objective": "dpo",
+            "method": config.method, "beta": config.beta, "steps": step, "epochs": step / steps_per_epoch,
+            "precision": "bf16 autocast" if bf16 else "fp32", "device": str(device),
+            "processes": accelerator.num_processes,
+            "threads": (governor.most_used() if governor else config.threads) if device.type == "cpu" else None,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_time_s": result.seconds,
+            "tokens_per_s": result.tokens / result.seconds if result.seconds else 0.0,
+            "train_cpu_s": result.cpu_s,
+            "final_train_loss": result.last_loss,
+            "data": _data_counts(train_set, val_set, conversations, files, real_fraction),
+            "before": _numbers(before), "after": _numbers(after),
+            "schedule": {"epochs": config.epochs, "lr": config.lr, "automatic": automatic,
+                         "user_pairs": len(files.train), "user_conversations": len(files.conversations)},
+            "retention": {**retention.metrics(), "warning": retention_warning} if retention else None,
+            "startup_s": startup_s,
+            "phases": clock.phases,
+        }
+        write_preference_report(run_dir, metrics, before, after, prompts, retention, retention_warning)
+        metrics["total_s"] = process_age_s()
+        write_metrics(run_dir / "metrics.json", metrics)
+        rundir.prune_checkpoints(run_dir, keep=None)
+        before_path.unlink(missing_ok=True)
+        progress.emit("done", run_dir=str(run_dir), elapsed_s=round(time.time() - started, 1), metrics=metrics)
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def _numbers(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+    return {k: v for k, v in evaluation.items() if k != "replies"} if evaluation else None
+
+
+def _data_counts(
+    train: RenderedPairs, val: RenderedPairs, conversations: RenderedSet, files: PairFiles, real_fraction: float
+) -> dict[str, Any]:
+    return {
+        "train_pairs": len(train.pairs), "val_pairs": len(val.pairs), "sft_conversations": len(conversations.examples),
+        "train_tokens": train.n_tokens + conversations.n_tokens,
+        "reply_tokens": train.n_reply_tokens + conversations.n_assistant_tokens,
+        "skipped_invalid": files.skipped_invalid,
+        "dropped": train.dropped + val.dropped, "real_token_fraction": real_fraction, "dataset_sha256": files.sha256,
+    }
+

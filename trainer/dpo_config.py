@@ -1,0 +1,73 @@
+"""The DPO settings: SFT's (config.py) with preference pairs as the data and DPO's ``beta``. Torch-free, like
+config.py, so the chat's `/train` can read them.
+
+Replay is not offered: it teaches the base model's answers by cross-entropy / distillation, an SFT objective. DPO's
+reference term already holds the model to the base model's distribution on the pairs' replies, and the retention
+check still measures what was kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .config import SFTConfig
+from .schedule import auto_epochs
+
+if TYPE_CHECKING:
+    import torch
+
+# Peak learning rates (AdamW, cosine), LoRA measured on the teach-a-preference bench (bench/teach_preference.py: 20
+# pairs, 8 epochs, rank 4, beta 0.1). Chosen = the reply opened by "Short answer:": 5e-4 drove the rejected replies
+# down without raising the chosen ones (DPO's known failure): replies turned to rambling, retention 35-50%; 1e-3 taught
+# the opener in 3 seeds of 3 and kept 24, 24 and 22 of 26 general facts (92%, 92%, 85%). An earlier trait (a sign-off line after the reply): 2e-4 kept 25 of
+# 26 but taught nothing, 2e-3 (SFT's rate) taught it and kept 18 of 26 (69%). Full fine-tuning: not measured here.
+DPO_LEARNING_RATES = {"lora": 1e-3, "full": 1e-5}
+# beta: how far the policy may move from the reference; 0.1 is the paper's and TRL's default, and on the
+# teach-a-preference test it taught the trait while keeping retention (bench/teach_preference.py).
+DEFAULT_BETA = 0.1
+NOT_FOR_DPO = frozenset({"replay", "no_replay", "replay_loss"})  # SFT-only options (see the module docstring)
+
+
+@dataclass
+class DPOConfig(SFTConfig):
+    data: str = field(metadata={
+        "help": 'preference pairs: JSONL of {"prompt": [messages], "chosen": str, "rejected": str} '
+        "(`tui-chat export --format preference`; a `split` field is honoured)"
+    })
+    out: str | None = field(
+        default=None, metadata={"help": "run directory (default: the data home's models/<model>-dpo-<time>)"}
+    )
+    extra_data: list[str] = field(
+        default_factory=list, metadata={"help": "more preference JSONL mixed into training only (repeatable)"}
+    )
+    micro_batch: int = field(default=4, metadata={"help": "pairs per forward pass (each is two rows)"})
+    max_length: int = field(
+        default=1024, metadata={"help": "tokens per prompt + reply; a pair with a longer side is dropped"}
+    )
+    sft_data: list[str] = field(
+        default_factory=list,
+        metadata={"help": "conversations (`messages` JSONL) learned by cross-entropy in the same run: the combined "
+                  "objective `/train` uses when there are pairs (repeatable)"},
+    )
+    beta: float = field(
+        default=DEFAULT_BETA,
+        metadata={"help": "DPO beta: how far the model may move from the base model (higher: less far)"},
+    )
+    no_replay: bool = field(default=True, metadata={"help": "(SFT only)"})
+
+    def resolved(self, device: "torch.device", n_conversations: int = 1) -> "DPOConfig":
+        """SFT's automatic choices, with DPO's learning rates; ``n_conversations``: training pairs."""
+        method = self.method or ("full" if device.type == "cuda" else "lora")
+        return dataclasses.replace(
+            self, method=method, replay_loss="ce",
+            lr=self.lr if self.lr is not None else DPO_LEARNING_RATES[method],
+            epochs=self.epochs if self.epochs is not None else auto_epochs(n_conversations),
+        )
+
+
+def validate_dpo(config: DPOConfig) -> None:
+    """Raise ValueError (one line) for DPO settings that cannot work (SFT's own are checked by config.validate)."""
+    if not config.beta > 0:
+        raise ValueError("--beta must be positive (0.1 is the usual value)")
