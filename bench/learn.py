@@ -40,7 +40,7 @@ FACTS = "facts"  # the teach-a-fact set, as a size
 # The settings each row adds to `python -m trainer sft`. "today": the defaults before issue 17 (replay two per
 # conversation, 16-64, distilled; LoRA rank 4 at lr 2e-3; epochs 8 * sqrt(20 / n) within [1, 8]; every epoch kept,
 # the whole update kept); their epochs depend on the dataset, see ``flags``.
-CONFIGS = ("new", "no-replay", "today")
+CONFIGS = ("new", "choose", "no-replay", "today")
 
 
 def old_epochs(n_train: int) -> int:
@@ -53,6 +53,8 @@ def flags(config: str, n_train: int) -> list[str]:
              "--epochs", str(old_epochs(n_train))]
     if config == "new":
         return []
+    if config == "choose":  # the defaults, and the share of the update kept chosen after training
+        return ["--choose-adapter-scale"]
     if config == "no-replay":
         return today + ["--no-replay"]
     return today + ["--replay", str(max(16, min(64, round(2 * n_train))))]

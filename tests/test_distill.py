@@ -149,7 +149,7 @@ def test_training_distills_replay_by_default_and_can_turn_it_off(
     data = write_jsonl(tmp_path / "chats.jsonl", chat_lines(12))
     config = SFTConfig(
         data=str(data), model=str(tiny_dir), out=str(tmp_path / "kl"), home=str(tmp_path / "home"), threads=1,
-        progress="none", max_steps=2, no_eval=True, replay=4, adapter_scale=1.0,  # no drift set: replay rows only
+        progress="none", max_steps=2, no_eval=True, replay=4,
     )
     reporter = ProgressReporter("none")
 

@@ -83,7 +83,7 @@ def test_a_run_measures_every_candidate_and_saves_the_chosen_model(
     tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     can_replay_answers(monkeypatch)  # the drift set: a random tiny model never finishes a sentence of its own
-    _, metrics = run(tiny_dir, tmp_path, "chosen")
+    _, metrics = run(tiny_dir, tmp_path, "chosen", choose_adapter_scale=True)
     points = [ScalePoint(**p) for p in metrics["adapter_scale"]["points"]]
     assert [p.alpha for p in points] == list(ALPHAS)
     assert metrics["adapter_scale"]["alpha"] == choose(points, metrics["adapter_scale"]["base_val_loss"]).alpha
@@ -104,14 +104,18 @@ def test_a_run_without_held_out_conversations_keeps_the_whole_update_unmeasured(
 ) -> None:
     """Nothing to weigh the gain on: no drift set is generated (a base model's first small run would pay for it)."""
     can_replay_answers(monkeypatch)
-    run_dir, metrics = run(tiny_dir, tmp_path, "no-val", val_fraction=0.0)
+    run_dir, metrics = run(tiny_dir, tmp_path, "no-val", val_fraction=0.0, choose_adapter_scale=True)
     assert metrics["adapter_scale"] == {"alpha": 1.0, "base_val_loss": None, "points": []}
     timings = json.loads((tmp_path / "home" / "runs" / "timings.jsonl").read_text().splitlines()[-1])
-    assert "drift" not in timings["phases"] and "interpolate" in timings["phases"]
+    assert "drift" not in timings["phases"] and "interpolate" not in timings["phases"]
 
 
 def test_adapter_scale_is_checked(tiny_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="between 0 and 1"):
         run(tiny_dir, tmp_path, "bad", adapter_scale=1.5)
-    with pytest.raises(SettingsError, match="needs --method lora"):
+    with pytest.raises(SettingsError, match="need --method lora"):
         run(tiny_dir, tmp_path, "full", adapter_scale=0.5, method="full")
+    with pytest.raises(SettingsError, match="need --method lora"):
+        run(tiny_dir, tmp_path, "full", choose_adapter_scale=True, method="full")
+    with pytest.raises(SettingsError, match="give one of them"):
+        run(tiny_dir, tmp_path, "both", adapter_scale=0.5, choose_adapter_scale=True)

@@ -81,16 +81,25 @@ class SFTConfig:
     no_early_stop: bool = field(
         default=False,
         metadata={
-            "help": "train every epoch and keep the last weights (default: stop once the validation loss stops "
-            "improving and keep the best epoch's weights)"
+            "help": "train every epoch and keep the last weights (default: stop once the validation loss is clearly "
+            "(3%%) above its best and keep the best epoch's weights)"
         },
     )
-    adapter_scale: float | None = field(
-        default=None,
+    adapter_scale: float = field(
+        default=1.0,
         metadata={
-            "help": "share of the LoRA update kept, 0-1: the model between the base (0) and the tuned one (1) "
-            "(default: chosen after training on the validation loss, within a bound on how far general answers "
-            "moved; printed)"
+            "help": "share of the LoRA update kept, 0-1: the model between the base (0) and the tuned one (1)"
+        },
+    )
+    # Not the default: on the teach-a-fact set the share it chose (0.4) kept 25 of 26 general answers but recalled 1
+    # of 12 taught facts (the whole update: 11 of 12), since 80% of a log-perplexity gain is not the right answer
+    # ranked first. On real chit-chat it kept more general knowledge at no cost in the validation gain (README).
+    choose_adapter_scale: bool = field(
+        default=False,
+        metadata={
+            "help": "after training, keep the share of the LoRA update with the least drift from the base model's "
+            "general answers that still keeps 80%% of the validation gain (measured at 1, 0.85, 0.7, 0.55, 0.4; "
+            "printed); needs held-out conversations"
         },
     )
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: by method, printed)"})
@@ -141,9 +150,9 @@ class SFTConfig:
         """The resolved settings that decide what is learned, in one line (printed when training starts)."""
         method = f"LoRA rank {self.lora_r} on {self.lora_targets}" if self.method == "lora" else "full fine-tune"
         epochs = f"{self.epochs:g} epochs" if self.max_steps is None else f"{self.max_steps} steps"
-        stop = "every epoch kept" if self.no_early_stop else "stopping when the validation loss stops improving"
+        stop = "every epoch kept" if self.no_early_stop else "stopping once the validation loss is clearly worse"
         replay = f"{replay_count} replayed ({self.replay_loss})" if replay_count else "no replay"
-        scale = ("the share of the update kept chosen after training" if self.adapter_scale is None
+        scale = ("the share of the update kept chosen after training" if self.choose_adapter_scale
                  else f"{self.adapter_scale:g} of the update kept")
         return f"{method}, lr {self.lr:g}, up to {epochs} ({stop}), {replay}" + (
             f", {scale}" if self.method == "lora" else "")
@@ -212,10 +221,13 @@ def validate(config: SFTConfig) -> None:
         raise ValueError("--max-steps must be at least 1")
     if config.epochs is not None and config.epochs <= 0:
         raise ValueError("--epochs must be positive")
-    if config.adapter_scale is not None and not 0 <= config.adapter_scale <= 1:
+    if not 0 <= config.adapter_scale <= 1:
         raise ValueError("--adapter-scale must be between 0 and 1")
-    if config.adapter_scale not in (None, 1) and config.method == "full":
-        raise ValueError("--adapter-scale needs --method lora (it scales the adapter); leave it out for full")
+    if (config.adapter_scale != 1 or config.choose_adapter_scale) and config.method == "full":
+        raise ValueError("--adapter-scale and --choose-adapter-scale need --method lora (they scale the adapter); "
+                         "leave them out for full")
+    if config.adapter_scale != 1 and config.choose_adapter_scale:
+        raise ValueError("--adapter-scale fixes the share and --choose-adapter-scale measures it: give one of them")
     if config.max_length < 16:
         raise ValueError("--max-length must be at least 16 tokens")
     if config.resume and not config.out:

@@ -138,7 +138,8 @@ def _early_stop_line(metrics: dict[str, Any]) -> str:
     if not stop or not stop["val_losses"]:
         return ""
     losses = ", ".join(f"{v:.3f}" for v in stop["val_losses"])
-    return f"- validation loss after each epoch: {losses}; the weights of epoch {stop['best_epoch']} were kept\n"
+    kept = stop.get("kept_epoch", stop["best_epoch"])
+    return f"- validation loss after each epoch: {losses}; the weights of epoch {kept} were kept\n"
 
 
 def _scale_line(metrics: dict[str, Any]) -> str:

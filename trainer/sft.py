@@ -249,9 +249,9 @@ def _run(
         model, tokenizer = loaded.model, loaded.tokenizer
         base_parameters = sum(p.numel() for p in model.parameters())
         cache = None
-        # With LoRA the kept share of the update is chosen after training (interpolate.py) unless the user set it;
-        # the rule weighs the held-out conversations' gain, so a run without any keeps the whole update.
-        choosing_scale = config.method == "lora" and config.adapter_scale is None and bool(files.val)
+        # --choose-adapter-scale: the kept share of the LoRA update is chosen after training (interpolate.py); the
+        # rule weighs the held-out conversations' gain, so a run without any keeps the whole update.
+        choosing_scale = config.method == "lora" and config.choose_adapter_scale and bool(files.val)
         if replay_count or not config.no_eval or choosing_scale:
             cache = AnswerCache.of(model, tokenizer, home.root / CACHE_DIR, model_identity(loaded.source, dtype))
 
@@ -439,15 +439,16 @@ def _run(
         if not config.no_early_stop:
             best.restore()
         progress.info(f"early stopping: validation loss by epoch {', '.join(f'{v:.3f}' for v in best.losses)}; "
-                      f"kept epoch {best.best_epoch}")
+                      f"kept epoch {best.kept_epoch}")
 
     # -- how much of the LoRA update to keep (interpolate.py): chosen here, or as --adapter-scale says
     interpolation = None
-    if config.method == "lora" and config.adapter_scale != 1:
+    if config.method == "lora" and (config.adapter_scale != 1 or choosing_scale):
         unwrapped = accelerator.unwrap_model(trained).model
         drift_loss = (lambda: validation_loss(unwrapped, drift_batches(), device, bf16)[0]) if drift_batches else None
         with clock.phase("interpolate"):
-            interpolation = interpolate(unwrapped, config.adapter_scale, val_loss, drift_loss)
+            interpolation = interpolate(unwrapped, None if choosing_scale else config.adapter_scale, val_loss,
+                                        drift_loss)
         if interpolation.points:
             progress.info(interpolation.describe())
 
@@ -509,7 +510,8 @@ def _run(
                        "loss": config.replay_loss,
                        # The base model's mean probability outside the TOP_K tokens distillation keeps.
                        "outside_top_k": outside_top_k},
-            "early_stop": {"val_losses": best.losses, "best_epoch": best.best_epoch} if best else None,
+            "early_stop": {"val_losses": best.losses, "best_epoch": best.best_epoch, "kept_epoch": best.kept_epoch}
+            if best else None,
             "adapter_scale": (interpolation or Interpolation(1.0)).metrics(),
             "replay_tokens_each": sum(lengths[data.replay_from :]) / len(replay) if replay else None,
             "retention": {**retention.metrics(), "warning": retention_warning} if retention else None,

@@ -115,7 +115,7 @@ def run_work(
     evaluate = not config.no_eval
     samples = len(eval_prompts(val, config.eval_samples)) if evaluate else 0
     replay_tokens = round(plan.replay * replay_tokens_each)
-    chooses_scale = method == "lora" and config.adapter_scale is None and len(val) > 0  # as trainer/sft.py decides
+    chooses_scale = method == "lora" and config.choose_adapter_scale and len(val) > 0  # as trainer/sft.py decides
     return RunWork(
         trained_tokens=round((tokens + replay_tokens) * plan.epochs),
         replay_tokens=replay_tokens,
