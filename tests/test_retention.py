@@ -198,7 +198,7 @@ def test_usable_reply_cuts_unfinished_answers_at_a_sentence() -> None:
 def test_default_replay_count_follows_the_data_within_bounds() -> None:
     assert default_replay_count(10) == 20
     assert default_replay_count(3) == 16
-    assert default_replay_count(20) == default_replay_count(10_000) == 32
+    assert default_replay_count(40) == default_replay_count(10_000) == 64
 
 
 def test_replay_conversations_come_from_the_model(tiny, tmp_path: Path) -> None:

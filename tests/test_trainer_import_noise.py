@@ -41,6 +41,21 @@ def test_loading_a_lora_stack_is_quiet_too() -> None:
     assert not noise_lines(stderr), stderr
 
 
+LORA_WRAP = (
+    "from transformers import LlamaConfig, LlamaForCausalLM\n"
+    "from peft import LoraConfig, get_peft_model\n"
+    "config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,\n"
+    "                     num_attention_heads=2, num_key_value_heads=2)\n"
+    "get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, target_modules=['q_proj']))\n"
+)
+
+
+def test_wrapping_a_model_in_lora_is_quiet() -> None:
+    """peft reads a deprecated transformers alias on every LoRA run; without the trainer's filter it warns."""
+    assert "is_gradient_checkpointing" in stderr_of("-W", "default", "-c", LORA_WRAP)  # the premise
+    assert "is_gradient_checkpointing" not in stderr_of("-W", "default", "-c", "import trainer\n" + LORA_WRAP)
+
+
 def test_other_warnings_from_those_loggers_still_show() -> None:
     code = (
         "import logging, trainer, torchao\n"
