@@ -329,9 +329,36 @@ def test_prompt_cache_after_an_edit_and_a_regenerate(chat_engine: HFEngine) -> N
     assert chat_engine.decoder.reused == len(chat_engine.prompt_ids(messages)) - 1
     edited = [{"role": "user", "content": "hello there"}, *messages[1:]]  # an earlier message changed
     after_edit = "".join(run(chat_engine, edited, SAMPLED)[0])
-    before_edit = chat_engine.decoder.reused
-    assert 0 < before_edit < len(chat_engine.prompt_ids(edited[:1]))  # encoding restarted inside the first message
+    # Too little shared to be worth rewinding (the system turn and a few words): the edit gets a cache of its own,
+    # and the original branch's history is still encoded for a switch back to it.
+    assert chat_engine.decoder.reused == 0
+    assert "".join(run(chat_engine, messages, SAMPLED)[0]) == first
+    assert chat_engine.decoder.reused == len(chat_engine.prompt_ids(messages)) - 1
     assert after_edit == uncached(chat_engine, edited, SAMPLED)
+
+
+def test_conversations_taking_turns_keep_their_own_history(chat_engine: HFEngine) -> None:
+    """As the server answers several windows: each conversation's next turn reuses its own history, and past
+    PROMPT_CACHES conversations the least recently used one is encoded again."""
+    caches = chat_engine.decoder.prompt_cache
+    caches.clear()
+    chats = [[{"role": "user", "content": f"chat {n}: the quick brown fox"}] for n in range(caches.size + 1)]
+    for chat in chats[:2]:
+        chat.append({"role": "assistant", "content": "".join(run(chat_engine, chat, VARIED)[0])})
+    replies = []
+    for chat in chats[:2]:  # the second turns, in turn: each finds its own first turn encoded
+        chat.append({"role": "user", "content": "jumps over the lazy dog"})
+        replies.append("".join(run(chat_engine, chat, VARIED)[0]))
+        # (a random model's reply may not tokenize back to the ids it was sampled as: at least the first turn's
+        # prompt came back, which the other conversation does not share)
+        assert chat_engine.decoder.reused >= len(chat_engine.prompt_ids(chat[:1])) - 1
+    assert replies == [uncached(chat_engine, chat, VARIED) for chat in chats[:2]]  # the caches changed nothing
+    caches.clear()
+    for chat in chats:  # one conversation more than there are caches: the first one's history goes
+        run(chat_engine, chat[:1], VARIED)
+    assert len(caches) == caches.size
+    run(chat_engine, chats[0][:3], VARIED)
+    assert chat_engine.decoder.reused == 0
 
 
 def test_prompt_cache_stays_right_when_old_turns_are_dropped(tiny_engine: HFEngine) -> None:

@@ -44,6 +44,10 @@ MIN_STATIC_CAPACITY = 1024  # tokens: a short prompt plus the default 512-token 
 # on the decode thread's count; a reopened or edited long chat is hundreds to thousands of tokens.
 PARALLEL_PROMPT = 64
 WARM_UP_PROMPT = 8  # tokens in the compile warm-up's scratch cache: dynamo specialises sizes 0 and 1, not 8
+# Conversations whose encoded history is kept (the server answers several windows and clients in turn). The bundled
+# model's cache is ~23 KB a token in bfloat16 (30 layers x keys and values x 3 heads x 64), so four 2,000-token
+# histories are ~180 MB beside its ~270 MB of weights.
+PROMPT_CACHES = 4
 
 
 def common_prefix(first: list[int], second: list[int]) -> int:
@@ -115,6 +119,44 @@ class PromptCache:
         self.cache, self.capacity, self.ids = None, 0, []
 
 
+class PromptCaches:
+    """One ``PromptCache`` per recent conversation, at most ``size``; the least recently used goes first.
+
+    A prompt takes the cache it extends. One that shares at least half of a cache's ids is the same conversation
+    edited or regenerated, and rewinds that cache; any other prompt (another conversation, which may share only the
+    template's system turn) gets a cache of its own, so two clients taking turns never encode each other's history.
+    """
+
+    def __init__(self, model: Any, *, static: bool, context_limit: int, size: int = PROMPT_CACHES) -> None:
+        self.model = model
+        self.static = static
+        self.context_limit = context_limit
+        self.size = size
+        self._caches: list[PromptCache] = []  # least recently used first
+
+    def __len__(self) -> int:
+        return len(self._caches)
+
+    def for_prompt(self, ids: list[int]) -> PromptCache:
+        """The cache to encode ``ids`` in, now the most recently used."""
+        shared = [(common_prefix(c.ids, ids[:-1]), recency, c) for recency, c in enumerate(self._caches)]
+        ours = [entry for entry in shared if entry[0] > 0 and 2 * entry[0] >= len(entry[2].ids)]
+        if ours:  # the most shared; of equals, the most recently used
+            best = max(ours, key=lambda entry: entry[:2])[2]
+            self._caches.remove(best)
+        elif len(self._caches) < self.size:
+            best = PromptCache(self.model, static=self.static, context_limit=self.context_limit)
+        else:
+            best = self._caches.pop(0)  # the least recently used conversation's history goes
+            best.clear()
+        self._caches.append(best)
+        return best
+
+    def clear(self) -> None:
+        """Forget every conversation's history (a benchmark row that must encode its whole prompt)."""
+        self._caches = []
+
+
 class Sampler:
     """Chooses each next token as ``generate`` would with the same settings: transformers' repetition penalty, then
     the argmax at temperature 0, else a draw after temperature, top-k and top-p."""
@@ -183,7 +225,7 @@ class Decoder:
         # of rows a matmul: there every core helps, and a reopened long chat waits for nothing else.
         self.prompt_threads = prompt_threads
         static = compile and device.type == "cuda"  # CUDA graphs need fixed shapes; elsewhere the cache grows
-        self.prompt_cache = PromptCache(model, static=static, context_limit=context_limit)
+        self.prompt_cache = PromptCaches(model, static=static, context_limit=context_limit)
         self.compiled_step: Callable[..., torch.Tensor] | None = None
         if compile and static:
             self.compiled_step = torch.compile(self._step, fullgraph=True, dynamic=False, mode="reduce-overhead")
@@ -207,8 +249,8 @@ class Decoder:
         output = self.model(input_ids=token, position_ids=position, past_key_values=cache, use_cache=True)
         return output.logits[:, -1]
 
-    def _prefill(self, ids: list[int], start: int) -> torch.Tensor:
-        """Encode ``ids`` at positions ``start...`` into the cache; the logits after the last one."""
+    def _prefill(self, cache: PromptCache, ids: list[int], start: int) -> torch.Tensor:
+        """Encode ``ids`` at positions ``start...`` into ``cache``; the logits after the last one."""
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(ids), device=self.device)[None]
         threads = torch.get_num_threads()
@@ -218,7 +260,7 @@ class Decoder:
             output = self.model(
                 input_ids=input_ids,
                 position_ids=positions,
-                past_key_values=self.prompt_cache.cache,
+                past_key_values=cache.cache,
                 use_cache=True,
                 logits_to_keep=1,  # the prompt's other logits are never used: skip the vocabulary projection for them
             )
@@ -232,12 +274,12 @@ class Decoder:
         Stop early by closing the iterator (or simply no longer asking): the cache then holds exactly the ids fed so
         far, ready for the next turn. ``len(ids) + max_new_tokens`` must fit the model's context.
         """
-        cache = self.prompt_cache
+        cache = self.prompt_cache.for_prompt(ids)
         try:
             with torch.inference_mode():
                 start = self.reused = cache.prepare(ids, max_new_tokens)
                 step = self._step_for(cache.capacity)
-                logits = self._prefill(ids[start:], start)
+                logits = self._prefill(cache, ids[start:], start)
                 cache.ids = list(ids)
                 for _ in range(max_new_tokens - 1):
                     token = choose(logits)
