@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,13 @@ import pytest
 
 from trainer.home import DataHome
 from trainer.models import BUNDLED_DIR, ensure_bundled
+
+# A suite started in the background by a shell without job control (`make test &` in a script) inherits SIGINT
+# ignored, and so would every process it starts, since an ignored signal stays ignored across exec: the tests that
+# press Ctrl+C in a REPL or cancel a fake run by SIGINT would wait for nothing. A handled signal is reset to the
+# default across exec, so Python's own handler here gives every child the SIGINT a terminal would.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
