@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
@@ -35,7 +33,7 @@ from .dpo_config import DPOConfig, validate_dpo
 from .evaluate import generate_replies
 from .home import DataHome
 from .loop import Loop, train
-from .pairs import Pair, RenderedPairs, read_pairs, render_pairs, split_pairs
+from .pairs import Pair, PairFile, RenderedPairs, read_pairs, render_pairs, split_pairs
 from .preference_loss import (
     PairCollator, PreferenceLossModel, evaluate_pairs, one_batch, pair_batches, reference_logps,
 )
@@ -45,7 +43,16 @@ from .render import RenderedSet, render_conversations
 from .report import write_metrics
 from .retention import evaluate_retention, measure_baseline
 from .save import generating, save_model
-from .sft import EAGER_MAX_TOKENS, SCHEDULES, SettingsError, _check_resume, _slug, stop_on_signals
+from .sft import (
+    EAGER_MAX_TOKENS,
+    SCHEDULES,
+    SettingsError,
+    _check_resume,
+    default_run_dir,
+    make_accelerator,
+    read_inputs,
+    run_guarded,
+)
 from .timings import PhaseClock, process_age_s
 from .dpo_report import write_preference_report
 
@@ -61,35 +68,19 @@ class PairFiles:
     sha256: str  # of every input file, in order: --resume refuses a run whose data changed
 
 
-def default_run_dir(home: DataHome, model_spec: str) -> Path:
-    """``models/<model>-dpo-<YYYYmmdd-HHMMSS>`` in the data home."""
-    return home.models / f"{_slug(model_spec)}-dpo-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def read_pair_files(config: DPOConfig) -> PairFiles:
-    """Read and validate every pair file and split train / validation (before any model is loaded)."""
-    main = read_pairs(config.data, skip_invalid=config.skip_invalid)
-    skipped = len(main.skipped)
-    digest = hashlib.sha256(main.sha256.encode())
-    if config.val:
-        val_file = read_pairs(config.val, skip_invalid=config.skip_invalid)
-        skipped += len(val_file.skipped)
-        digest.update(val_file.sha256.encode())
-        train, val = main.pairs, val_file.pairs
-    else:
-        train, val = split_pairs(main.pairs, config.val_fraction)
-    for path in config.extra_data:
-        extra = read_pairs(path, skip_invalid=config.skip_invalid)
-        skipped += len(extra.skipped)
-        digest.update(extra.sha256.encode())
-        train = train + extra.pairs
+    """Read and validate every pair file (split train / validation) and every ``--sft-data`` file, before any model
+    is loaded."""
+    def pairs(path: str) -> tuple[list[Pair], PairFile]:
+        file = read_pairs(path, skip_invalid=config.skip_invalid)
+        return file.pairs, file
+
+    files = read_inputs(config, pairs, split_pairs)
     conversations: list[Conversation] = []
     for path in config.sft_data:
         sft = read_jsonl(path, skip_invalid=config.skip_invalid)
-        skipped += len(sft.skipped)
-        digest.update(sft.sha256.encode())
-        conversations += sft.conversations
-    return PairFiles(train, val, conversations, skipped, digest.hexdigest())
+        conversations += files.add((sft.conversations, sft))
+    return PairFiles(files.train, files.val, conversations, files.skipped_invalid, files.digest.hexdigest())
 
 
 def run_dpo(config: DPOConfig, progress: ProgressReporter) -> Path:
@@ -100,17 +91,7 @@ def run_dpo(config: DPOConfig, progress: ProgressReporter) -> Path:
         validate_dpo(config)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
-    threads = torch.get_num_threads()
-    governor = None if config.threads else ThreadGovernor()  # as sft.py: follows the machine's load by default
-    if governor is None:
-        torch.set_num_threads(config.threads)
-    else:
-        governor.start()
-    try:
-        with stop_on_signals() as stop, rundir.private_files():
-            return _run(config, progress, stop, governor)
-    finally:
-        torch.set_num_threads(threads)
+    return run_guarded(config, lambda stop, governor: _run(config, progress, stop, governor))
 
 
 def _run(
@@ -123,9 +104,7 @@ def _run(
     clock = PhaseClock(progress)
     files = read_pair_files(config)  # bad data fails here, before a model is loaded
 
-    accelerator = Accelerator(
-        mixed_precision="no", cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    )
+    accelerator = make_accelerator()
     progress.enabled = progress.enabled and accelerator.is_main_process
     device = accelerator.device
     automatic = [name for name in ("epochs", "lr") if getattr(config, name) is None]
@@ -135,7 +114,7 @@ def _run(
         progress.info(f"schedule: {len(files.train)} pairs, {len(files.conversations)} conversations: {config.epochs:g} epochs at lr {config.lr:g} "
                       f"(chosen by dataset size and method: {', '.join(automatic)}; set --epochs / --lr to override)")
     bf16 = config.bf16(device)
-    run_dir = Path(config.out).expanduser() if config.out else default_run_dir(home, config.model)
+    run_dir = Path(config.out).expanduser() if config.out else default_run_dir(home, config.model, "dpo")
     if accelerator.is_main_process:
         rundir.check(run_dir, resume=config.resume)
         if config.resume:

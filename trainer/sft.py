@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -36,7 +36,7 @@ from .base_answers import CACHE_DIR, AnswerCache, model_identity
 from .batching import Collator, LengthGroupedBatches, padding_efficiency
 from .config import SFTConfig, validate
 from .cpu_threads import ThreadGovernor
-from .data import Conversation, DataError, read_jsonl, split_conversations
+from .data import Conversation, DataError, DatasetFile, read_jsonl, split_conversations
 from .distill import mass_outside_top_k, teacher_targets
 from .early_stop import PATIENCE, BestEpoch
 from .evaluate import EvalResult, eval_key, evaluate, validation_loss
@@ -87,29 +87,80 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).name or text).strip("-.") or "model"
 
 
-def default_run_dir(home: DataHome, model_spec: str) -> Path:
-    """``models/<model>-sft-<YYYYmmdd-HHMMSS>`` in the data home: the chat finds it by that name."""
-    return home.models / f"{_slug(model_spec)}-sft-{time.strftime('%Y%m%d-%H%M%S')}"
+def default_run_dir(home: DataHome, model_spec: str, objective: str = "sft") -> Path:
+    """``models/<model>-<objective>-<YYYYmmdd-HHMMSS>`` in the data home: the chat finds it by that name."""
+    return home.models / f"{_slug(model_spec)}-{objective}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class InputFiles:
+    """What ``read_inputs`` read: the records split train / validation, and what every file adds up to."""
+
+    train: list[Any]
+    val: list[Any]
+    skipped_invalid: int
+    digest: Any  # a hashlib sha256 over every file's own, in order (a caller may add files of another kind)
+
+    def add(self, read: tuple[list[Any], Any]) -> list[Any]:
+        """Count one more file's skipped lines and hash (``read``: its records and the file); returns the records."""
+        records, file = read
+        self.skipped_invalid += len(file.skipped)
+        self.digest.update(file.sha256.encode())
+        return records
+
+
+def read_inputs(
+    config: SFTConfig,
+    read: Callable[[str], tuple[list[Any], Any]],
+    split: Callable[[list[Any], float], tuple[list[Any], list[Any]]],
+) -> InputFiles:
+    """Read ``--data``, ``--val`` (else ``split`` by ``--val-fraction``) and every ``--extra-data`` file with
+    ``read`` (a path -> its records and the file read, which has ``skipped`` and ``sha256``), before any model is
+    loaded."""
+    files = InputFiles([], [], 0, hashlib.sha256())
+    main = read(config.data)
+    records = files.add(main)
+    if config.val:
+        files.train, files.val = records, files.add(read(config.val))
+    else:
+        files.train, files.val = split(records, config.val_fraction)
+    for path in config.extra_data:
+        files.train = files.train + files.add(read(path))
+    return files
 
 
 def read_training_files(config: SFTConfig) -> TrainingFiles:
     """Read and validate every input file and split train / validation (before any model is loaded)."""
-    main = read_jsonl(config.data, skip_invalid=config.skip_invalid)
-    skipped = len(main.skipped)
-    digest = hashlib.sha256(main.sha256.encode())
-    if config.val:
-        val_file = read_jsonl(config.val, skip_invalid=config.skip_invalid)
-        skipped += len(val_file.skipped)
-        digest.update(val_file.sha256.encode())
-        train, val = main.conversations, val_file.conversations
+    def read(path: str) -> tuple[list[Conversation], DatasetFile]:
+        file = read_jsonl(path, skip_invalid=config.skip_invalid)
+        return file.conversations, file
+
+    files = read_inputs(config, read, split_conversations)
+    return TrainingFiles(files.train, files.val, files.skipped_invalid, files.digest.hexdigest())
+
+
+def run_guarded(config: SFTConfig, run: Callable[[dict[str, str], ThreadGovernor | None], Path]) -> Path:
+    """``run(stop, governor)`` with the threads ``config`` asks for, signals turned into a checkpointed stop and the
+    files it writes private; the caller's thread count comes back afterwards."""
+    threads = torch.get_num_threads()
+    # --threads fixes the count; by default it follows the machine's load between steps (see cpu_threads.py).
+    governor = None if config.threads else ThreadGovernor()
+    if governor is None:
+        torch.set_num_threads(config.threads)
     else:
-        train, val = split_conversations(main.conversations, config.val_fraction)
-    for path in config.extra_data:
-        extra = read_jsonl(path, skip_invalid=config.skip_invalid)
-        skipped += len(extra.skipped)
-        digest.update(extra.sha256.encode())
-        train = train + extra.conversations
-    return TrainingFiles(train, val, skipped, digest.hexdigest())
+        governor.start()
+    try:
+        with stop_on_signals() as stop, rundir.private_files():
+            return run(stop, governor)
+    finally:
+        torch.set_num_threads(threads)  # a caller in the same process (tests, `tui-chat train`) gets its own back
+
+
+def make_accelerator() -> Accelerator:
+    """One Accelerator per process; autocast is the trainer's own, so the logits stay bf16 until the loss.
+    cpu=True where there is no accelerator: it is what lets `torchrun` / `accelerate launch` run several CPU
+    processes (gloo); without it each process would train alone."""
+    return Accelerator(mixed_precision="no", cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
 
 
 def render_training_data(
@@ -185,18 +236,7 @@ def run_sft(config: SFTConfig, progress: ProgressReporter) -> Path:
         validate(config)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
-    threads = torch.get_num_threads()
-    # --threads fixes the count; by default it follows the machine's load between steps (see cpu_threads.py).
-    governor = None if config.threads else ThreadGovernor()
-    if governor is None:
-        torch.set_num_threads(config.threads)
-    else:
-        governor.start()
-    try:
-        with stop_on_signals() as stop, rundir.private_files():
-            return _run(config, progress, stop, governor)
-    finally:
-        torch.set_num_threads(threads)  # a caller in the same process (tests, `tui-chat train`) gets its own back
+    return run_guarded(config, lambda stop, governor: _run(config, progress, stop, governor))
 
 
 def _run(
@@ -209,12 +249,7 @@ def _run(
     clock = PhaseClock(progress)
     files = read_training_files(config)  # bad data fails here, before a model is loaded
 
-    # -- where: one Accelerator per process; autocast is ours (below) so the logits stay bf16 until the loss
-    # cpu=True where there is no accelerator: it is what lets `torchrun` / `accelerate launch` run several CPU
-    # processes (gloo); without it each process would train alone.
-    accelerator = Accelerator(
-        mixed_precision="no", cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    )
+    accelerator = make_accelerator()
     progress.enabled = progress.enabled and accelerator.is_main_process
     device = accelerator.device
     automatic = [name for name in ("epochs", "lr") if getattr(config, name) is None]
