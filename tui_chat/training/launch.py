@@ -22,6 +22,7 @@ from trainer.home import DataHome
 
 from tui_chat.training.monitor import RunMonitor, is_active, trainer_alive
 from tui_chat.training.errors import TrainingError
+from tui_chat.training.options import without_options
 from tui_chat.training.plan import SNAPSHOT_FILE, TrainingPlan, run_name
 
 
@@ -42,15 +43,7 @@ def trainer_command(plan: TrainingPlan, home: DataHome, dataset: str, out_dir: s
 
 def _dpo_arguments(args: Sequence[str]) -> list[str]:
     """The trainer options without the SFT-only ones (replay: the preview says it is off with pairs)."""
-    sft_only = {"--" + name.replace("_", "-") for name in NOT_FOR_DPO}
-    kept: list[str] = []
-    skipping = False
-    for arg in args:
-        if arg.startswith("--"):
-            skipping = arg in sft_only
-        if not skipping:
-            kept.append(arg)
-    return kept
+    return without_options(args, {"--" + name.replace("_", "-") for name in NOT_FOR_DPO})
 
 
 def start_training(store: Store, home: DataHome, plan: TrainingPlan, *, python: str = sys.executable) -> RunMonitor:

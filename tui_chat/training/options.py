@@ -98,3 +98,15 @@ def parse_train_options(argv: Sequence[str]) -> TrainOptions:
     base = values["base"].strip() if values["base"] else None
     return TrainOptions(base=base or None, yes=values["yes"], config=config, trainer_args=_as_arguments(config),
                         beta=values["beta"])
+
+
+def without_options(args: Sequence[str], names: frozenset[str] | set[str]) -> list[str]:
+    """``args`` (trainer options as given) without the options in ``names`` (``--flag`` form) and their values."""
+    kept: list[str] = []
+    skipping = False
+    for arg in args:
+        if arg.startswith("--"):
+            skipping = arg in names
+        if not skipping:
+            kept.append(arg)
+    return kept

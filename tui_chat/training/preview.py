@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from sessions import counted
 
+from tui_chat.training.options import without_options
 from tui_chat.training.summary import duration
 
 if TYPE_CHECKING:
@@ -109,14 +110,7 @@ DESCRIBED = frozenset({"--method", "--epochs", "--max-steps", "--lr", "--lora-r"
 
 def _other_options(args: Sequence[str]) -> list[str]:
     """The trainer options the settings line does not already describe, as given."""
-    shown: list[str] = []
-    skipping = False
-    for arg in args:
-        if arg.startswith("--"):
-            skipping = arg in DESCRIBED
-        if not skipping:
-            shown.append(arg)
-    return shown
+    return without_options(args, DESCRIBED)
 
 
 def _parameters_text(n: int) -> str:
