@@ -12,7 +12,6 @@ import time
 
 BENCHMARKS = [
     "decode",
-    "decode_process",
     "gpu",
     "learn",
     "serve",

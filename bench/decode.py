@@ -256,7 +256,7 @@ def _same_words(first: str, second: str) -> int:
 
 def compiled_engine(models_dir: Path) -> HFEngine:
     """The engine as the chat runs it on CPU once its compile is done (waited for here, and not timed in any row;
-    the chat compiles in a second model process while the first one replies with the eager step)."""
+    the server compiles in a second process while the first one replies with the eager step)."""
     engine = HFEngine("default", models_dir, compile=True)
     engine.load()
     started = time.perf_counter()

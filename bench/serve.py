@@ -1,10 +1,10 @@
 """The model behind the data home's server, as the front ends use it (``serve.local``), on the bundled model.
 
-Model-ready time, as a chat window waits for it: the old way (a model process of its own: import torch, load), a
-cold start of the home's server (start it, import torch there, load), and a second window finding that server warm;
-then a whole `tui-chat ask` (the interpreter's start included) answering one token from the warm server.
+Model-ready time, as a chat window waits for it: the old way (a process of its own: start Python, import torch,
+load), a cold start of the home's server (start it, import torch there, load), and a second window finding that
+server warm; then a whole `tui-chat ask` (the interpreter's start included) answering one token from the warm server.
 Then decode speed: the same greedy reply from ``HFEngine`` in this process and through HTTP (the server's Unix
-socket, the server's model process), interleaved, best of ``REPEATS``. Targets (issue 18): warm ready < 1.5 s, HTTP
+socket, the engine in the server's process), interleaved, best of ``REPEATS``. Targets (issue 18): warm ready < 1.5 s, HTTP
 >= 0.95x in-process tokens/s.
 
 A home of its own in a temp dir (its models folder links to the real one), so a server the user runs is not touched.
@@ -23,7 +23,6 @@ from trainer.home import DataHome
 from trainer.models import ensure_bundled
 from tui_chat.inference.contract import Engine, GenerationParams, GenerationStats, TextDelta
 from tui_chat.inference.hf_engine import HFEngine
-from tui_chat.inference.process_engine import ProcessEngine
 from tui_chat.serve.local import LocalServer, LocalServerEngine
 
 MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper who finds a message in a bottle."}]
@@ -61,9 +60,11 @@ def main() -> None:
         home.models.symlink_to(real.models)
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
-        own = ProcessEngine("default", home.models, **SETTINGS)
-        print(f"model ready, own model process (before):   {ready_s(own):5.2f} s", flush=True)
-        own.close()
+        own = (f"from tui_chat.inference.hf_engine import HFEngine; "
+               f"HFEngine('default', {str(home.models)!r}, compile=False).load()")
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", own], check=True, capture_output=True)
+        print(f"model ready, a process of its own (before): {time.perf_counter() - started:5.2f} s", flush=True)
         cold = LocalServerEngine("default", LocalServer(home, SETTINGS))
         print(f"model ready, cold start of the server:      {ready_s(cold):5.2f} s", flush=True)
         warm = LocalServerEngine("default", LocalServer(home, SETTINGS))  # a second window

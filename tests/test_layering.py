@@ -76,7 +76,7 @@ def test_widgets_do_not_import_screens():
 
 def test_the_chat_core_knows_no_front_end_and_no_torch():
     forbidden = ("textual", "prompt_toolkit", "tui_chat.tui", "tui_chat.repl", "tui_chat.cli", "torch",
-                 "transformers", "tui_chat.inference.hf_engine", "tui_chat.inference.process_engine")
+                 "transformers", "tui_chat.inference.hf_engine")
     assert violations("tui_chat/chat", forbidden) == []
 
 
@@ -88,8 +88,7 @@ def test_front_ends_do_not_import_each_other():
     assert violations("tui_chat/serve", ("tui_chat.tui", "tui_chat.repl", "tui_chat.chat", "tui_chat.cli", "textual",
                                          "prompt_toolkit")) == []
     # It drives whatever engine it is given; the model (and torch) lives in that engine.
-    assert violations("tui_chat/serve", ("torch", "transformers", "tui_chat.inference.hf_engine",
-                                         "tui_chat.inference.process_engine")) == []
+    assert violations("tui_chat/serve", ("torch", "transformers", "tui_chat.inference.hf_engine")) == []
 
 
 def test_the_front_ends_name_and_list_models_without_loading_code():

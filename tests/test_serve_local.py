@@ -83,6 +83,7 @@ def test_the_server_starts_once_is_private_and_is_replaced_for_other_settings(ho
     assert steps[0] == "starting the model server" and info.context_limit == 256 and first.ready
     pid = first.server.pid
     text = reply(first)
+    assert os.getsid(pid) != os.getsid(0)  # a session of its own: Ctrl+C in this terminal never reaches it
     assert stat.S_IMODE(socket_path(home).stat().st_mode) == 0o600
     assert stat.S_IMODE(server_dir(home).stat().st_mode) == 0o700
     assert stat.S_IMODE((server_dir(home) / "server.log").stat().st_mode) == 0o600
@@ -144,3 +145,27 @@ def test_the_identity_names_the_version_down_to_the_source_and_the_settings() ->
     assert identity == server_identity({"compile": False, "dtype": "float32"})  # the order of settings is no change
     assert identity["version"].startswith(version("tui-chat") + "+") and len(identity["version"].split("+")[1]) == 12
     assert identity != server_identity({"dtype": "bfloat16", "compile": False})
+
+
+@pytest.mark.slow
+def test_a_compiled_successor_takes_over_the_socket_between_replies(home: DataHome, tiny: str) -> None:
+    engine = LocalServerEngine(tiny, LocalServer(home, {"device": "cpu", "dtype": "float32"}))  # compiling: the default
+    assert engine.load().extra["compile"] == "warming"  # replies start at once, on the eager step
+    serving = engine.server.pid
+    assert serving is not None
+    inode = socket_path(home).stat().st_ino
+    expected = reply(engine)
+    deadline = time.monotonic() + 300
+    while engine.server.health()["pid"] == serving and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert gone(serving)  # the first server left once it had handed over
+    successor = engine.server.pid
+    assert successor != serving and engine.info().extra["compile"] == "ready"
+    assert socket_path(home).stat().st_ino == inode  # the same socket, accepted on by the successor
+    assert reply(engine) == expected  # the compiled step decodes what the eager one did (greedy, float32)
+    log = (server_dir(home) / "server.log").read_text()
+    assert f"pid {successor} serves now" in log
+    # The successor is the home's server now: another engine finds it loaded, nothing new starts.
+    again = LocalServerEngine(tiny, LocalServer(home, {"device": "cpu", "dtype": "float32"}))
+    again.load()
+    assert again.server.pid == successor and _servers(home) == [successor]

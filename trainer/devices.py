@@ -28,8 +28,8 @@ DTYPES: dict[str, torch.dtype] = {
 # slower). What is left per token (the bfloat16 output projection, attention, per-op overhead) is what compiling
 # trims. `python -m bench decode` measures each choice side by side; the README states the numbers.
 # Compiling keeps a core busy for tens of seconds, and while it traces, the process's own decoding slows down (torch
-# wraps module calls process-wide), so the chat compiles in a second model process and switches to it when it is
-# ready (tui_chat/inference/process_engine.py). In a process that decodes itself (tests, benchmarks, `ask`) it is opt-in: the
+# wraps module calls process-wide), so the home's server compiles in a second server process, which takes over the
+# socket when it is ready (tui_chat/serve/handover.py). In a process that decodes itself (tests, benchmarks) it is opt-in: the
 # process would also have to wait for an unfinished compile at exit. The fused kernels round differently, so a greedy
 # reply can change once the compiled step takes over.
 # Greedy answers stay sane: bfloat16, with or without int4, keeps short factual answers the same as float32 or diverges

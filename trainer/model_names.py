@@ -1,6 +1,6 @@
 """Model names and specs, importable without torch: what a spec names (``resolve_spec``) and which models this
 machine has (``list_local_models``). The chat window's process names, lists and checks models without importing
-torch, which only the model process loads (models.py loads them)."""
+torch, which only the process that runs the model loads (models.py loads them)."""
 
 from __future__ import annotations
 

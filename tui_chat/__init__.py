@@ -4,7 +4,7 @@ The packages, by role (the arrows are checked by tests/test_layering.py):
 - ``cli``: the `tui-chat` command and its subcommands. Nothing imports it.
 - ``chat``: the chat core every front end drives: one ``ChatSession`` per open conversation, the slash commands
   parsed into typed actions, replies streamed into the store. Imports ``inference.contract``, ``sessions``.
-- ``inference``: the engine contract, the transformers engine and its decoding pieces, the model process.
+- ``inference``: the engine contract, the transformers engine and its decoding pieces, the HTTP engines.
 - ``tui``: the Textual chat window (app, stylesheet, screens, widgets). Displays the core; never imports torch.
 - ``repl``: the line-oriented front end (prompt-toolkit) and console output shared with `ask`.
 - ``training``: `/train` from inside the chat: plan, launch, monitor, summary. Never imports torch when planning.

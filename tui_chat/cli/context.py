@@ -16,11 +16,10 @@ from tui_chat.inference.endpoints import remote_engine
 
 
 def open_model_engine(spec: str, home: DataHome, **options: Any) -> Engine:
-    """The model itself, as the server runs it: decoding in a child process, with a GIL (and on 2 cores a core) of
-    its own instead of sharing them with the server's HTTP work."""
-    from tui_chat.inference.process_engine import ProcessEngine
+    """The model itself, in this process: how the server runs it."""
+    from tui_chat.inference.hf_engine import open_engine
 
-    return ProcessEngine(spec, home.models, **options)
+    return open_engine(spec, home, **options)
 
 
 def open_server_engine(spec: str, home: DataHome, **options: Any) -> Engine:
@@ -40,14 +39,15 @@ class CliContext:
     open_engine: Callable[..., Engine] | None = field(default=None, repr=False)
     # Engine settings given before the subcommand (`tui-chat --no-compile ask ...`); the subcommand's own win.
     engine_settings: dict[str, Any] = field(default_factory=dict)
-    def engine_factory(self, options: dict[str, Any], *, serving: bool = False) -> EngineFactory:
-        """Model spec -> unloaded engine, with a command's ``engine_options`` over the group's. ``serving``: for
-        `tui-chat serve`, the model in this process's own child instead of through the home's server.
+    def engine_factory(self, options: dict[str, Any], *, serving: bool = False,
+                       overrides: dict[str, Any] | None = None) -> EngineFactory:
+        """Model spec -> unloaded engine, with a command's ``engine_options`` over the group's, and ``overrides``
+        over both. ``serving``: for `tui-chat serve`, the model in this process instead of through the home's server.
 
         ``openai:MODEL`` and ``ENDPOINT:MODEL`` (a saved endpoint) are remote models. A spec naming a run with no
         model yet (training, cancelled, failed, deleted) is an EngineError saying so, before anything loads: the
         loader alone would take a name with no folder for a Hub id."""
-        settings = {**self.engine_settings, **engine_settings(options)}
+        settings = {**self.engine_settings, **engine_settings(options), **(overrides or {})}
         opener = self.open_engine or (open_model_engine if serving else open_server_engine)
 
         def open_engine(spec: str) -> Engine:
@@ -100,8 +100,8 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "compile_step",
             default=None,
             help="torch.compile the decode step in the background; replies start at once and use it once it is "
-            "ready (on CPU a second model process of the server compiles, 30-100 s of a core, and takes over "
-            "between replies; the server keeps it for the next window). Default: on.",
+            "ready (on CPU a second server process compiles, 30-100 s of a core, and takes over between replies; "
+            "the server keeps it for the next window). Default: on.",
         ),
         click.option("--trust-remote-code", is_flag=True, help="Allow a Hub model to run its own Python code."),
     ]

@@ -19,6 +19,7 @@ Two cache layouts (transformers' cache classes):
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -226,6 +227,9 @@ class Decoder:
         self.prompt_threads = prompt_threads
         static = compile and device.type == "cuda"  # CUDA graphs need fixed shapes; elsewhere the cache grows
         self.prompt_cache = PromptCaches(model, static=static, context_limit=context_limit)
+        # transformers 5.2x renamed the models' cache argument (`past_key_values` -> `cache`) and warns on the old
+        # name in every process that decodes; earlier 5.x releases know only the old one.
+        self.cache_keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.compiled_step: Callable[..., torch.Tensor] | None = None
         if compile and static:
             self.compiled_step = torch.compile(self._step, fullgraph=True, dynamic=False, mode="reduce-overhead")
@@ -246,7 +250,7 @@ class Decoder:
 
     def _step(self, token: torch.Tensor, position: torch.Tensor, cache: Any) -> torch.Tensor:
         """One decode step: the logits after ``token`` (shape ``[1, 1]``) at ``position``."""
-        output = self.model(input_ids=token, position_ids=position, past_key_values=cache, use_cache=True)
+        output = self.model(input_ids=token, position_ids=position, use_cache=True, **{self.cache_keyword: cache})
         return output.logits[:, -1]
 
     def _prefill(self, cache: PromptCache, ids: list[int], start: int) -> torch.Tensor:
@@ -260,9 +264,9 @@ class Decoder:
             output = self.model(
                 input_ids=input_ids,
                 position_ids=positions,
-                past_key_values=cache.cache,
                 use_cache=True,
                 logits_to_keep=1,  # the prompt's other logits are never used: skip the vocabulary projection for them
+                **{self.cache_keyword: cache.cache},
             )
         finally:
             torch.set_num_threads(threads)  # the decode steps' count (the compiled step is specialised on it)
@@ -341,7 +345,7 @@ class Decoder:
                     else:
                         scratch = DynamicCache(config=self.model.config)
                     prompt = torch.zeros((1, length), dtype=torch.long, device=self.device)
-                    self.model(input_ids=prompt, past_key_values=scratch, use_cache=True, logits_to_keep=1)
+                    self.model(input_ids=prompt, use_cache=True, logits_to_keep=1, **{self.cache_keyword: scratch})
                     for position in range(length, length + 2):  # CUDA graphs record on a later call than the first
                         if self.device.type == "cuda":
                             torch.compiler.cudagraph_mark_step_begin()

@@ -5,7 +5,7 @@ extensions the app's own client uses: `POST /load` (load a model now, progress i
 Built by ``make_app(scheduler, catalog)`` from objects the caller made, so tests hand in a fake engine's scheduler.
 A request is checked in full before it queues: a bad one gets 400 and an unknown model 404 at once, with an OpenAI
 error body. A stream's status goes out as it starts (a queued client knows it is connected); a failure after that
-(a model that fails to load, a model process that died) ends the stream with an error event, which OpenAI clients
+(a model that fails to load, a model that fails mid-reply) ends the stream with an error event, which OpenAI clients
 raise.
 """
 

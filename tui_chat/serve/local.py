@@ -104,6 +104,12 @@ def _source_fingerprint() -> str:
 
 def serve_arguments(home: DataHome, spec: str, settings: dict[str, Any]) -> list[str]:
     """The `tui-chat serve` command line of the home's server, with ``settings`` as engine flags."""
+    return [*serve_command_line(home, spec, settings), "--socket", str(socket_path(home)),
+            "--keep-alive", f"{keep_alive_s():g}"]
+
+
+def serve_command_line(home: DataHome, spec: str, settings: dict[str, Any]) -> list[str]:
+    """`tui-chat serve --model SPEC` in ``home`` with ``settings`` as engine flags (where it listens comes after)."""
     flags = []
     for name in ("device", "dtype", "quantize"):
         if settings.get(name) is not None:
@@ -112,8 +118,7 @@ def serve_arguments(home: DataHome, spec: str, settings: dict[str, Any]) -> list
         flags.append("--compile" if settings["compile"] else "--no-compile")
     if settings.get("trust_remote_code"):
         flags.append("--trust-remote-code")
-    return [sys.executable, "-m", "tui_chat", "--home", str(home.root), "serve", "--model", spec,
-            "--socket", str(socket_path(home)), "--keep-alive", f"{keep_alive_s():g}", *flags]
+    return [sys.executable, "-m", "tui_chat", "--home", str(home.root), "serve", "--model", spec, *flags]
 
 
 class LocalServer:

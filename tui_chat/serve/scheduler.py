@@ -31,6 +31,7 @@ from tui_chat.inference.contract import (
 )
 from sessions import one_line
 from trainer.model_names import engine_name
+from tui_chat.serve.handover import Successor
 
 _END = object()  # a job's last item
 
@@ -49,9 +50,11 @@ class ModelScheduler:
     loaded one, between two requests: one model in memory, never two."""
 
     def __init__(self, engine_factory: EngineFactory, spec: str,
-                 load_engine: Callable[[Engine], EngineInfo] | None = None) -> None:
+                 load_engine: Callable[[Engine], EngineInfo] | None = None,
+                 successor: Successor | None = None) -> None:
         self.engine_factory = engine_factory
         self.spec = spec
+        self.successor = successor  # compiles each model loaded here in a second process (handover.py), if any
         # Loads an engine, showing progress where the server's log is; by default the progress is kept for /health.
         self.load_engine = load_engine or (lambda engine: engine.load(self._note_progress))
         self.loading: tuple[str, float | None] | None = None  # what the load in progress does, and how far it is
@@ -81,8 +84,16 @@ class ModelScheduler:
         return info
 
     def info(self) -> EngineInfo | None:
+        """The loaded model's, saying how its successor's compile goes while there is one."""
         engine = self._engine
-        return engine.info() if engine is not None and engine.ready else None
+        if engine is None or not engine.ready:
+            return None
+        info = engine.info()
+        return self.successor.describe(info) if self.successor is not None else info
+
+    def adopt(self, spec: str, engine: Engine) -> None:
+        """Serve ``engine``, loaded already (a successor's compiled one), as ``spec``; before start()."""
+        self.spec, self._engine = spec, engine
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         """The loaded model's count for ``messages``; EngineError while none is loaded."""
@@ -183,13 +194,17 @@ class ModelScheduler:
         """The loaded engine for ``spec``, loading it first (dropping the current one) when it is another model."""
         if self._engine is not None and engine_name(spec) == engine_name(self.spec):
             return self._engine
-        self._engine = None  # the old model's process ends with its engine, before the new one loads
+        self._engine = None  # the old model goes with its engine, before the new one loads
+        if self.successor is not None:
+            self.successor.end()  # it compiles the old model: it must not take over with that one
         self.spec = spec
         self.loading = (f"loading {engine_name(spec)}", None)
         try:
             engine = self.engine_factory(spec)
-            self.load_engine(engine)
+            info = self.load_engine(engine)
         finally:
             self.loading = None
         self._engine = engine
+        if self.successor is not None:
+            self.successor.after_load(spec, info)
         return engine

@@ -108,7 +108,7 @@ class ChatModel(_Base):
         # A chat saved before its first message (/set does that) holds none; chat templates reject an empty list.
         try:
             used = engine.count_tokens(messages) if messages else 0
-        except EngineError:  # a template that refuses these messages, a model process that went away: the count
+        except EngineError:  # a template that refuses these messages, a model server that went away: the count
             return  # is a nicety, and the next reply says what is wrong if anything is
         self.post_message(ContextCounted(conversation.id if conversation else None, used, info.context_limit))
 
