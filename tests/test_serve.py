@@ -4,6 +4,7 @@ a tiny real model for the prompt cache, and the real command with the bundled mo
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -575,15 +576,6 @@ def serve_process(home: Any, port: int) -> Iterator[subprocess.Popen]:
         process.wait(10)
 
 
-def _model_processes(parent: int) -> list[int]:
-    import psutil
-
-    try:
-        return [child.pid for child in psutil.Process(parent).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
 @pytest.mark.slow
 def test_the_real_server_answers_the_openai_client_and_a_kill_is_a_clear_error(bundled_home: Any) -> None:
     import openai
@@ -605,7 +597,6 @@ def test_the_real_server_answers_the_openai_client_and_a_kill_is_a_clear_error(b
         # The same question again: its prompt is in the cache (all of it but the last token, re-encoded for logits).
         assert chunks[-1].usage.prompt_tokens_details.cached_tokens == chunks[-1].usage.prompt_tokens - 1
 
-        children = _model_processes(process.pid)
         story = client.chat.completions.create(model="smollm2", stream=True, max_tokens=2000,
                                                messages=[{"role": "user", "content": "Write a long story."}])
         next(iter(story))
@@ -613,8 +604,67 @@ def test_the_real_server_answers_the_openai_client_and_a_kill_is_a_clear_error(b
         with pytest.raises(openai.APIConnectionError):  # the stream broke off: an error at once, not a hang
             for _ in story:
                 pass
-    # Its model process saw the pipe close and left: nothing is left decoding for a dead server.
-    assert wait_until(lambda: not any(psutil_alive(pid) for pid in children), 15.0)
+
+
+def _successor_pid(lines: Iterator[str], seen: list[str], marker: str) -> int:
+    """Read the server's log lines up to the one containing ``marker``; the pid that line names."""
+    for line in lines:
+        seen.append(line)
+        if marker in line:
+            return int(re.search(r"pid (\d+)", line).group(1))
+    pytest.fail("the server ended without: " + marker + "\n" + "".join(seen))
+
+
+@pytest.mark.slow
+def test_in_a_terminal_the_compiled_successor_takes_over_and_ctrl_c_ends_both(tmp_path: Path) -> None:
+    from tests.tiny_models import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "model", context=256)
+    port = _free_port()
+    command = [sys.executable, "-m", "tui_chat", "--home", str(tmp_path / "home"), "serve", "--port", str(port),
+               "--model", str(model), "--device", "cpu", "--dtype", "float32"]  # compiling: the default
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    seen: list[str] = []
+    # Its own process group, as a shell gives a command: Ctrl+C is SIGINT to the group.
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                               text=True, env=environment, start_new_session=True)
+    try:
+        assert process.stderr is not None
+        compiling = _successor_pid(process.stderr, seen, "compiling the decode step in a second process")
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()
+        assert health["pid"] == process.pid and health["info"]["extra"]["compile"] == "warming"
+        assert _successor_pid(process.stderr, seen, "serves now") == compiling
+        threading.Thread(target=process.stderr.read, daemon=True).start()
+        assert wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health").json()["pid"] == compiling, 10.0)
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=30)
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] > 0
+        assert process.poll() is None  # the command the shell waits for stays until its successor ends
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(30) == 0
+        assert wait_until(lambda: not psutil_alive(compiling), 10.0)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_successor_leaves_when_its_server_is_killed_before_the_hand_over(tmp_path: Path) -> None:
+    from tests.tiny_models import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "model", context=256)
+    command = [sys.executable, "-m", "tui_chat", "--home", str(tmp_path / "home"), "serve", "--port", "0",
+               "--model", str(model), "--device", "cpu", "--dtype", "float32"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                               text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    try:
+        assert process.stderr is not None
+        compiling = _successor_pid(process.stderr, [], "compiling the decode step in a second process")
+        process.kill()  # before the successor is ready: it must not serve a socket nobody asked it to
+        assert wait_until(lambda: not psutil_alive(compiling), 10.0)
+    finally:
+        process.kill()
+        process.wait(10)
 
 
 def psutil_alive(pid: int) -> bool:

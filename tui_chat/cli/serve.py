@@ -134,6 +134,10 @@ def serve_command(ctx: CliContext, model: str, host: str, port: int, api_key: st
                    "Ctrl+C to stop", err=True)
     try:
         server.serve_on(listener)
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl+C it caught once it has shut down
+        if successor.state != "handed over":
+            raise
+        # It reached the successor too, which serves: its exit is the command's (below).
     finally:
         handed_over = successor.state == "handed over"
         if home and not handed_over:  # the socket file goes with the last server using it, not with a new one's
