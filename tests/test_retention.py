@@ -196,9 +196,9 @@ def test_usable_reply_cuts_unfinished_answers_at_a_sentence() -> None:
 
 
 def test_default_replay_count_follows_the_data_within_bounds() -> None:
-    assert default_replay_count(10) == 30
+    assert default_replay_count(10) == 20
     assert default_replay_count(3) == 16
-    assert default_replay_count(50) == default_replay_count(10_000) == 128
+    assert default_replay_count(64) == default_replay_count(10_000) == 128
 
 
 def test_replay_conversations_come_from_the_model(tiny, tmp_path: Path) -> None:
