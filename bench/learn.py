@@ -34,6 +34,7 @@ from bench import corpus
 from tests.test_teach_fact import fact_conversations, fact_probes
 from trainer.home import DataHome
 from trainer.models import BUNDLED_DIR, ensure_bundled
+from trainer.replay import MAX_REPLAY
 
 SIZES = (20, 60, 200)
 FACTS = "facts"  # the teach-a-fact set, as a size
@@ -165,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for seed in map(int, args.seeds.split(",")):
             for size, data in datasets(tmp, sizes, seed, pool):
                 warm = train(home, data, tmp / f"warm-{size}-{seed}", seed,
-                             ["--max-steps", "1", "--replay", "64", "--no-early-stop"])
+                             ["--max-steps", "1", "--replay", str(MAX_REPLAY), "--no-early-stop"])
                 print(f"\n{size} conversations, seed {seed} ({n_train(warm['metrics'])} trained on; warm-up "
                       f"{warm['wall']:.0f} s, load {warm['load']:.1f})")
                 print("  config     val ppl before -> after  gain  kept facts  substance  recall  end to end")

@@ -198,7 +198,7 @@ def test_usable_reply_cuts_unfinished_answers_at_a_sentence() -> None:
 def test_default_replay_count_follows_the_data_within_bounds() -> None:
     assert default_replay_count(10) == 20
     assert default_replay_count(3) == 16
-    assert default_replay_count(40) == default_replay_count(10_000) == 64
+    assert default_replay_count(64) == default_replay_count(10_000) == 128
 
 
 def test_replay_conversations_come_from_the_model(tiny, tmp_path: Path) -> None:
@@ -307,10 +307,11 @@ def test_evaluate_recall_scores_each_probe(tiny) -> None:
 # -- the automatic schedule
 
 
-def test_auto_schedule_gives_small_datasets_more_epochs() -> None:
-    small, medium, large = (auto_schedule(n, "lora") for n in (20, 200, 5000))
-    assert small[0] > medium[0] > large[0] >= 1
-    assert all(lr > 0 and reason for _, lr, reason in (small, medium, large))
+def test_auto_schedule_gives_small_datasets_more_epochs_and_large_ones_smaller_steps() -> None:
+    small, medium, large, larger = (auto_schedule(n, "lora") for n in (20, 40, 60, 600))
+    assert small[0] > medium[0] > large[0] == larger[0] == 1
+    assert small[1] == medium[1] == large[1] > larger[1] > 0  # one pass over more data: a smaller step
+    assert all(reason for _, _, reason in (small, medium, large, larger))
     assert "20 conversations" in small[2]
     assert auto_schedule(20, "full")[1] < auto_schedule(20, "lora")[1]
     with pytest.raises(ValueError):

@@ -44,7 +44,7 @@ DRIFT_PROMPTS = 32
 # Replay conversations per user conversation, and bounds (see default_replay_count).
 REPLAY_RATIO = 2.0
 MIN_REPLAY = 16
-MAX_REPLAY = 64
+MAX_REPLAY = 128
 # Words rarer than this across the replay prompts (inverse document frequency, natural log) say what a prompt is
 # about: "capital" (10 of 329 prompts) is 3.5, "what" 0.8. Only those words make a prompt near the user's data.
 TOPIC_MIN_IDF = 2.0
@@ -110,19 +110,18 @@ def default_replay_count(n_conversations: int) -> int:
     """Replay conversations to mix into ``n_conversations`` user conversations.
 
     Two per user conversation, at least ``MIN_REPLAY`` so a tiny dataset still gets a varied anchor, and at most
-    ``MAX_REPLAY``: beyond that the answers cost more to generate (once) and to train on (every epoch) than a large
-    dataset, whose own variety already limits the drift, needs. Measured on the bundled model, 20 conversations
-    teaching 4 made-up facts, LoRA lr 1e-3, 8 epochs; retention = the 26 general facts it answered right before:
-    one replayed per conversation kept 19 of 26 (8 of 8 facts recalled), two kept 20-21 of 26 (11 of 12 recalled),
-    four kept 21 (12 of 12); two with half of them on the user's topics (``replay_order``) kept 21 (12 of 12) at
-    half the cost of four. At LoRA rank 4 (the default since), two kept 22-23 and three kept 22: past two, more
-    replay buys little retention for its training time; the rank mattered more (see config.py). With distilled
-    replay (distill.py) two kept 22-25 over five runs; at the seed where two kept 22, three kept 24 (12 of 12
-    recalled) for ~50% more training time (213 s vs 141 s on a quiet machine): one run, not enough to pay that.
-    On 60 real conversations (chatterbot-corpus) the 64 replayed answers are 69% of the tokens trained on and 82% of
-    the assistant tokens the loss averages over (they are longer than most chat turns; 32 of them: 54% and 71%). A cap
-    of 32 was tried with the share of the update chosen after training (interpolate.py); without that choice (an
-    option since it cost the taught facts) 32 kept 18 of 26 general facts there (seed 0), so the cap stays 64.
+    ``MAX_REPLAY``: beyond that the answers cost more to generate (once) and to train on than the retention they buy.
+    Measured on the bundled model, 20 conversations teaching 4 made-up facts, LoRA lr 1e-3, 8 epochs; retention =
+    the 26 general facts it answered right before: one replayed per conversation kept 19 of 26 (8 of 8 facts
+    recalled), two kept 20-21 of 26 (11 of 12 recalled), four kept 21 (12 of 12); two with half of them on the
+    user's topics (``replay_order``) kept 21 (12 of 12) at half the cost of four. At LoRA rank 4 (config.py) with
+    distilled replay (distill.py) two kept 22-25 over five runs; three (54) kept 25 of 26 with one set of cached
+    replay answers but 22 in tests/test_teach_fact.py (twice, the same: its home generates the answers afresh), "What
+    is the capital of France?" answered "L'Alma, la France, est la maquenthal.": not adopted. On 60 real
+    conversations (chatterbot-corpus, one epoch at lr 2e-3, issue 17) replay is most of what is trained on (the
+    answers are longer than most chat turns), and more of it kept more: seed 1 kept 24 of 26 general facts with 64
+    replayed (at a lower rate, learning less) and 25 with 128; seed 0 kept 23 with 108 and 24 with 192. Hence the
+    cap of 128 (was 64; issue 17, README "Replay and retention").
     """
     return max(MIN_REPLAY, min(MAX_REPLAY, round(REPLAY_RATIO * n_conversations)))
 

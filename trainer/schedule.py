@@ -1,16 +1,26 @@
 """Epochs and learning rate chosen from the dataset's size when the user does not set them.
 
-A tiny dataset (tens of conversations) must be seen many times before a fact sticks; a large one learns in a pass or
-two and over-fits (and forgets more) with more. The anchor is measured on the bundled 135M model, CPU, 20
-conversations teaching 4 made-up facts (18 trained on after the validation split), default replay, recall asked in
-words the data does not contain (tests/test_teach_fact.py; 2 shared cores, so times are noisy):
+A tiny dataset (tens of conversations) must be seen many times before a fact sticks; a larger one learns what it
+can in one pass, and every further pass moves general answers for little more gain on the user's held-out
+conversations. Measured on the bundled 135M model, CPU, LoRA rank 4, distilled replay (retention = 26 general facts
+the base model answered right; 2 shared cores, so times are noisy):
 
-- LoRA lr 1e-3, 5 epochs: 5 of 12 probes recalled (loss 0.18: not yet learned).
-- LoRA lr 1e-3, 8 epochs: 11 of 12 recalled.
+- 20 conversations teaching 4 made-up facts (18 trained on; tests/test_teach_fact.py, recall asked in words the
+  data does not contain): lr 1e-3 for 5 epochs recalled 5 of 12 probes, 8 epochs 11 of 12; lr 2e-3 for 8 epochs
+  all 12, keeping 22-25 of 26.
+- 60 real conversations (chatterbot-corpus, 54 trained on; issue 17's bar: 80% of the log-perplexity gain of a run
+  without replay, which went 38.2 -> 20.3 on seed 0 and 50.5 -> 16.6 on seed 1): lr 2e-3 planned over 5 epochs
+  stopped early after the first (perplexity 11.0 on seed 0) but kept only 20 of 26 general facts; 5 epochs at 5e-4
+  kept 23. One epoch (the rate annealing within it) at 2e-3 with 128 replayed: seed 1 50.5 -> 20.9 (79%), 25 of
+  26 kept; at 1.5e-3 22.4 (73%), 25; with 108 replayed (the default for 54) 22.4 (73%), 24; seed 0 at 2e-3 (108
+  and 192 replayed) 15.0 and 16.7 (148%, 131%), 23 and 24 kept; at 7e-4 (64 replayed) seed 0 21.4 (92%), 25
+  kept, but seed 1 28.6 (51%), 24. Seed 1 needs the full rate to learn enough: one pass at 2e-3 it is.
 
-Away from the anchor, epochs shrink with the square root of the dataset (each conversation is seen fewer times, but
-there are more examples of each kind), down to one pass from about 1,300 conversations: ``epochs = 8 * sqrt(20 / n)``,
-rounded, within [1, 8]. Only the anchor is measured; the curve is a rule of thumb.
+So ``epochs = 8 * (20 / n)^2`` rounded, within [1, 8]: 8 up to ~20 conversations, 1 from ~50 (two anchors, the
+curve between them a rule of thumb). Past ``FULL_RATE_UP_TO`` conversations the one pass has more steps and the
+user's answers outweigh the capped replay, so the rate falls as ``(FULL_RATE_UP_TO / n)^2``: 200 conversations (180
+trained on, seed 0, 128 replayed; 27.8 before) went to perplexity 9.6 keeping 23 of 26 at lr 6.7e-4 (``60 / n``),
+to 12.8 keeping 26 at 3.3e-4; the square gives 2.2e-4 there (README: Replay and retention).
 """
 
 from __future__ import annotations
@@ -20,26 +30,32 @@ import math
 ANCHOR_CONVERSATIONS = 20
 ANCHOR_EPOCHS = 8
 MAX_EPOCHS = 8
-# Peak learning rates (AdamW, cosine decay), measured at the anchor (8 epochs, replay): LoRA rank 16 at 3e-4
-# recalled 0 of 8 probes, at 1e-3 all 8; at the default rank 4 (config.py) 1e-3 recalled 7 of 12 and 2e-3 all 12.
-# Full fine-tuning at 5e-5 recalled 6 of 8. A LoRA update moves few directions, so it needs the larger step.
+FULL_RATE_UP_TO = 60  # conversations trained at the full rate (see above)
+# Peak learning rates (AdamW, cosine decay) at and below the anchor, measured there (8 epochs, replay): LoRA rank 16
+# at 3e-4 recalled 0 of 8 probes, at 1e-3 all 8; at the default rank 4 (config.py) 1e-3 recalled 7 of 12 and 2e-3
+# all 12. Full fine-tuning at 5e-5 recalled 6 of 8. A LoRA update moves few directions, so it needs the larger step.
 LEARNING_RATES = {"lora": 2e-3, "full": 5e-5}
 
 
 def auto_epochs(n_conversations: int) -> float:
     """Passes over the data for ``n_conversations`` user conversations (replay not counted)."""
     n = max(1, n_conversations)
-    return float(min(MAX_EPOCHS, max(1, round(ANCHOR_EPOCHS * math.sqrt(ANCHOR_CONVERSATIONS / n)))))
+    return float(min(MAX_EPOCHS, max(1, round(ANCHOR_EPOCHS * (ANCHOR_CONVERSATIONS / n) ** 2))))
+
+
+def auto_lr(method: str, n_conversations: int) -> float:
+    """Peak learning rate for ``method`` (``lora`` or ``full``) on ``n_conversations`` user conversations."""
+    if method not in LEARNING_RATES:
+        raise ValueError(f"unknown method {method!r}; use lora or full")
+    return LEARNING_RATES[method] * min(1.0, FULL_RATE_UP_TO / max(1, n_conversations)) ** 2
 
 
 def auto_schedule(n_conversations: int, method: str) -> tuple[float, float, str]:
     """(epochs, peak learning rate, a one-line reason to print) for ``n_conversations`` user conversations
     (replay not counted) trained with ``method`` (``lora`` or ``full``)."""
-    if method not in LEARNING_RATES:
-        raise ValueError(f"unknown method {method!r}; use lora or full")
     n = max(1, n_conversations)
+    lr = auto_lr(method, n)
     epochs = auto_epochs(n)
-    lr = LEARNING_RATES[method]
-    size = "a small dataset needs several passes" if epochs > 2 else "a large dataset needs few passes"
+    size = "a small dataset needs several passes" if epochs > 2 else "a larger dataset needs few passes"
     reason = f"{n} conversations: {epochs:g} epochs at lr {lr:g} ({method}; {size}; set --epochs / --lr to override)"
     return epochs, lr, reason

@@ -193,7 +193,7 @@ def plan_training(
 
     Slow parts (imports, tokenizing) take seconds: the TUI calls this from a worker thread.
     """
-    from trainer.config import DEFAULT_LR
+    from trainer.schedule import auto_lr
 
     options = parse_train_options(argv)
     base_spec = options.base or current_model
@@ -231,7 +231,7 @@ def plan_training(
         return TrainingPlan(
             name=name, options=options, base_spec=base_spec, base_name=side.base_name,
             base_parameters=side.parameters, method=side.method,
-            lr=config.lr if config.lr is not None else DEFAULT_LR[side.method], schedule=side.steps, data=data,
+            lr=config.lr if config.lr is not None else auto_lr(side.method, side.train), schedule=side.steps, data=data,
             export=export, snapshot_dir=snapshot_dir, device=side.device, work=side.work, estimate=estimate,
             example=side.example,
         )
