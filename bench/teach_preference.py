@@ -5,7 +5,8 @@ never saw that way, before and after, the retention check, and the training time
 The trait is at the start of the reply on purpose: the base model rambles, and a trait at the end (a sign-off line)
 cannot show in a reply cut off at the token limit, so a rate measured there says more about length than preference.
 
-`python -m bench teach_preference` (seeds 0 1 2; TEACH_PREFERENCE_SEEDS="0 1" to choose). Uses the data home
+`python -m bench teach_preference` (seeds 0 1 2; TEACH_PREFERENCE_SEEDS="0 1" to choose; other settings than the
+defaults as TEACH_PREFERENCE_SETTINGS='{"replay": 16, "beta": 0.2}', DPOConfig's fields). Uses the data home
 (TUI_CHAT_HOME or the user's), so the base model's retention answers are generated once and cached there.
 tests/test_teach_preference.py runs a shorter version (one seed, no retention) in the slow suite.
 """
@@ -117,6 +118,7 @@ def teach(home: Path, seed: int, out: Path, prompts: Sequence[str] = UNSEEN, **s
 
 def main(seeds: Sequence[int] | None = None) -> None:
     seeds = list(seeds if seeds is not None else map(int, os.environ.get("TEACH_PREFERENCE_SEEDS", "0 1 2").split()))
+    settings = json.loads(os.environ.get("TEACH_PREFERENCE_SETTINGS", "{}"))
     home = home_with_bundled()
     before, replies = trait_rate("default", home / "models")
     print(f"base model: opener in {before:.0%} of {len(UNSEEN)} greedy replies to unseen prompts "
@@ -126,15 +128,15 @@ def main(seeds: Sequence[int] | None = None) -> None:
     for seed in seeds:
         with tempfile.TemporaryDirectory(prefix="teach-preference-run-") as folder:
             started = time.perf_counter()
-            result = teach(home, seed, Path(folder) / "run")
+            result = teach(home, seed, Path(folder) / "run", **settings)
             m = result["metrics"]
             retention = m["retention"] or {}
-            print(f"seed {seed}: opener {before:.0%} -> {result['after']:.0%}; held-out preference accuracy "
+            print(f"seed {seed}{' ' + json.dumps(settings) if settings else ''}: opener {before:.0%} -> {result['after']:.0%}; held-out preference accuracy "
                   f"{m['before']['reward_accuracy']:.0%} -> {m['after']['reward_accuracy']:.0%} (margin "
                   f"{m['after']['reward_margin']:.2f}); retention {retention.get('retention', float('nan')):.0%} "
                   f"({retention.get('facts_kept')}/{retention.get('facts_total')} facts); train "
                   f"{m['train_time_s']:.0f} s ({m['steps']} steps, {m['epochs']:.0f} epochs, lr {m['schedule']['lr']:g}, "
-                  f"beta {m['beta']:g}); whole run {time.perf_counter() - started:.0f} s; load "
+                  f"beta {m['beta']:g}, {m['replay']['conversations']} replayed ({m['replay']['loss']})); whole run {time.perf_counter() - started:.0f} s; load "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
             for reply in result["replies"][:2]:
                 print(f"  after: {reply!r}")

@@ -1,9 +1,10 @@
 """The DPO settings: SFT's (config.py) with preference pairs as the data and DPO's ``beta``. Torch-free, like
 config.py, so the chat's `/train` can read them.
 
-Replay is not offered: it teaches the base model's answers by cross-entropy / distillation, an SFT objective. DPO's
-reference term already holds the model to the base model's distribution on the pairs' replies, and the retention
-check still measures what was kept.
+Replay is SFT's (replay.py, distill.py): general conversations answered by the base model, mixed into training and
+learned by distillation from it (LoRA) or by cross-entropy, with the same ``--replay``, ``--no-replay`` and
+``--replay-loss`` options. DPO's reference term holds the model to the base model only on the pairs' own replies;
+the replay holds it on everything else (measured in bench/teach_preference.py; numbers in DPO_LEARNING_RATES' note).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import SFTConfig
-from .schedule import auto_epochs
 
 if TYPE_CHECKING:
     import torch
@@ -27,7 +27,9 @@ DPO_LEARNING_RATES = {"lora": 1e-3, "full": 1e-5}
 # beta: how far the policy may move from the reference; 0.1 is the paper's and TRL's default, and on the
 # teach-a-preference test it taught the trait while keeping retention (bench/teach_preference.py).
 DEFAULT_BETA = 0.1
-NOT_FOR_DPO = frozenset({"replay", "no_replay", "replay_loss"})  # SFT-only options (see the module docstring)
+# SFT options a DPO run does not act on: it keeps every epoch (DPO's held-out loss is not SFT's validation loss, and
+# a falling DPO loss can still be a model drifting away), and it saves the whole LoRA update.
+NOT_FOR_DPO = frozenset({"no_early_stop", "adapter_scale", "choose_adapter_scale"})
 
 
 @dataclass
@@ -55,16 +57,12 @@ class DPOConfig(SFTConfig):
         default=DEFAULT_BETA,
         metadata={"help": "DPO beta: how far the model may move from the base model (higher: less far)"},
     )
-    no_replay: bool = field(default=True, metadata={"help": "(SFT only)"})
 
     def resolved(self, device: "torch.device", n_conversations: int = 1) -> "DPOConfig":
-        """SFT's automatic choices, with DPO's learning rates; ``n_conversations``: training pairs."""
-        method = self.method or ("full" if device.type == "cuda" else "lora")
-        return dataclasses.replace(
-            self, method=method, replay_loss="ce",
-            lr=self.lr if self.lr is not None else DPO_LEARNING_RATES[method],
-            epochs=self.epochs if self.epochs is not None else auto_epochs(n_conversations),
-        )
+        """SFT's automatic choices (method, replay loss, epochs), with DPO's learning rates; ``n_conversations``:
+        training pairs and conversations."""
+        resolved = super().resolved(device, n_conversations)
+        return dataclasses.replace(resolved, lr=self.lr if self.lr is not None else DPO_LEARNING_RATES[resolved.method])
 
 
 def validate_dpo(config: DPOConfig) -> None:
