@@ -131,12 +131,14 @@ def main(seeds: Sequence[int] | None = None) -> None:
             result = teach(home, seed, Path(folder) / "run", **settings)
             m = result["metrics"]
             retention = m["retention"] or {}
-            print(f"seed {seed}{' ' + json.dumps(settings) if settings else ''}: opener {before:.0%} -> {result['after']:.0%}; held-out preference accuracy "
+            label = f"seed {seed}" + (f" {json.dumps(settings)}" if settings else "")
+            print(f"{label}: opener {before:.0%} -> {result['after']:.0%}; held-out preference accuracy "
                   f"{m['before']['reward_accuracy']:.0%} -> {m['after']['reward_accuracy']:.0%} (margin "
                   f"{m['after']['reward_margin']:.2f}); retention {retention.get('retention', float('nan')):.0%} "
                   f"({retention.get('facts_kept')}/{retention.get('facts_total')} facts); train "
-                  f"{m['train_time_s']:.0f} s ({m['steps']} steps, {m['epochs']:.0f} epochs, lr {m['schedule']['lr']:g}, "
-                  f"beta {m['beta']:g}, {m['replay']['conversations']} replayed ({m['replay']['loss']})); whole run {time.perf_counter() - started:.0f} s; load "
+                  f"{m['train_time_s']:.0f} s ({m['steps']} steps, {m['epochs']:.0f} epochs, "
+                  f"lr {m['schedule']['lr']:g}, beta {m['beta']:g}, {m['replay']['conversations']} replayed "
+                  f"({m['replay']['loss']})); whole run {time.perf_counter() - started:.0f} s; load "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
             for reply in result["replies"][:2]:
                 print(f"  after: {reply!r}")

@@ -1,9 +1,9 @@
 """How long each phase of a run took, and what it did in that time.
 
 Every phase is timed and reported three ways: a ``phase`` event as it ends, ``phases`` in the run's metrics.json,
-and one line per finished run (SFT and DPO alike) appended to the data home's ``runs/timings.jsonl``. That file is where `/train`'s
-preview finds this machine's own speeds for its time estimate (``tui_chat/training/estimate.py``), whichever way the
-run was started (the chat, `tui-chat train`, `python -m trainer sft`).
+and one line per finished run (SFT and DPO alike) appended to the data home's ``runs/timings.jsonl``. That file is
+where `/train`'s preview finds this machine's own speeds for its time estimate (``tui_chat/training/estimate.py``),
+whichever way the run was started (the chat, `tui-chat train`, `python -m trainer sft` or `dpo`).
 
 The phases, in order (a phase a run skips is absent):
 

@@ -1,9 +1,10 @@
 """Start a previewed run as its own process, and stop one.
 
 The trainer runs as ``python -m trainer sft ... --progress json`` (``dpo ... --sft-data`` when the snapshot has
-preference pairs: the combined objective, see plan.py; ``dpo`` alone when the pairs are all it has) in a new session (process group): the chat never
-imports the training loop, a crash of either leaves the other alone, and the run keeps going when the app exits.
-Its stdout and stderr go to ``runs/<name>.log`` in the data home, which ``RunMonitor`` reads.
+preference pairs: the combined objective, see plan.py; ``dpo`` alone when the pairs are all it has) in a new session
+(process group): the chat never imports the training loop, a crash of either leaves the other alone, and the run
+keeps going when the app exits. Its stdout and stderr go to ``runs/<name>.log`` in the data home, which
+``RunMonitor`` reads.
 """
 
 from __future__ import annotations
