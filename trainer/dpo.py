@@ -39,7 +39,7 @@ from .pairs import Pair, PairFile, RenderedPairs, read_pairs, render_pairs, spli
 from .preference_loss import (
     PairCollator, PreferenceLossModel, evaluate_pairs, one_batch, pair_batches, reference_logps,
 )
-from .mixed_batches import KindGroupedBatches, MixedCollator
+from .mixed_batches import KindGroupedBatches, MixedCollator, Replayed
 from .progress import ProgressReporter
 from .render import RenderedSet, render_conversations
 from .replay import REPLAY_FILE, default_replay_count, replay_for_run, replay_to_generate, write_conversations
@@ -238,13 +238,13 @@ def _run(
         replayed.examples[:] = [dataclasses.replace(e, teacher=t) for e, t in zip(replayed.examples, targets)]
         outside_top_k = mass_outside_top_k(targets)
 
-    # Conversations (the user's, then the replay) are batched together, pairs apart: mixed_batches.py.
-    items = [*train_pairs, *conversations.examples, *replayed.examples]
+    # Pairs, the user's conversations and the replay, each kind batched apart: mixed_batches.py.
+    kinds: list[list[Any]] = [train_pairs, conversations.examples, [Replayed(e) for e in replayed.examples]]
+    items = [item for kind in kinds for item in kind]
     lengths = [len(item) for item in items]
-    sampler = KindGroupedBatches(lengths[: len(train_pairs)], lengths[len(train_pairs) :], config.micro_batch,
-                                 config.seed)
+    sampler = KindGroupedBatches([[len(item) for item in kind] for kind in kinds], config.micro_batch, config.seed)
     loader = torch.utils.data.DataLoader(
-        items, batch_sampler=sampler, collate_fn=MixedCollator(tokenizer.pad_token_id),
+        items, batch_sampler=sampler, collate_fn=MixedCollator(tokenizer.pad_token_id, config.replay_weight),
         generator=torch.Generator().manual_seed(config.seed),
     )
     trainable = [p for p in model.parameters() if p.requires_grad]

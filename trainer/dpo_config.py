@@ -53,6 +53,10 @@ class DPOConfig(SFTConfig):
         metadata={"help": "conversations (`messages` JSONL) learned by cross-entropy in the same run: the combined "
                   "objective `/train` uses when there are pairs (repeatable)"},
     )
+    replay_weight: float = field(
+        default=1.0,
+        metadata={"help": "what a micro-batch of replay weighs in a step against one of pairs or conversations"},
+    )
     beta: float = field(
         default=DEFAULT_BETA,
         metadata={"help": "DPO beta: how far the model may move from the base model (higher: less far)"},
@@ -69,3 +73,5 @@ def validate_dpo(config: DPOConfig) -> None:
     """Raise ValueError (one line) for DPO settings that cannot work (SFT's own are checked by config.validate)."""
     if not config.beta > 0:
         raise ValueError("--beta must be positive (0.1 is the usual value)")
+    if not config.replay_weight > 0:
+        raise ValueError("--replay-weight must be positive (--no-replay turns replay off)")
