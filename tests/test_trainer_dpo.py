@@ -20,6 +20,7 @@ from trainer.data import DataError
 from trainer.dpo import run_dpo
 from trainer.dpo_config import DPOConfig
 from trainer.loop import TrainingStopped
+from trainer.mixed_batches import KindGroupedBatches, MixedCollator, Replayed
 from trainer.models import load_model
 from trainer.pairs import Pair, read_pairs, render_pairs, split_pairs
 from trainer.preference_loss import PairCollator, PreferenceLossModel, reference_logps
@@ -193,6 +194,18 @@ def test_a_dpo_run_learns_the_preference_and_writes_a_complete_run_dir(
     # Its speed is what `/train`'s estimate learns from, as an SFT run's is (both sides of a pair and the reference).
     timings = [json.loads(line) for line in (tmp_path / "home" / "runs" / "timings.jsonl").read_text().splitlines()]
     assert timings[-1]["phases"]["reference"]["tokens"] > 0 and timings[-1]["phases"]["train"]["tokens"] > 0
+
+
+def test_a_replay_batch_weighs_replay_weight_and_never_shares_a_batch(tiny_dir: Path) -> None:
+    loaded, pairs = rendered(tiny_dir)
+    examples = [p.chosen for p in pairs]
+    model = PreferenceLossModel(loaded.model, 0.1)
+    plain = model(**MixedCollator(loaded.tokenizer.pad_token_id)(examples)).item()
+    replayed = MixedCollator(loaded.tokenizer.pad_token_id, replay_weight=0.25)([Replayed(e) for e in examples])
+    assert model(**replayed).item() == pytest.approx(plain * 0.25, rel=1e-5)
+    sampler = KindGroupedBatches([[5] * 3, [6] * 2, [7] * 5], micro_batch=2, seed=0)
+    kinds = [{"pair" if i < 3 else "chat" if i < 5 else "replay" for i in b} for b in sampler.batches()]
+    assert all(len(k) == 1 for k in kinds) and len(kinds) == len(sampler) == 2 + 1 + 3
 
 
 def test_replay_is_mixed_in_and_distilled_from_the_base_model_as_sfts_is(
