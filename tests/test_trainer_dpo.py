@@ -222,10 +222,10 @@ def test_replay_is_mixed_in_and_distilled_from_the_base_model_as_sfts_is(
     start = next(e for e in events(run_dir) if e["event"] == "start")
     assert start["replay_conversations"] == 5 and start["train_pairs"] == 22
     assert "- replay: 5 general conversations answered by the base model" in (run_dir / "report.md").read_text()
-    # On by default (two per training example, at least 16), and --no-replay turns it off.
+    # On by default (1.2 per training example, at least 16), and --no-replay turns it off.
     default = run_dpo(make_config(tiny_dir, pairs_file, tmp_path / "default", max_steps=1, no_replay=False),
                       ProgressReporter("none"))
-    assert json.loads((default / "metrics.json").read_text())["replay"]["conversations"] == 44
+    assert json.loads((default / "metrics.json").read_text())["replay"]["conversations"] == 26
     off = run_dpo(make_config(tiny_dir, pairs_file, tmp_path / "off", max_steps=1), ProgressReporter("none"))
     assert json.loads((off / "metrics.json").read_text())["replay"]["conversations"] == 0
     assert not (off / "replay.jsonl").exists()

@@ -31,7 +31,7 @@ from .config import validate
 from .cpu_threads import ThreadGovernor
 from .data import Conversation, DataError, read_jsonl
 from .distill import mass_outside_top_k, teacher_targets
-from .dpo_config import DPOConfig, validate_dpo
+from .dpo_config import DPOConfig, default_dpo_replay, validate_dpo
 from .evaluate import generate_replies
 from .home import DataHome
 from .loop import Loop, train
@@ -42,7 +42,7 @@ from .preference_loss import (
 from .mixed_batches import KindGroupedBatches, MixedCollator, Replayed
 from .progress import ProgressReporter
 from .render import RenderedSet, render_conversations
-from .replay import REPLAY_FILE, default_replay_count, replay_for_run, replay_to_generate, write_conversations
+from .replay import REPLAY_FILE, replay_for_run, replay_to_generate, write_conversations
 from .report import write_metrics
 from .retention import evaluate_retention, measure_baseline
 from .save import generating, save_model
@@ -136,9 +136,10 @@ def _run(
     # retention is measured against (both cached in the data home, as for SFT)
     set_seed(config.seed)
     replay_count = (0 if config.no_replay else config.replay if config.replay is not None
-                    else default_replay_count(n_user))
+                    else default_dpo_replay(n_user))
     progress.info(f"settings: {config.method}, lr {config.lr:g}, beta {config.beta:g}, {config.epochs:g} epochs, "
-                  + (f"{replay_count} replayed ({config.replay_loss})" if replay_count else "no replay"))
+                  + (f"{replay_count} replayed ({config.replay_loss}, weight {config.replay_weight:g})"
+                     if replay_count else "no replay"))
     progress.info(f"loading {config.model}")
     with clock.phase("load"):
         loaded = load_model(config.model, models_dir=home.models, device=str(device),
@@ -344,7 +345,7 @@ def _run(
             "data": _data_counts(train_set, val_set, conversations, files, real_fraction),
             "replay": {"conversations": len(replayed.examples),
                        "prepare_s": round(clock.seconds("replay") + clock.seconds("distill"), 1),
-                       "loss": config.replay_loss, "outside_top_k": outside_top_k},
+                       "loss": config.replay_loss, "weight": config.replay_weight, "outside_top_k": outside_top_k},
             "replay_tokens_each": replayed.n_tokens / len(replayed.examples) if replayed.examples else None,
             "before": _numbers(before), "after": _numbers(after),
             "schedule": {"epochs": config.epochs, "lr": config.lr, "automatic": automatic,

@@ -117,12 +117,14 @@ def schedule(config: Any, n_user: int, n_kept: int, pairs: int = 0) -> Schedule:
     """Epochs, replay and steps as the trainer decides them (one process): ``n_user`` training conversations, of
     which ``n_kept`` fit in --max-length, and ``pairs`` training pairs that fit (a preference run: each is one
     example, batched apart from the conversations, see trainer/mixed_batches.py)."""
+    from trainer.dpo_config import default_dpo_replay
     from trainer.replay import default_replay_count
     from trainer.schedule import auto_epochs
 
     n_user += pairs
     epochs = config.epochs if config.epochs is not None else auto_epochs(n_user)
-    replay = 0 if config.no_replay else config.replay if config.replay is not None else default_replay_count(n_user)
+    default = default_dpo_replay if pairs else default_replay_count  # a preference run's own (trainer/dpo.py)
+    replay = 0 if config.no_replay else config.replay if config.replay is not None else default(n_user)
     micro_batches = math.ceil((n_kept + replay) / config.micro_batch) + math.ceil(pairs / config.micro_batch)
     per_epoch = max(1, math.ceil(micro_batches / config.grad_accum))
     total = config.max_steps or max(1, math.ceil(epochs * per_epoch))
