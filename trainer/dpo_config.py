@@ -4,7 +4,8 @@ config.py, so the chat's `/train` can read them.
 Replay is SFT's (replay.py, distill.py): general conversations answered by the base model, mixed into training and
 learned by distillation from it (LoRA) or by cross-entropy, with the same ``--replay``, ``--no-replay`` and
 ``--replay-loss`` options. DPO's reference term holds the model to the base model only on the pairs' own replies;
-the replay holds it on everything else (measured in bench/teach_preference.py; numbers in DPO_LEARNING_RATES' note).
+the replay holds it on everything else. ``--replay-weight`` is what a micro-batch of replay weighs in a step
+against one of pairs (measured in bench/teach_preference.py; the numbers are beside DPO_REPLAY_WEIGHT).
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ DPO_LEARNING_RATES = {"lora": 1e-3, "full": 1e-5}
 # beta: how far the policy may move from the reference; 0.1 is the paper's and TRL's default, and on the
 # teach-a-preference test it taught the trait while keeping retention (bench/teach_preference.py).
 DEFAULT_BETA = 0.1
-# SFT options a DPO run does not act on: it keeps every epoch (DPO's held-out loss is not SFT's validation loss, and
-# a falling DPO loss can still be a model drifting away), and it saves the whole LoRA update.
 # Replay of a preference run (bench/teach_preference.py, 20 pairs, seed 2 first, retention = 26 general facts; the
 # README has every run): the trait there is the replies' opening words, and distillation holds the first tokens of
 # every replayed answer to the base model's, so what decides is the replay's total weight, conversations x weight.
@@ -47,6 +46,8 @@ def default_dpo_replay(n_examples: int) -> int:
     return max(MIN_REPLAY, min(MAX_REPLAY, round(DPO_REPLAY_PER_EXAMPLE * n_examples)))
 
 
+# SFT options a DPO run does not act on: it keeps every epoch (DPO's held-out loss is not SFT's validation loss, and
+# a falling DPO loss can still be a model drifting away), and it saves the whole LoRA update.
 NOT_FOR_DPO = frozenset({"no_early_stop", "adapter_scale", "choose_adapter_scale"})
 
 
