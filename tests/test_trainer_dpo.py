@@ -27,7 +27,7 @@ from trainer.preference_loss import PairCollator, PreferenceLossModel, reference
 from trainer.progress import ProgressReporter
 from trainer.sft import SettingsError
 
-from .tiny_datasets import can_replay_answers, write_jsonl
+from .tiny_datasets import can_replay_answers, chat_lines, write_jsonl
 from .tiny_models import save_tiny_model
 from .train_fixtures import SignalAtStep
 
@@ -222,10 +222,14 @@ def test_replay_is_mixed_in_and_distilled_from_the_base_model_as_sfts_is(
     start = next(e for e in events(run_dir) if e["event"] == "start")
     assert start["replay_conversations"] == 5 and start["train_pairs"] == 22
     assert "- replay: 5 general conversations answered by the base model" in (run_dir / "report.md").read_text()
-    # On by default (1.2 per training example, at least 16), and --no-replay turns it off.
-    default = run_dpo(make_config(tiny_dir, pairs_file, tmp_path / "default", max_steps=1, no_replay=False),
-                      ProgressReporter("none"))
-    assert json.loads((default / "metrics.json").read_text())["replay"]["conversations"] == 26
+    # By default as SFT's for the conversations learned by cross-entropy (3: 16 replayed), none on pairs alone.
+    chats = write_jsonl(tmp_path / "chats.jsonl", chat_lines(3))
+    default = run_dpo(make_config(tiny_dir, pairs_file, tmp_path / "default", max_steps=1, no_replay=False,
+                                  sft_data=[str(chats)]), ProgressReporter("none"))
+    assert json.loads((default / "metrics.json").read_text())["replay"]["conversations"] == 16
+    alone = run_dpo(make_config(tiny_dir, pairs_file, tmp_path / "alone", max_steps=1, no_replay=False),
+                    ProgressReporter("none"))
+    assert json.loads((alone / "metrics.json").read_text())["replay"]["conversations"] == 0
     off = run_dpo(make_config(tiny_dir, pairs_file, tmp_path / "off", max_steps=1), ProgressReporter("none"))
     assert json.loads((off / "metrics.json").read_text())["replay"]["conversations"] == 0
     assert not (off / "replay.jsonl").exists()

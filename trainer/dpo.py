@@ -136,7 +136,7 @@ def _run(
     # retention is measured against (both cached in the data home, as for SFT)
     set_seed(config.seed)
     replay_count = (0 if config.no_replay else config.replay if config.replay is not None
-                    else default_dpo_replay(n_user))
+                    else default_dpo_replay(len(files.conversations)))
     progress.info(f"settings: {config.method}, lr {config.lr:g}, beta {config.beta:g}, {config.epochs:g} epochs, "
                   + (f"{replay_count} replayed ({config.replay_loss}, weight {config.replay_weight:g})"
                      if replay_count else "no replay"))

@@ -5,7 +5,7 @@ Replay is SFT's (replay.py, distill.py): general conversations answered by the b
 learned by distillation from it (LoRA) or by cross-entropy, with the same ``--replay``, ``--no-replay`` and
 ``--replay-loss`` options. DPO's reference term holds the model to the base model only on the pairs' own replies;
 the replay holds it on everything else. ``--replay-weight`` is what a micro-batch of replay weighs in a step
-against one of pairs (measured in bench/teach_preference.py; the numbers are beside DPO_REPLAY_WEIGHT).
+against one of pairs (measured in bench/teach_preference.py; the numbers are beside default_dpo_replay).
 """
 
 from __future__ import annotations
@@ -28,22 +28,23 @@ DPO_LEARNING_RATES = {"lora": 1e-3, "full": 1e-5}
 # beta: how far the policy may move from the reference; 0.1 is the paper's and TRL's default, and on the
 # teach-a-preference test it taught the trait while keeping retention (bench/teach_preference.py).
 DEFAULT_BETA = 0.1
-# Replay of a preference run (bench/teach_preference.py, 20 pairs, seed 2 first, retention = 26 general facts; the
-# README has every run): the trait there is the replies' opening words, and distillation holds the first tokens of
-# every replayed answer to the base model's, so what decides is the replay's total weight, conversations x weight.
-# SFT's count (2 per example: 40) at full weight kept 92% but taught the opener in 3 of 10 replies; 16 at full weight
-# kept 96% and taught 1 of 10; 8 at full weight 88% and 7 of 10; 16 at 0.5 92% and 3 of 10; 32 at 0.25 96% and 3 of
-# 10; 16 at 0.25 81% and 10 of 10; R24_NOTE
-DPO_REPLAY_PER_EXAMPLE = 1.2
-DPO_REPLAY_WEIGHT = 0.25
+# Replay of a preference run (bench/teach_preference.py, 20 pairs and no conversations; retention = 26 general facts;
+# the README has every run): by default only for the conversations a run learns by cross-entropy (--sft-data: what
+# `/train` adds), as much as SFT replays for them. On pairs alone it worked against the trait taught (the replies'
+# opening words: distillation holds the first tokens of every replayed answer to the base model's): what decided was
+# the replay's total weight, conversations x --replay-weight. Without replay the opener was taught in 10 of 10
+# replies on seeds 0, 1, 2, keeping 24, 24, 22 of 26 facts; SFT's count (40) at full weight kept 24 (seed 0) and
+# taught 3 of 10; 16 at full weight kept 25 and taught 1 of 10 (seed 2, as all below); 8 kept 23 and taught 7; 16 at
+# 0.5 kept 24 and taught 3; 32 at 0.25 kept 25 and taught 3; 16 at 0.25 kept 21 and taught 10; 24 at 0.25 kept 23 on
+# each of seeds 0, 1, 2 and taught 3, 6, 3. No setting tried kept 90% on every seed and taught the trait.
 
 
-def default_dpo_replay(n_examples: int) -> int:
-    """Replay conversations for a preference run on ``n_examples`` training pairs and conversations: 24 for the 20
-    pairs measured; replay.py's bounds (16-64) elsewhere, not measured for preference runs."""
-    from .replay import MAX_REPLAY, MIN_REPLAY  # replay.py imports torch; this module must not (the chat reads it)
+def default_dpo_replay(n_conversations: int) -> int:
+    """Replay conversations for a preference run that learns ``n_conversations`` by cross-entropy besides its pairs:
+    what SFT would replay for them, none on pairs alone (see above)."""
+    from .replay import default_replay_count  # replay.py imports torch; this module must not (the chat reads it)
 
-    return max(MIN_REPLAY, min(MAX_REPLAY, round(DPO_REPLAY_PER_EXAMPLE * n_examples)))
+    return default_replay_count(n_conversations) if n_conversations else 0
 
 
 # SFT options a DPO run does not act on: it keeps every epoch (DPO's held-out loss is not SFT's validation loss, and
@@ -75,10 +76,10 @@ class DPOConfig(SFTConfig):
     replay: int | None = field(
         default=None,
         metadata={"help": "general prompts answered by the base model, mixed in so it keeps what it knew "
-                  f"(default: {DPO_REPLAY_PER_EXAMPLE:g} per training pair or conversation, within SFT's bounds)"},
+                  "(default: as SFT's for the --sft-data conversations; none on pairs alone)"},
     )
     replay_weight: float = field(
-        default=DPO_REPLAY_WEIGHT,
+        default=1.0,
         metadata={"help": "what a micro-batch of replay weighs in a step against one of pairs or conversations"},
     )
     beta: float = field(

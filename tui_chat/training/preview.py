@@ -83,6 +83,9 @@ def _pairs_text(plan: "TrainingPlan") -> str:
 
 
 def _replay_text(plan: "TrainingPlan") -> str:
+    if not plan.schedule.replay and plan.data.pairs and not plan.data.conversations:
+        return ("off with preference pairs alone: the base model, DPO's reference, holds the model near what it was "
+                "on the pairs' replies (--replay N mixes some in; measured in the README)")
     if not plan.schedule.replay:
         return "off: the model trains on your conversations alone and may forget some of what it knew"
     return (f"{counted(plan.schedule.replay, 'general conversation')} answered by {plan.base_name} itself are "
