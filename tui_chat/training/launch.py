@@ -24,7 +24,7 @@ from trainer.home import DataHome
 from tui_chat.training.monitor import RunMonitor, is_active, trainer_alive
 from tui_chat.training.errors import TrainingError
 from tui_chat.training.options import without_options
-from tui_chat.training.plan import SNAPSHOT_FILE, TrainingPlan, run_name
+from tui_chat.training.plan import TrainingPlan, run_name
 
 
 def trainer_command(plan: TrainingPlan, home: DataHome, dataset: str, out_dir: str, python: str) -> list[str]:
