@@ -10,7 +10,10 @@ holds them too (the store's preference export, next to the conversations) and th
 conversations by cross-entropy and the pairs by DPO, one combined objective in one run (launch.py). A store whose
 pairs are all it has to teach (every other reply rated down, say) trains on the pairs alone. Why one run and
 not SFT then DPO: one process, one base model load, one reference, one retention check and one model saved, so a
-handful of pairs costs a handful of steps, not a second run (see the README's preference section for the numbers).
+handful of pairs costs a handful of steps, not a second run. Measured (bench/teach_preference.py objectives, seed 0,
+20 pairs and their chosen replies as conversations): combined taught the trait in 9 of 10 replies, kept 25 of 26
+general facts and trained 107 s; SFT then DPO taught 10 of 10 (the opener repeated), kept 21 of 26 and trained
+152 s (README, preference section).
 """
 
 from __future__ import annotations
