@@ -5,9 +5,15 @@ never saw that way, before and after, the retention check, and the training time
 The trait is at the start of the reply on purpose: the base model rambles, and a trait at the end (a sign-off line)
 cannot show in a reply cut off at the token limit, so a rate measured there says more about length than preference.
 
-`python -m bench teach_preference` (seeds 0 1 2; TEACH_PREFERENCE_SEEDS="0 1" to choose). Uses the data home
+`python -m bench teach_preference` (seeds 0 1 2; TEACH_PREFERENCE_SEEDS="0 1" to choose; other settings than the
+defaults as TEACH_PREFERENCE_SETTINGS='{"replay": 16, "beta": 0.2}', DPOConfig's fields). Uses the data home
 (TUI_CHAT_HOME or the user's), so the base model's retention answers are generated once and cached there.
 tests/test_teach_preference.py runs a shorter version (one seed, no retention) in the slow suite.
+
+`python -m bench teach_preference objectives` compares `/train`'s combined objective (one `dpo --sft-data` run: the
+chosen replies as conversations by cross-entropy, the pairs by DPO) with SFT on those conversations and then DPO on
+the pairs from the SFT model (seed: the first of TEACH_PREFERENCE_SEEDS). Retention of both is against the original
+base model.
 """
 
 from __future__ import annotations
@@ -115,8 +121,71 @@ def teach(home: Path, seed: int, out: Path, prompts: Sequence[str] = UNSEEN, **s
     return {"metrics": metrics, "after": rate, "replies": replies}
 
 
-def main(seeds: Sequence[int] | None = None) -> None:
-    seeds = list(seeds if seeds is not None else map(int, os.environ.get("TEACH_PREFERENCE_SEEDS", "0 1 2").split()))
+def chosen_conversations(path: Path) -> Path:
+    """The training pairs' prompts and chosen replies as `messages` JSONL: what an SFT side learns."""
+    path.write_text("".join(
+        json.dumps({"messages": [*r["prompt"], {"role": "assistant", "content": r["chosen"]}]}) + "\n"
+        for r in pair_records() if r["split"] == "train"), encoding="utf-8")
+    return path
+
+
+def retention_against_base(home: Path, model_spec: str) -> Any:
+    """The retention check of ``model_spec`` against the bundled base model (its answers cached in ``home``)."""
+    from trainer.base_answers import CACHE_DIR, AnswerCache, model_identity
+    from trainer.models import load_model
+    from trainer.retention import evaluate_retention, measure_baseline
+
+    base = load_model("default", models_dir=home / "models", device="cpu", dtype="bfloat16")
+    cache = AnswerCache.of(base.model, base.tokenizer, home / CACHE_DIR, model_identity(base.source, "bfloat16"))
+    baseline = measure_baseline(base.model, base.tokenizer, cache, bf16=True)
+    trained = load_model(model_spec, models_dir=home / "models", device="cpu", dtype="bfloat16")
+    return evaluate_retention(trained.model, trained.tokenizer, baseline, bf16=True)
+
+
+def compare_objectives(seed: int) -> None:
+    from trainer.config import SFTConfig
+    from trainer.progress import ProgressReporter
+    from trainer.sft import run_sft
+
+    home = home_with_bundled()
+    with tempfile.TemporaryDirectory(prefix="teach-preference-objectives-") as folder:
+        root = Path(folder)
+        chats = chosen_conversations(root / "chats.jsonl")
+        (root / "combined").mkdir()
+        started = time.perf_counter()
+        combined = teach(home, seed, root / "combined" / "run", sft_data=[str(chats)])
+        combined_s = time.perf_counter() - started
+        m = combined["metrics"]
+        print(f"seed {seed} combined (dpo --sft-data): opener {combined['after']:.0%}; retention "
+              f"{m['retention']['retention']:.0%} ({m['retention']['facts_kept']}/{m['retention']['facts_total']}); "
+              f"train {m['train_time_s']:.0f} s ({m['steps']} steps); whole {combined_s:.0f} s; load "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
+        started = time.perf_counter()
+        sft_dir = run_sft(SFTConfig(data=str(chats), home=str(home), out=str(root / "sft"), seed=seed,
+                                    progress="none", val_fraction=0.0), ProgressReporter("none"))
+        sft = json.loads((sft_dir / "metrics.json").read_text())
+        (root / "then").mkdir()
+        then = teach(home, seed, root / "then" / "run", model=str(sft_dir))
+        then_s = time.perf_counter() - started
+        kept = retention_against_base(home, str(root / "then" / "run"))
+        d = then["metrics"]
+        print(f"seed {seed} SFT then DPO: opener {then['after']:.0%}; retention against the base "
+              f"{kept.retention:.0%} ({kept.facts_kept}/{kept.facts_total}; SFT alone kept "
+              f"{sft['retention']['facts_kept']}/{sft['retention']['facts_total']}); train "
+              f"{sft['train_time_s'] + d['train_time_s']:.0f} s ({sft['steps']} + {d['steps']} steps); whole "
+              f"{then_s:.0f} s; load {os.getloadavg()[0]:.1f}", flush=True)
+        for reply in then["replies"][:2]:
+            print(f"  after: {reply!r}")
+
+
+def main(options: Sequence[str] | None = None) -> None:
+    seeds = list(map(int, os.environ.get("TEACH_PREFERENCE_SEEDS", "0 1 2").split()))
+    if options and list(options) == ["objectives"]:
+        compare_objectives(seeds[0])
+        return
+    if options:
+        raise SystemExit(f"unknown option {' '.join(options)}; the only one is: objectives")
+    settings = json.loads(os.environ.get("TEACH_PREFERENCE_SETTINGS", "{}"))
     home = home_with_bundled()
     before, replies = trait_rate("default", home / "models")
     print(f"base model: opener in {before:.0%} of {len(UNSEEN)} greedy replies to unseen prompts "
@@ -126,19 +195,23 @@ def main(seeds: Sequence[int] | None = None) -> None:
     for seed in seeds:
         with tempfile.TemporaryDirectory(prefix="teach-preference-run-") as folder:
             started = time.perf_counter()
-            result = teach(home, seed, Path(folder) / "run")
+            result = teach(home, seed, Path(folder) / "run", **settings)
             m = result["metrics"]
             retention = m["retention"] or {}
-            print(f"seed {seed}: opener {before:.0%} -> {result['after']:.0%}; held-out preference accuracy "
+            label = f"seed {seed}" + (f" {json.dumps(settings)}" if settings else "")
+            print(f"{label}: opener {before:.0%} -> {result['after']:.0%}; held-out preference accuracy "
                   f"{m['before']['reward_accuracy']:.0%} -> {m['after']['reward_accuracy']:.0%} (margin "
                   f"{m['after']['reward_margin']:.2f}); retention {retention.get('retention', float('nan')):.0%} "
                   f"({retention.get('facts_kept')}/{retention.get('facts_total')} facts); train "
-                  f"{m['train_time_s']:.0f} s ({m['steps']} steps, {m['epochs']:.0f} epochs, lr {m['schedule']['lr']:g}, "
-                  f"beta {m['beta']:g}); whole run {time.perf_counter() - started:.0f} s; load "
+                  f"{m['train_time_s']:.0f} s ({m['steps']} steps, {m['epochs']:.0f} epochs, "
+                  f"lr {m['schedule']['lr']:g}, beta {m['beta']:g}, {m['replay']['conversations']} replayed "
+                  f"({m['replay']['loss']}, weight {m['replay']['weight']:g})); whole run {time.perf_counter() - started:.0f} s; load "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
             for reply in result["replies"][:2]:
                 print(f"  after: {reply!r}")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])

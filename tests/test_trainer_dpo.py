@@ -20,13 +20,14 @@ from trainer.data import DataError
 from trainer.dpo import run_dpo
 from trainer.dpo_config import DPOConfig
 from trainer.loop import TrainingStopped
+from trainer.mixed_batches import KindGroupedBatches, MixedCollator, Replayed
 from trainer.models import load_model
 from trainer.pairs import Pair, read_pairs, render_pairs, split_pairs
 from trainer.preference_loss import PairCollator, PreferenceLossModel, reference_logps
 from trainer.progress import ProgressReporter
 from trainer.sft import SettingsError
 
-from .tiny_datasets import write_jsonl
+from .tiny_datasets import can_replay_answers, chat_lines, write_jsonl
 from .tiny_models import save_tiny_model
 from .train_fixtures import SignalAtStep
 
@@ -60,6 +61,7 @@ def make_config(tiny_dir: Path, data: Path, out: Path, **changes) -> DPOConfig:
     base = DPOConfig(
         data=str(data), model=str(tiny_dir), out=str(out), home=str(out.parent / "home"), threads=1,
         progress="none", eval_samples=2, max_new_tokens=8, micro_batch=4, grad_accum=1, epochs=2, no_eval=True,
+        no_replay=True,  # a random tiny model's own replay answers are never usable: generating them is wasted time
     )
     return dataclasses.replace(base, **changes)
 
@@ -189,6 +191,48 @@ def test_a_dpo_run_learns_the_preference_and_writes_a_complete_run_dir(
         assert (run_dir / name).is_file(), name
     assert json.loads((run_dir / rundir.TRAIN_CONFIG).read_text())["config"]["beta"] == 0.1
     assert (run_dir / "report.md").stat().st_mode & 0o077 == 0  # private, as every run file
+    # Its speed is what `/train`'s estimate learns from, as an SFT run's is (both sides of a pair and the reference).
+    timings = [json.loads(line) for line in (tmp_path / "home" / "runs" / "timings.jsonl").read_text().splitlines()]
+    assert timings[-1]["phases"]["reference"]["tokens"] > 0 and timings[-1]["phases"]["train"]["tokens"] > 0
+
+
+def test_a_replay_batch_weighs_replay_weight_and_never_shares_a_batch(tiny_dir: Path) -> None:
+    loaded, pairs = rendered(tiny_dir)
+    examples = [p.chosen for p in pairs]
+    model = PreferenceLossModel(loaded.model, 0.1)
+    plain = model(**MixedCollator(loaded.tokenizer.pad_token_id)(examples)).item()
+    replayed = MixedCollator(loaded.tokenizer.pad_token_id, replay_weight=0.25)([Replayed(e) for e in examples])
+    assert model(**replayed).item() == pytest.approx(plain * 0.25, rel=1e-5)
+    sampler = KindGroupedBatches([[5] * 3, [6] * 2, [7] * 5], micro_batch=2, seed=0)
+    kinds = [{"pair" if i < 3 else "chat" if i < 5 else "replay" for i in b} for b in sampler.batches()]
+    assert all(len(k) == 1 for k in kinds) and len(kinds) == len(sampler) == 2 + 1 + 3
+
+
+def test_replay_is_mixed_in_and_distilled_from_the_base_model_as_sfts_is(
+    tiny_dir: Path, pairs_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    can_replay_answers(monkeypatch)
+    run_dir = run_dpo(make_config(tiny_dir, pairs_file, tmp_path / "run", replay=5, no_replay=False),
+                      ProgressReporter("none"))
+    replayed = [json.loads(line) for line in (run_dir / "replay.jsonl").read_text().splitlines()]
+    assert len(replayed) == 5 and replayed[0]["messages"][1]["content"] == "hello world."
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["replay"]["conversations"] == 5 and metrics["replay"]["loss"] == "kl"
+    assert metrics["phases"]["distill"]["tokens"] > 0
+    start = next(e for e in events(run_dir) if e["event"] == "start")
+    assert start["replay_conversations"] == 5 and start["train_pairs"] == 22
+    assert "- replay: 5 general conversations answered by the base model" in (run_dir / "report.md").read_text()
+    # By default as SFT's for the conversations learned by cross-entropy (3: 16 replayed), none on pairs alone.
+    chats = write_jsonl(tmp_path / "chats.jsonl", chat_lines(3))
+    default = run_dpo(make_config(tiny_dir, pairs_file, tmp_path / "default", max_steps=1, no_replay=False,
+                                  sft_data=[str(chats)]), ProgressReporter("none"))
+    assert json.loads((default / "metrics.json").read_text())["replay"]["conversations"] == 16
+    alone = run_dpo(make_config(tiny_dir, pairs_file, tmp_path / "alone", max_steps=1, no_replay=False),
+                    ProgressReporter("none"))
+    assert json.loads((alone / "metrics.json").read_text())["replay"]["conversations"] == 0
+    off = run_dpo(make_config(tiny_dir, pairs_file, tmp_path / "off", max_steps=1), ProgressReporter("none"))
+    assert json.loads((off / "metrics.json").read_text())["replay"]["conversations"] == 0
+    assert not (off / "replay.jsonl").exists()
 
 
 def test_resume_after_a_signal_ends_where_an_uninterrupted_run_ends(

@@ -3,6 +3,7 @@ conversations together (the combined objective), and that command runs (tiny mod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from sessions import Store, memory_database
 from trainer import rundir
 from trainer.__main__ import main as trainer_main
 from trainer.home import DataHome
+from tui_chat.training.errors import TrainingError
 from tui_chat.training.launch import start_training, trainer_command
 from tui_chat.training.plan import plan_training
 
@@ -50,10 +52,10 @@ def test_the_preview_counts_the_pairs_and_the_run_trains_on_both(store: Store, h
     assert (previewed.data.train_pairs, previewed.data.val_pairs) == (9, 1)
     text = "\n".join(previewed.preview_lines())
     assert "Preferences: 10 pairs (9 to train on, 1 held out to measure it)" in text and "beta 0.2" in text
-    assert "Replay: off with preference pairs" in text
+    assert "Replay: 4 general conversations answered by tiny itself" in text
     command = trainer_command(previewed, home, "chats.jsonl", "out", "python")
     assert command[3:8] == ["dpo", "--data", str(previewed.snapshot_dir / "pairs.jsonl"), "--sft-data", "chats.jsonl"]
-    assert "--replay" not in command and command[-2:] == ["--beta", "0.2"]
+    assert command[command.index("--replay") + 1] == "4" and command[-2:] == ["--beta", "0.2"]
     out = home.models / "combined"
     args = [*command[3:], "--no-eval", "--threads", "1", "--progress", "none"]
     args[args.index("--sft-data") + 1] = str(previewed.export.paths["all"])
@@ -65,6 +67,28 @@ def test_the_preview_counts_the_pairs_and_the_run_trains_on_both(store: Store, h
     # conversations end in their newest reply, the thumbs-down one: cut there, nothing left to learn by cross-entropy
     assert (out / rundir.COMPLETE).exists()
     previewed.discard()
+
+
+def test_pairs_alone_train_when_no_conversation_is_left_to_learn(store: Store, home: DataHome) -> None:
+    add_pairs(store, 8)  # each conversation's newest reply is the thumbs-down one: no conversation to learn from
+    previewed = plan_training(store, home, ["--max-steps", "1", "--no-replay"], current_model="tiny")
+    assert (previewed.data.conversations, previewed.data.train_pairs + previewed.data.val_pairs) == (0, 8)
+    assert "Train on: the preference pairs alone" in "\n".join(previewed.preview_lines())
+    assert previewed.work.trained_tokens > 0 and previewed.work.reference_tokens > 0
+    command = trainer_command(previewed, home, str(previewed.pairs_path), "out", "python")
+    assert command[3:6] == ["dpo", "--data", str(previewed.pairs_path)] and "--sft-data" not in command
+    out = home.models / "pairs-only"
+    args = [*command[3:], "--no-eval", "--threads", "1", "--progress", "none"]
+    args[args.index("--out") + 1] = str(out)
+    assert trainer_main(args) == 0 and (out / rundir.COMPLETE).exists()
+    previewed.discard()
+
+
+def test_nothing_to_train_on_without_pairs_or_conversations(store: Store, home: DataHome) -> None:
+    conversation = add_chat(store, [("hi", "hello world")])
+    store.set_rating(store.messages(conversation)[-1].id, -1)
+    with pytest.raises(TrainingError, match="nothing to train on"):
+        plan_training(store, home, [], current_model="tiny")
 
 
 def test_without_pairs_the_run_is_plain_sft(store: Store, home: DataHome) -> None:
@@ -110,3 +134,21 @@ def test_the_preview_shows_an_example_with_the_learned_text_marked(store: Store,
                        "\n<|assistant|>\n«the quick brown fox<|im_end|>»")
     assert "lazy dog" not in example
     previewed.discard()
+
+
+def test_the_estimate_prices_the_reference_pass_as_a_measured_preference_run_did() -> None:
+    from tui_chat.training.estimate import REFERENCE_SHARE, RunWork, estimate_time
+
+    options = {"base_name": "small", "method": "lora", "device": "cpu", "parameters": 100}
+    sft = {"base_model": "small", "base_parameters": 100, "method": "lora", "device": "cpu", "startup_s": 1.0,
+           "total_s": 12.0, "phases": {"train": {"tokens": 1000, "s": 10.0}}}
+    sft_work = RunWork(trained_tokens=1000, replay_tokens=0, replay_answers=0, retention=False,
+                       baseline_cached=False, eval_samples=0, eval_before_cached=False)
+    dpo_work = dataclasses.replace(sft_work, reference_tokens=300)
+    plain = estimate_time([sft], sft_work, **options)
+    # No preference run measured yet: a reference token costs a third of a trained one.
+    assert estimate_time([sft], dpo_work, **options).seconds - plain.seconds == pytest.approx(
+        300 * 10.0 / 1000 / REFERENCE_SHARE)
+    dpo = {**sft, "phases": {**sft["phases"], "reference": {"pairs": 10, "tokens": 600, "s": 1.2}}, "total_s": 13.2}
+    assert estimate_time([dpo], dpo_work, **options).seconds - estimate_time([dpo], sft_work, **options).seconds == (
+        pytest.approx(300 * 1.2 / 600))

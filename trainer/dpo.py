@@ -1,7 +1,8 @@
 """Preference training (DPO) on chosen / rejected pairs, one run end to end: pairs -> base model (and the reference
 log-probabilities, once) -> model to train -> loop (loop.py) -> evaluate -> save (save.py) -> report. Reads top to
-bottom, as sft.py does, and shares its pieces: the signal handling, the resume check, the loop, saving, the
-retention check and the run dir. The loss is preference_loss.py's.
+bottom, as sft.py does, and shares its pieces: the signal handling, the resume check, replay (replay.py, learned by
+distillation from the base model with LoRA: distill.py), the loop, saving, the retention check and the run dir. The
+loss is preference_loss.py's.
 
 The before/after measure is on held-out pairs: the share whose implicit reward margin is positive (0 before
 training, where the model is its reference), the mean margin, and the share the model itself ranks the right way
@@ -25,11 +26,12 @@ from transformers import get_scheduler
 
 from . import rundir
 from .base_answers import CACHE_DIR, AnswerCache, model_identity
-from .batching import padding_efficiency
+from .batching import Collator, padding_efficiency
 from .config import validate
 from .cpu_threads import ThreadGovernor
 from .data import Conversation, DataError, read_jsonl
-from .dpo_config import DPOConfig, validate_dpo
+from .distill import mass_outside_top_k, teacher_targets
+from .dpo_config import DPOConfig, default_dpo_replay, validate_dpo
 from .evaluate import generate_replies
 from .home import DataHome
 from .loop import Loop, train
@@ -37,9 +39,10 @@ from .pairs import Pair, PairFile, RenderedPairs, read_pairs, render_pairs, spli
 from .preference_loss import (
     PairCollator, PreferenceLossModel, evaluate_pairs, one_batch, pair_batches, reference_logps,
 )
-from .mixed_batches import KindGroupedBatches, MixedCollator
+from .mixed_batches import KindGroupedBatches, MixedCollator, Replayed
 from .progress import ProgressReporter
 from .render import RenderedSet, render_conversations
+from .replay import REPLAY_FILE, replay_for_run, replay_to_generate, write_conversations
 from .report import write_metrics
 from .retention import evaluate_retention, measure_baseline
 from .save import generating, save_model
@@ -53,7 +56,7 @@ from .sft import (
     read_inputs,
     run_guarded,
 )
-from .timings import PhaseClock, process_age_s
+from .timings import PhaseClock, append_timing, process_age_s
 from .dpo_report import write_preference_report
 
 
@@ -83,6 +86,11 @@ def read_pair_files(config: DPOConfig) -> PairFiles:
     return PairFiles(files.train, files.val, conversations, files.skipped_invalid, files.digest.hexdigest())
 
 
+def near_conversations(files: PairFiles) -> list[Conversation]:
+    """What the run teaches, as conversations: half the replay is chosen near their topics (replay.replay_order)."""
+    return files.conversations + [p.taught() for p in files.train]
+
+
 def run_dpo(config: DPOConfig, progress: ProgressReporter) -> Path:
     """Train as ``config`` says and return the finished run dir. Raises DataError, ModelError, SettingsError,
     RunDirError for problems the user can fix, and TrainingStopped after a signal (with a checkpoint saved)."""
@@ -110,6 +118,10 @@ def _run(
     automatic = [name for name in ("epochs", "lr") if getattr(config, name) is None]
     n_user = len(files.train) + len(files.conversations)  # examples of either kind: each is one step's share
     config = config.resolved(device, n_user)
+    try:
+        validate(config)  # again: the automatic method may not fit a setting the user chose (--replay-loss kl)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     if automatic:
         progress.info(f"schedule: {len(files.train)} pairs, {len(files.conversations)} conversations: {config.epochs:g} epochs at lr {config.lr:g} "
                       f"(chosen by dataset size and method: {', '.join(automatic)}; set --epochs / --lr to override)")
@@ -120,27 +132,54 @@ def _run(
         if config.resume:
             _check_resume(run_dir, config, files.sha256)
 
-    # -- the base model and its side of the before/after measures (retention's, cached in the data home)
+    # -- the base model and its side of the before/after measures: the replay mixed into training and the answers
+    # retention is measured against (both cached in the data home, as for SFT)
     set_seed(config.seed)
+    replay_count = (0 if config.no_replay else config.replay if config.replay is not None
+                    else default_dpo_replay(len(files.conversations)))
+    progress.info(f"settings: {config.method}, lr {config.lr:g}, beta {config.beta:g}, {config.epochs:g} epochs, "
+                  + (f"{replay_count} replayed ({config.replay_loss}, weight {config.replay_weight:g})"
+                     if replay_count else "no replay"))
     progress.info(f"loading {config.model}")
     with clock.phase("load"):
         loaded = load_model(config.model, models_dir=home.models, device=str(device),
                             dtype=config.base_dtype(bf16), trust_remote_code=config.trust_remote_code)
         model, tokenizer = loaded.model, loaded.tokenizer
         base_parameters = sum(p.numel() for p in model.parameters())
+        cache = None
+        if replay_count or not config.no_eval:
+            cache = AnswerCache.of(model, tokenizer, home.root / CACHE_DIR,
+                                   model_identity(loaded.source, config.base_dtype(bf16)))
+
+    def rethread(*_: Any) -> None:
+        """Before a generating phase and after each of its batches: the thread count follows the machine's load."""
+        if governor is not None:
+            governor.recheck()
+
+    replay: list[Conversation] = []
+    if replay_count:
+        near = near_conversations(files)
+        with clock.phase("replay", conversations=replay_count) as record:
+            rethread()
+            new = replay_to_generate(cache, replay_count, near, bf16=bf16)
+            progress.info(f"replay: {replay_count} general conversations; " + (
+                "the ones this run started with" if config.resume else
+                f"the base model answers {new} new prompts (cached for its later runs)" if new else
+                "every answer comes from the cache"))
+            replay = replay_for_run(model, tokenizer, replay_count, cache, bf16=bf16, near=near,
+                                    resume_dir=run_dir if config.resume else None, progress=rethread)
+            record["generated"] = cache.generated.get("replay", 0)
     baseline = None
     if not config.no_eval:
         with clock.phase("baseline") as record:
-            if governor is not None:
-                governor.recheck()
-            cache = AnswerCache.of(model, tokenizer, home.root / CACHE_DIR,
-                                   model_identity(loaded.source, config.base_dtype(bf16)))
+            rethread()
             progress.info("retention: the base model's answers to the held-out general prompts")
-            baseline = measure_baseline(model, tokenizer, cache, bf16=bf16)
+            baseline = measure_baseline(model, tokenizer, cache, bf16=bf16, progress=rethread)
             record.update(generated=cache.generated.get("retention", 0), cached=baseline.cached)
     train_set = render_pairs(tokenizer, files.train, config.max_length)
     val_set = render_pairs(tokenizer, files.val, config.max_length)
     conversations = render_conversations(tokenizer, files.conversations, config.max_length)
+    replayed = render_conversations(tokenizer, replay, config.max_length)
     if not train_set.pairs:
         raise DataError(f"{config.data}: no pair fits in --max-length {config.max_length} tokens; raise --max-length")
     if accelerator.is_main_process:
@@ -152,6 +191,8 @@ def _run(
                 {"config": dataclasses.asdict(config), "model": config.model, "dataset_sha256": files.sha256,
                  "objective": "dpo"},
             )
+            if replay:
+                write_conversations(run_dir / REPLAY_FILE, [{"messages": c.as_messages()} for c in replay])
         progress.log_to(run_dir / rundir.PROGRESS_LOG)
     accelerator.wait_for_everyone()
     for count, what in ((files.skipped_invalid, "invalid lines skipped"),
@@ -165,7 +206,8 @@ def _run(
 
     # -- the model to train, and the reference's log-probabilities (the base model's: computed once)
     attention = model.config._attn_implementation
-    if device.type == "cpu" and max(len(p) for p in [*train_set.pairs, *conversations.examples]) <= EAGER_MAX_TOKENS:
+    longest = max(len(p) for p in [*train_set.pairs, *conversations.examples, *replayed.examples])
+    if device.type == "cpu" and longest <= EAGER_MAX_TOKENS:
         model.set_attn_implementation("eager")  # why: sft.py
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -181,17 +223,29 @@ def _run(
     model.train()
     collate = PairCollator(tokenizer.pad_token_id)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    with clock.phase("reference", pairs=len(train_set.pairs) + len(val_set.pairs)):
+    with clock.phase("reference", pairs=len(train_set.pairs) + len(val_set.pairs),
+                     tokens=train_set.n_tokens + val_set.n_tokens):
         progress.info("reference: the base model's log-probabilities of every reply (once; they never change)")
         train_pairs = reference_logps(model, train_set.pairs, collate, config.micro_batch, autocast)
         val_pairs = reference_logps(model, val_set.pairs, collate, config.micro_batch, autocast)
+    outside_top_k = None
+    if config.replay_loss == "kl" and replayed.examples:
+        # The base model's distribution on the replay, once, as SFT does (distill.py): the same adapter-off pass
+        # as the pairs' reference.
+        with clock.phase("distill", tokens=replayed.n_tokens):
+            progress.info("replay: the base model's next-token distribution on the replayed answers (distillation)")
+            targets = teacher_targets(model, replayed.examples, Collator(tokenizer.pad_token_id), config.micro_batch,
+                                      autocast)
+        replayed.examples[:] = [dataclasses.replace(e, teacher=t) for e, t in zip(replayed.examples, targets)]
+        outside_top_k = mass_outside_top_k(targets)
 
-    items = [*train_pairs, *conversations.examples]
+    # Pairs, the user's conversations and the replay, each kind batched apart: mixed_batches.py.
+    kinds: list[list[Any]] = [train_pairs, conversations.examples, [Replayed(e) for e in replayed.examples]]
+    items = [item for kind in kinds for item in kind]
     lengths = [len(item) for item in items]
-    sampler = KindGroupedBatches(lengths[: len(train_pairs)], lengths[len(train_pairs) :], config.micro_batch,
-                                 config.seed)
+    sampler = KindGroupedBatches([[len(item) for item in kind] for kind in kinds], config.micro_batch, config.seed)
     loader = torch.utils.data.DataLoader(
-        items, batch_sampler=sampler, collate_fn=MixedCollator(tokenizer.pad_token_id),
+        items, batch_sampler=sampler, collate_fn=MixedCollator(tokenizer.pad_token_id, config.replay_weight),
         generator=torch.Generator().manual_seed(config.seed),
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -215,9 +269,9 @@ def _run(
         device=str(device), dtype="bf16 autocast" if bf16 else "fp32", total_steps=total_steps, start_step=step,
         epochs=total_steps / steps_per_epoch, train_conversations=len(train_pairs),
         val_conversations=len(val_pairs), train_pairs=len(train_pairs), val_pairs=len(val_pairs),
-        sft_conversations=len(conversations.examples),
-        train_tokens=train_set.n_tokens + conversations.n_tokens,
-        assistant_tokens=train_set.n_reply_tokens + conversations.n_assistant_tokens,
+        sft_conversations=len(conversations.examples), replay_conversations=len(replayed.examples),
+        train_tokens=train_set.n_tokens + conversations.n_tokens + replayed.n_tokens,
+        assistant_tokens=train_set.n_reply_tokens + conversations.n_assistant_tokens + replayed.n_assistant_tokens,
         real_token_fraction=round(real_fraction, 4), beta=config.beta,
     )
     eval_enabled = not config.no_eval and bool(val_pairs)
@@ -289,6 +343,10 @@ def _run(
             "train_cpu_s": result.cpu_s,
             "final_train_loss": result.last_loss,
             "data": _data_counts(train_set, val_set, conversations, files, real_fraction),
+            "replay": {"conversations": len(replayed.examples),
+                       "prepare_s": round(clock.seconds("replay") + clock.seconds("distill"), 1),
+                       "loss": config.replay_loss, "weight": config.replay_weight, "outside_top_k": outside_top_k},
+            "replay_tokens_each": replayed.n_tokens / len(replayed.examples) if replayed.examples else None,
             "before": _numbers(before), "after": _numbers(after),
             "schedule": {"epochs": config.epochs, "lr": config.lr, "automatic": automatic,
                          "user_pairs": len(files.train), "user_conversations": len(files.conversations)},
@@ -299,6 +357,7 @@ def _run(
         write_preference_report(run_dir, metrics, before, after, prompts, retention, retention_warning)
         metrics["total_s"] = process_age_s()
         write_metrics(run_dir / "metrics.json", metrics)
+        append_timing(home.runs, metrics)
         rundir.prune_checkpoints(run_dir, keep=None)
         before_path.unlink(missing_ok=True)
         progress.emit("done", run_dir=str(run_dir), elapsed_s=round(time.time() - started, 1), metrics=metrics)

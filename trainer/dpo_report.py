@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import rundir
-from .report import _quote, _time_section, plot_loss, read_progress
+from .report import _quote, _replay_line, _time_section, plot_loss, read_progress
 from .retention import RetentionResult, report_section
 
 # (label, metrics key, format) of the before/after table.
@@ -43,6 +43,7 @@ def write_preference_report(
         + f"; {data['skipped_invalid']} "
         f"invalid lines skipped, {data['dropped']} dropped as too long; {data['real_token_fraction']:.0%} of "
         "computed tokens real",
+        _replay_line(metrics),
         "- the reference is the base model; a reply's implicit reward is beta x (its log-probability now - under the "
         "reference), so before training every margin is 0",
         "",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data import DatasetFile, check_messages, read_records, split_conversations
+from .data import Conversation, DatasetFile, check_messages, read_records, split_conversations
 from .render import RenderedExample, render_last_reply
 
 
@@ -38,6 +38,11 @@ class Pair:
 
     def conversation(self, reply: str) -> list[dict[str, str]]:
         return [dict(m) for m in self.prompt] + [{"role": "assistant", "content": reply}]
+
+    def taught(self) -> Conversation:
+        """The prompt and the chosen reply: what the pair teaches, as a training conversation (what replay is
+        chosen near, replay.replay_order)."""
+        return Conversation(tuple(self.conversation(self.chosen)), self.source, "train")
 
 
 def check_pair(record: Any) -> tuple[tuple[dict[str, str], ...], str, str]:

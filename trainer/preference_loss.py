@@ -80,7 +80,8 @@ class PreferenceLossModel(torch.nn.Module):
     """The model and the preference run's loss as one module (``accelerator.prepare`` wraps the whole forward, as
     loss.py's TokenLossModel does for SFT). ``forward`` returns the batch's mean loss: DPO's per pair for a batch of
     pairs, SFT's cross-entropy per assistant token for a batch of conversations (the combined objective, see
-    mixed_batches.py). Each micro-batch weighs the same in a step: the two losses have no common unit to sum over."""
+    mixed_batches.py). Each micro-batch weighs the same in a step (the two losses have no common unit to sum over),
+    but a replay micro-batch weighs ``--replay-weight``."""
 
     def __init__(self, model: Any, beta: float) -> None:
         super().__init__()
@@ -90,8 +91,9 @@ class PreferenceLossModel(torch.nn.Module):
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:
         if "ref_chosen" in batch:
             return policy_margins(self.model, batch, self.beta)[0].mean()
+        weight = batch.pop("loss_weight", None)  # a replay micro-batch's (mixed_batches.MixedCollator)
         summed, tokens = summed_token_loss(self.model, batch)
-        return summed / max(tokens, 1)
+        return summed / max(tokens, 1) * (1.0 if weight is None else weight)
 
 
 def pair_batches(

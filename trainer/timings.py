@@ -1,15 +1,17 @@
 """How long each phase of a run took, and what it did in that time.
 
 Every phase is timed and reported three ways: a ``phase`` event as it ends, ``phases`` in the run's metrics.json,
-and one line per finished run appended to the data home's ``runs/timings.jsonl``. That file is where `/train`'s
-preview finds this machine's own speeds for its time estimate (``tui_chat/training/estimate.py``), whichever way the
-run was started (the chat, `tui-chat train`, `python -m trainer sft`).
+and one line per finished run (SFT and DPO alike) appended to the data home's ``runs/timings.jsonl``. That file is
+where `/train`'s preview finds this machine's own speeds for its time estimate (``tui_chat/training/estimate.py``),
+whichever way the run was started (the chat, `tui-chat train`, `python -m trainer sft` or `dpo`).
 
 The phases, in order (a phase a run skips is absent):
 
 - ``load``: reading the base model; ``replay``: its answers to the replay prompts (``generated``: how many were not
   in the cache); ``baseline``: its answers to the retention prompts and its perplexity on them (``generated``,
   ``cached``); ``distill``: its next-token distribution on the replayed answers (``tokens``);
+- a preference run (dpo.py): ``reference``: the base model's log-probabilities of both sides of every pair, one
+  forward pass without gradients (``pairs``, ``tokens``); its ``train`` tokens count both sides of each pair;
 - ``eval_before``: validation loss and sample replies (``samples``, ``cached``); ``train``: the optimizer steps
   (``tokens``, ``steps``); ``eval_after`` (``samples``); ``save``: the model and tokenizer (it loads from then on);
   ``retention``: the trained model's answers to the retention prompts (``prompts``).

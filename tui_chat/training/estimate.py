@@ -4,7 +4,8 @@ The time comes from this machine's own runs: every finished run appends its phas
 ``runs/timings.jsonl`` (trainer/timings.py), whoever started it. A run is estimated phase by phase from the last
 ``HISTORY`` runs of the same base model, method and device (another model's runs, scaled by model size, when this
 one never ran): start-up, loading, the base model's answers (only those not cached yet: ``RunWork`` says which),
-evaluation, the training steps at the measured tokens/s, retention, saving. Before the first run on a CPU it comes
+evaluation, the training steps at the measured tokens/s (a preference pair's chosen and rejected sides both, every
+epoch, and once more for the base model's reference pass), retention, saving. Before the first run on a CPU it comes
 from ``REFERENCE``, a run measured on tui-chat's own 2-core test machine, and says so. A model's size is read from
 its safetensors headers (no weights load).
 """
@@ -42,6 +43,9 @@ REFERENCE: dict[str, Any] = {
         "retention": {"prompts": 48, "s": 8.92},
     },
 }
+# A training step is a forward and a backward pass (~2x the forward's FLOPs): a forward alone, as the DPO reference
+# pass does, costs about a third of a trained token.
+REFERENCE_SHARE = 3
 # The same machine trained 54 tokens/s with LoRA and 38 with a full fine-tune, both through `/train`.
 FULL_SLOWDOWN = 54 / 38
 REFERENCE_WHERE = "tui-chat's 2-core test machine; your first run measures this one"
@@ -156,6 +160,9 @@ class RunWork:
     eval_before_cached: bool  # the base model's evaluation on this validation set is cached
     chooses_scale: bool = False  # the run chooses how much of its LoRA update to keep (trainer/interpolate.py)
     drift_answers: int = 0  # answers of the drift set that choice measures on, still to generate
+    # A preference run (trainer/dpo.py): the base model's log-probabilities of both sides of every pair, one
+    # forward pass without gradients before training. The pairs' training passes are in ``trained_tokens``.
+    reference_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -171,8 +178,8 @@ def _rates(record: dict[str, Any]) -> dict[str, float]:
     """What one run measured: seconds per unit of work, or per phase where the work is fixed."""
     phases = record.get("phases") or {}
     rates: dict[str, float] = {}
-    units = (("replay", "generated"), ("distill", "tokens"), ("train", "tokens"), ("eval_before", "samples"),
-             ("eval_after", "samples"))
+    units = (("replay", "generated"), ("distill", "tokens"), ("reference", "tokens"), ("train", "tokens"),
+             ("eval_before", "samples"), ("eval_after", "samples"))
     for name, unit in units:
         phase = phases.get(name) or {}
         if phase.get(unit) and not phase.get("cached"):
@@ -263,6 +270,8 @@ def estimate_time(
     seconds = rate("startup") + rate("load") + rate("other") + train_s + rate("save")
     if method == "lora":  # distillation: the base model's distribution on the replay, once
         seconds += work.replay_tokens * rate("distill")
+    if work.reference_tokens:  # before any preference run measured it: a forward pass, ~1/3 of a training step's
+        seconds += work.reference_tokens * (rates.get("reference") or rate("train") * slower / REFERENCE_SHARE)
     if work.retention:
         if work.baseline_cached:
             seconds += rate("baseline_cached")

@@ -1,9 +1,10 @@
 """Start a previewed run as its own process, and stop one.
 
 The trainer runs as ``python -m trainer sft ... --progress json`` (``dpo ... --sft-data`` when the snapshot has
-preference pairs: the combined objective, see plan.py) in a new session (process group): the chat never
-imports the training loop, a crash of either leaves the other alone, and the run keeps going when the app exits.
-Its stdout and stderr go to ``runs/<name>.log`` in the data home, which ``RunMonitor`` reads.
+preference pairs: the combined objective, see plan.py; ``dpo`` alone when the pairs are all it has) in a new session
+(process group): the chat never imports the training loop, a crash of either leaves the other alone, and the run
+keeps going when the app exits. Its stdout and stderr go to ``runs/<name>.log`` in the data home, which
+``RunMonitor`` reads.
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ from trainer.home import DataHome
 from tui_chat.training.monitor import RunMonitor, is_active, trainer_alive
 from tui_chat.training.errors import TrainingError
 from tui_chat.training.options import without_options
-from tui_chat.training.plan import SNAPSHOT_FILE, TrainingPlan, run_name
+from tui_chat.training.plan import TrainingPlan, run_name
 
 
 def trainer_command(plan: TrainingPlan, home: DataHome, dataset: str, out_dir: str, python: str) -> list[str]:
-    """The trainer's command line for ``plan``: SFT on the conversations, or with preference pairs the combined
-    objective (the pairs by DPO, the conversations by cross-entropy, one run)."""
+    """The trainer's command line for ``plan``: SFT on the conversations (``dataset``), or with preference pairs the
+    combined objective (the pairs by DPO, the conversations by cross-entropy, one run; the pairs alone when there
+    are no conversations)."""
     pairs = plan.pairs_path
-    data = ["dpo", "--data", str(pairs), "--sft-data", dataset] if pairs else ["sft", "--data", dataset]
+    if pairs is None:
+        data = ["sft", "--data", dataset]
+    else:
+        data = ["dpo", "--data", str(pairs), *(["--sft-data", dataset] if plan.data.conversations else [])]
     command = [python, "-m", "trainer", *data, "--model", plan.base_spec, "--out", out_dir,
                "--home", str(home.root), "--progress", "json"]
     if plan.options.config.method is None:
@@ -42,7 +47,7 @@ def trainer_command(plan: TrainingPlan, home: DataHome, dataset: str, out_dir: s
 
 
 def _dpo_arguments(args: Sequence[str]) -> list[str]:
-    """The trainer options without the SFT-only ones (replay: the preview says it is off with pairs)."""
+    """The trainer options without the SFT-only ones (early stopping, the adapter's scale)."""
     return without_options(args, {"--" + name.replace("_", "-") for name in NOT_FOR_DPO})
 
 
@@ -55,7 +60,7 @@ def start_training(store: Store, home: DataHome, plan: TrainingPlan, *, python: 
     dataset_dir = home.datasets / name
     os.replace(plan.snapshot_dir, dataset_dir)  # one folder: the manifest names its data file relatively
     plan.snapshot_dir = dataset_dir
-    dataset = dataset_dir / SNAPSHOT_FILE
+    dataset = plan.conversations_path or plan.pairs_path
     out_dir = home.models / name
     log_path = home.runs / f"{name}.log"
     command = trainer_command(plan, home, str(dataset), str(out_dir), python)

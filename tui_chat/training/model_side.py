@@ -49,6 +49,8 @@ class ModelSide:
     method: str
     work: RunWork
     example: str | None = None  # one training conversation as the model sees it, the learned text «marked»
+    train_pairs: int = 0  # preference pairs that fit in --max-length, split as trainer/dpo.py splits them
+    val_pairs: int = 0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -66,18 +68,23 @@ class ModelSide:
 _answers: dict[tuple, ModelSide] = {}  # (snapshot sha256, base, options, home, timings) -> the child's answer
 
 
-def measure(home: DataHome, snapshot: Path, snapshot_sha256: str, base_spec: str, argv: Sequence[str]) -> ModelSide:
-    """The model side of a preview of ``argv`` on ``snapshot``, from a child process (or memory). TrainingError for
-    what the user can fix (a base model that cannot be found, nothing that fits)."""
+def measure(
+    home: DataHome, snapshot: Path | None, snapshot_sha256: str, base_spec: str, argv: Sequence[str],
+    pairs: Path | None = None,
+) -> ModelSide:
+    """The model side of a preview of ``argv`` on ``snapshot`` (conversations; None: there are none) and ``pairs``
+    (preference pairs, when there are any), from a child process (or memory); ``snapshot_sha256`` names the contents
+    of both. TrainingError for what the user can fix (a base model that cannot be found, nothing that fits)."""
     timings = home.runs / TIMINGS_FILE
     key = (snapshot_sha256, base_spec, tuple(argv), str(home.root),
            timings.stat().st_mtime_ns if timings.exists() else None)
     if key in _answers:
         return _answers[key]
     if "torch" in sys.modules:  # this process paid for torch already (a script, the tests): no second interpreter
-        _answers[key] = compute(home, snapshot, base_spec, argv)
+        _answers[key] = compute(home, snapshot, base_spec, argv, pairs)
         return _answers[key]
-    request = {"home": str(home.root), "snapshot": str(snapshot), "base": base_spec, "argv": list(argv)}
+    request = {"home": str(home.root), "snapshot": str(snapshot) if snapshot else None, "base": base_spec,
+               "argv": list(argv), "pairs": str(pairs) if pairs else None}
     result = subprocess.run(
         [sys.executable, "-m", "tui_chat.training.model_side"], input=json.dumps(request), capture_output=True,
         text=True, timeout=CHILD_TIMEOUT_S, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
@@ -95,7 +102,9 @@ def measure(home: DataHome, snapshot: Path, snapshot_sha256: str, base_spec: str
     return side
 
 
-def compute(home: DataHome, snapshot: Path, base_spec: str, argv: Sequence[str]) -> ModelSide:
+def compute(
+    home: DataHome, snapshot: Path | None, base_spec: str, argv: Sequence[str], pairs: Path | None = None
+) -> ModelSide:
     """The model side itself (in the child: this imports torch)."""
     import torch
 
@@ -104,22 +113,25 @@ def compute(home: DataHome, snapshot: Path, base_spec: str, argv: Sequence[str])
     from trainer.models import ModelError, resolve_spec
 
     from tui_chat.training.options import parse_train_options
-    from tui_chat.training.workload import base_tokenizer, count_tokens, run_work, schedule
+    from tui_chat.training.workload import base_tokenizer, count_pair_tokens, count_tokens, run_work, schedule
 
     config = parse_train_options(argv).config
     try:
         resolved = resolve_spec(base_spec, home.models)
     except ModelError as exc:
         raise TrainingError(f"--base: {exc}") from None
-    conversations = read_jsonl(snapshot).conversations
-    train, val = split_conversations(conversations, config.val_fraction)
+    conversations = read_jsonl(snapshot).conversations if snapshot else []
+    # With pairs the run is trainer/dpo.py's: it holds out pairs to measure, and learns every conversation.
+    train, val = (conversations, []) if pairs else split_conversations(conversations, config.val_fraction)
     tokenizer = base_tokenizer(resolved.location, resolved.kind)
     counts = count_tokens(tokenizer, train, val, config.max_length)
-    if counts.train_kept < 1:
+    paired = count_pair_tokens(tokenizer, pairs, config) if pairs else None
+    if counts.train_kept < 1 and not (paired and paired.train):
+        what = "conversation or preference pair" if pairs else "conversation"
         raise TrainingError(
-            f"nothing to train on: no conversation fits in --max-length {config.max_length} tokens; raise --max-length"
+            f"nothing to train on: no {what} fits in --max-length {config.max_length} tokens; raise --max-length"
         )
-    steps = schedule(config, len(train), counts.train_kept)
+    steps = schedule(config, len(train), counts.train_kept, paired.train if paired else 0)
     parameters = count_parameters(Path(resolved.location)) if resolved.kind != "hub" else None
     available = pick_device().type
     device = plan_device(
@@ -129,12 +141,13 @@ def compute(home: DataHome, snapshot: Path, base_spec: str, argv: Sequence[str])
     method = config.method or ("full" if device.device == "cuda" else "lora")
     timings = read_timings(home.runs / TIMINGS_FILE)
     work = run_work(home, resolved, config, method, device.device, train, val, counts.tokens, steps,
-                    replay_tokens_of(timings, resolved.name))
+                    replay_tokens_of(timings, resolved.name), paired)
     return ModelSide(
         base_name=resolved.name, base_location=resolved.location, base_kind=resolved.kind, train=len(train),
         val=len(val), messages=sum(len(c.messages) for c in conversations), counts=counts, steps=steps,
         parameters=parameters, device=device, method=method, work=work,
         example=marked_example(tokenizer, train, config.max_length),
+        train_pairs=paired.train if paired else 0, val_pairs=paired.val if paired else 0,
     )
 
 
@@ -170,7 +183,8 @@ def _marked(text: str, learned: bool) -> str:
 def main() -> None:
     request = json.loads(sys.stdin.read())
     try:
-        side = compute(DataHome(Path(request["home"])), Path(request["snapshot"]), request["base"], request["argv"])
+        side = compute(DataHome(Path(request["home"])), request["snapshot"] and Path(request["snapshot"]),
+                       request["base"], request["argv"], request["pairs"] and Path(request["pairs"]))
         answer: dict[str, Any] | str = side.to_json()
     except TrainingError as exc:
         answer = json.dumps({"error": str(exc)})

@@ -21,10 +21,13 @@ def preview_lines(plan: "TrainingPlan") -> list[str]:
     tokens = f"{data.tokens:,} tokens a pass"
     if data.assistant_tokens is not None:
         tokens += f" ({data.assistant_tokens:,} in replies: what the model learns)"
-    lines = [
+    conversations = (
         f"Train on: {counted(data.conversations, 'conversation')} ({data.train_conversations} to train on, "
         f"{data.val_conversations} held out to measure it), {counted(data.messages, 'message')}, {tokens}"
-        + (f" {data.token_note}" if data.token_note else ""),
+        + (f" {data.token_note}" if data.token_note else "")
+    ) if data.conversations else "Train on: the preference pairs alone (no conversation has a reply left to learn from)"
+    lines = [
+        conversations,
         "Left out: " + _left_out_text(data),
         *([_pairs_text(plan)] if data.pairs else []),
         f"Base model: {plan.base_name}" + (f" ({plan.base_spec})" if plan.base_spec != plan.base_name else "")
@@ -80,9 +83,9 @@ def _pairs_text(plan: "TrainingPlan") -> str:
 
 
 def _replay_text(plan: "TrainingPlan") -> str:
-    if plan.data.pairs:
-        return ("off with preference pairs: the pairs' own reference (the base model) holds the model near what it "
-                "was, and the retention check measures what it kept")
+    if not plan.schedule.replay and plan.data.pairs and not plan.data.conversations:
+        return ("off with preference pairs alone: the base model, DPO's reference, holds the model near what it was "
+                "on the pairs' replies (--replay N mixes some in; measured in the README)")
     if not plan.schedule.replay:
         return "off: the model trains on your conversations alone and may forget some of what it knew"
     return (f"{counted(plan.schedule.replay, 'general conversation')} answered by {plan.base_name} itself are "

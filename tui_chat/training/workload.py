@@ -32,6 +32,37 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class PairTokens:
+    """A preference run's pairs, split and rendered as the trainer will (both sides of each)."""
+
+    train: int  # training pairs that fit in --max-length
+    val: int
+    train_tokens: int  # of the training pairs, chosen and rejected sides, a pass
+    val_tokens: int
+    dropped: int  # pairs with a side over --max-length (or hidden by the template)
+    near: list[Any]  # the training pairs as conversations (prompt + chosen): what half the replay is chosen near
+
+
+def count_pair_tokens(tokenizer: Any | None, path: Path, config: Any) -> PairTokens:
+    """Read, split and render the pairs file as trainer/dpo.py will (without the tokenizer: ~4 characters a token,
+    none dropped)."""
+    from trainer.pairs import read_pairs, render_pairs, split_pairs
+
+    train, val = split_pairs(read_pairs(path).pairs, config.val_fraction)
+    near = [p.taught() for p in train]
+    if tokenizer is None:
+        def chars(pairs: Sequence[Any]) -> int:
+            return sum(2 * sum(len(m["content"]) for m in p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs)
+
+        return PairTokens(len(train), len(val), chars(train) // CHARS_PER_TOKEN, chars(val) // CHARS_PER_TOKEN, 0,
+                          near)
+    rendered_train = render_pairs(tokenizer, train, config.max_length)
+    rendered_val = render_pairs(tokenizer, val, config.max_length)
+    return PairTokens(len(rendered_train.pairs), len(rendered_val.pairs), rendered_train.n_tokens,
+                      rendered_val.n_tokens, rendered_train.dropped + rendered_val.dropped, near)
+
+
+@dataclass(frozen=True)
 class TokenCount:
     tokens: int
     assistant_tokens: int | None
@@ -82,15 +113,18 @@ def count_tokens(tokenizer: Any | None, train: Sequence[Any], val: Sequence[Any]
     )
 
 
-def schedule(config: Any, n_user: int, n_kept: int) -> Schedule:
+def schedule(config: Any, n_user: int, n_kept: int, pairs: int = 0) -> Schedule:
     """Epochs, replay and steps as the trainer decides them (one process): ``n_user`` training conversations, of
-    which ``n_kept`` fit in --max-length."""
+    which ``n_kept`` fit in --max-length, and ``pairs`` training pairs that fit (a preference run: each is one
+    example, batched apart from the conversations, see trainer/mixed_batches.py)."""
+    from trainer.dpo_config import default_dpo_replay
     from trainer.replay import default_replay_count
     from trainer.schedule import auto_epochs
 
-    epochs = config.epochs if config.epochs is not None else auto_epochs(n_user)
-    replay = 0 if config.no_replay else config.replay if config.replay is not None else default_replay_count(n_user)
-    micro_batches = math.ceil((n_kept + replay) / config.micro_batch)
+    epochs = config.epochs if config.epochs is not None else auto_epochs(n_user + pairs)
+    default = default_dpo_replay if pairs else default_replay_count  # a preference run's own (trainer/dpo.py)
+    replay = 0 if config.no_replay else config.replay if config.replay is not None else default(n_user)
+    micro_batches = math.ceil((n_kept + replay) / config.micro_batch) + math.ceil(pairs / config.micro_batch)
     per_epoch = max(1, math.ceil(micro_batches / config.grad_accum))
     total = config.max_steps or max(1, math.ceil(epochs * per_epoch))
     return Schedule(total / per_epoch, total, replay, automatic=config.epochs is None)
@@ -98,10 +132,11 @@ def schedule(config: Any, n_user: int, n_kept: int) -> Schedule:
 
 def run_work(
     home: DataHome, resolved: ResolvedSpec, config: Any, method: str, device: str, train: Sequence[Any],
-    val: Sequence[Any], tokens: int, plan: Schedule, replay_tokens_each: float,
+    val: Sequence[Any], tokens: int, plan: Schedule, replay_tokens_each: float, pairs: "PairTokens | None" = None,
 ) -> RunWork:
-    """What the run will compute: ``tokens`` of the user's a pass plus the replay's, for ``plan``'s epochs, and the
-    base model's answers and evaluation where the trainer's cache (``trainer.base_answers``) does not hold them yet."""
+    """What the run will compute: ``tokens`` of the user's a pass plus the replay's and the training pairs' (both
+    sides), for ``plan``'s epochs, the reference pass over every pair, and the base model's answers and evaluation
+    where the trainer's cache (``trainer.base_answers``) does not hold them yet."""
     import torch
 
     from trainer.base_answers import CACHE_DIR, AnswerCache, model_identity
@@ -113,18 +148,24 @@ def run_work(
     bf16 = config.bf16(torch.device(device))
     cache = AnswerCache.known(home.root / CACHE_DIR, model_identity(resolved.location, config.base_dtype(bf16)))
     evaluate = not config.no_eval
-    samples = len(eval_prompts(val, config.eval_samples)) if evaluate else 0
+    if pairs is not None:  # trainer/dpo.py: sample replies to the held-out pairs' prompts, never cached
+        samples = min(pairs.val, config.eval_samples) if evaluate else 0
+    else:
+        samples = len(eval_prompts(val, config.eval_samples)) if evaluate else 0
     replay_tokens = round(plan.replay * replay_tokens_each)
-    chooses_scale = method == "lora" and config.choose_adapter_scale and len(val) > 0  # as trainer/sft.py decides
+    # as trainer/sft.py decides (a preference run keeps the whole update)
+    chooses_scale = pairs is None and method == "lora" and config.choose_adapter_scale and len(val) > 0
+    pair_tokens = pairs.train_tokens if pairs is not None else 0
     return RunWork(
-        trained_tokens=round((tokens + replay_tokens) * plan.epochs),
+        trained_tokens=round((tokens + replay_tokens + pair_tokens) * plan.epochs),
         replay_tokens=replay_tokens,
-        replay_answers=replay_to_generate(cache, plan.replay, train, bf16=bf16),
+        replay_answers=replay_to_generate(cache, plan.replay, [*train, *(pairs.near if pairs else [])], bf16=bf16),
         retention=evaluate,
         baseline_cached=evaluate and baseline_cached(cache, bf16=bf16),
         eval_samples=samples,
-        eval_before_cached=bool(samples) and cache is not None
+        eval_before_cached=bool(samples) and pairs is None and cache is not None
         and cache.value("eval_before", **eval_key(val, config, bf16)) is not None,
         chooses_scale=chooses_scale,
         drift_answers=drift_to_generate(cache, bf16=bf16) if chooses_scale else 0,
+        reference_tokens=pairs.train_tokens + pairs.val_tokens if pairs is not None else 0,
     )
