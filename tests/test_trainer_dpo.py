@@ -18,7 +18,13 @@ from trainer.__main__ import main as trainer_main
 from trainer.chat_template import ensure_chat_template
 from trainer.data import DataError
 from trainer.dpo import run_dpo
-from trainer.dpo_config import DPOConfig
+from trainer.dpo_config import (
+    COMBINED_BETA,
+    COMBINED_LEARNING_RATES,
+    DEFAULT_BETA,
+    DPO_LEARNING_RATES,
+    DPOConfig,
+)
 from trainer.loop import TrainingStopped
 from trainer.mixed_batches import KindGroupedBatches, MixedCollator, Replayed
 from trainer.models import load_model
@@ -169,10 +175,20 @@ def test_the_split_is_deterministic_and_follows_split_fields(tmp_path: Path) -> 
     assert [p.source for p in split_pairs(labelled, 0.1)[1]] == ["c.jsonl:1", "c.jsonl:2"]
 
 
+def test_the_default_rate_and_beta_depend_on_whether_the_run_also_learns_conversations() -> None:
+    cpu = torch.device("cpu")
+    alone = DPOConfig(data="pairs.jsonl", method="lora").resolved(cpu, 20)
+    combined = DPOConfig(data="pairs.jsonl", method="lora", sft_data=["chats.jsonl"]).resolved(cpu, 20)
+    assert (alone.lr, alone.beta) == (DPO_LEARNING_RATES["lora"], DEFAULT_BETA) == (7e-4, 0.05)
+    assert (combined.lr, combined.beta) == (COMBINED_LEARNING_RATES["lora"], COMBINED_BETA) == (1e-3, 0.1)
+    given = DPOConfig(data="pairs.jsonl", method="lora", sft_data=["chats.jsonl"], beta=0.3, lr=2e-4).resolved(cpu, 20)
+    assert (given.lr, given.beta) == (2e-4, 0.3)
+
+
 def test_a_dpo_run_learns_the_preference_and_writes_a_complete_run_dir(
     tiny_dir: Path, pairs_file: Path, tmp_path: Path
 ) -> None:
-    config = make_config(tiny_dir, pairs_file, tmp_path / "run", epochs=8, lr=1e-2, no_eval=False)
+    config = make_config(tiny_dir, pairs_file, tmp_path / "run", epochs=8, lr=1e-2, no_eval=False, beta=0.1)
     run_dir = run_dpo(config, ProgressReporter("none"))
     log = events(run_dir)
     before, after = [next(e for e in log if e["event"] == "eval" and e["stage"] == s) for s in ("before", "after")]

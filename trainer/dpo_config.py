@@ -19,15 +19,32 @@ from .config import SFTConfig
 if TYPE_CHECKING:
     import torch
 
-# Peak learning rates (AdamW, cosine), LoRA measured on the teach-a-preference bench (bench/teach_preference.py: 20
-# pairs, 8 epochs, rank 4, beta 0.1). Chosen = the reply opened by "Short answer:": 5e-4 drove the rejected replies
-# down without raising the chosen ones (DPO's known failure): replies turned to rambling, retention 35-50%; 1e-3 taught
-# the opener in 3 seeds of 3 and kept 24, 24 and 22 of 26 general facts (92%, 92%, 85%). An earlier trait (a sign-off line after the reply): 2e-4 kept 25 of
-# 26 but taught nothing, 2e-3 (SFT's rate) taught it and kept 18 of 26 (69%). Full fine-tuning: not measured here.
-DPO_LEARNING_RATES = {"lora": 1e-3, "full": 1e-5}
-# beta: how far the policy may move from the reference; 0.1 is the paper's and TRL's default, and on the
-# teach-a-preference test it taught the trait while keeping retention (bench/teach_preference.py).
-DEFAULT_BETA = 0.1
+# Peak learning rate (AdamW, cosine) and beta, LoRA, measured together on the teach-a-preference bench
+# (bench/teach_preference.py: 20 pairs, 8 epochs, rank 4, no replay; chosen = the reply opened by "Short answer:";
+# trait = unseen prompts whose greedy reply opens that way; retention = 26 general facts the base model answered).
+# lr 7e-4 with beta 0.05 taught the opener in 10 of 10 replies on seeds 0-4 and kept 25, 25, 25, 24, 25 of 26 facts
+# (92-96%), 21-24 s of training (quiet machine). On seed 2, the seed that forgot most: lr 1e-3 with beta 0.1 (the
+# defaults before) kept 21-22 (81-85%; 24 and 24 on seeds 0 and 1); beta 0.2 kept 18 and 0.3 kept 14 (a larger beta
+# makes every step larger at the same lr); beta 0.05 at 1e-3 kept 22, 0.02 kept 22; at beta 0.05, lr 6e-4 kept 24
+# and 8.5e-4 kept 22; lr 5e-4 at beta 0.1 drove the rejected replies down without raising the chosen ones (DPO's
+# known failure): replies turned to rambling, 11 of 26 kept, the opener in 1 of 10. An earlier trait (a sign-off line
+# after the reply): 2e-4 kept 25 of 26 but taught nothing, 2e-3 (SFT's rate) taught it and kept 18 of 26.
+# Full fine-tuning: not measured here.
+DPO_LEARNING_RATES = {"lora": 7e-4, "full": 1e-5}
+# beta: how far the policy may move from the reference. The paper's and TRL's default is 0.1; 0.05 with the rate
+# above kept more general knowledge on every seed measured (see above).
+DEFAULT_BETA = 0.05
+# The combined objective (`--sft-data`, what `/train` runs when there are conversations too) keeps lr 1e-3 and beta
+# 0.1: there (seed 0, the same pairs with the bench's conversations, SFT's replay) they taught the opener in 9 of 10
+# replies and kept 25 of 26 facts, while 7e-4 with beta 0.05 taught it in 0 of 10 (kept 24): the cross-entropy on the
+# conversations and the replay pull against the pairs, and the lower pair the weaker.
+COMBINED_LEARNING_RATES = {"lora": 1e-3, "full": 1e-5}
+COMBINED_BETA = 0.1
+
+
+def default_beta(combined: bool) -> float:
+    """DPO's beta when none is given: ``combined``, for a run that also learns conversations (--sft-data)."""
+    return COMBINED_BETA if combined else DEFAULT_BETA
 # Replay of a preference run (bench/teach_preference.py, 20 pairs and no conversations; retention = 26 general facts;
 # the README has every run): by default only for the conversations a run learns by cross-entropy (--sft-data: what
 # `/train` adds), as much as SFT replays for them. On pairs alone it worked against the trait taught (the replies'
@@ -82,21 +99,25 @@ class DPOConfig(SFTConfig):
         default=1.0,
         metadata={"help": "what a micro-batch of replay weighs in a step against one of pairs or conversations"},
     )
-    beta: float = field(
-        default=DEFAULT_BETA,
-        metadata={"help": "DPO beta: how far the model may move from the base model (higher: less far)"},
+    beta: float | None = field(
+        default=None,
+        metadata={"help": f"DPO beta: how strongly each pair pulls (default {DEFAULT_BETA}, {COMBINED_BETA} with "
+                  "--sft-data: measured, see trainer/dpo_config.py)"},
     )
 
     def resolved(self, device: "torch.device", n_conversations: int = 1) -> "DPOConfig":
         """SFT's automatic choices (method, replay loss, epochs), with DPO's learning rates; ``n_conversations``:
         training pairs and conversations."""
         resolved = super().resolved(device, n_conversations)
-        return dataclasses.replace(resolved, lr=self.lr if self.lr is not None else DPO_LEARNING_RATES[resolved.method])
+        combined = bool(self.sft_data)
+        rates = COMBINED_LEARNING_RATES if combined else DPO_LEARNING_RATES
+        return dataclasses.replace(resolved, lr=self.lr if self.lr is not None else rates[resolved.method],
+                                   beta=self.beta if self.beta is not None else default_beta(combined))
 
 
 def validate_dpo(config: DPOConfig) -> None:
     """Raise ValueError (one line) for DPO settings that cannot work (SFT's own are checked by config.validate)."""
-    if not config.beta > 0:
+    if config.beta is not None and not config.beta > 0:
         raise ValueError("--beta must be positive (0.1 is the usual value)")
     if not config.replay_weight > 0:
         raise ValueError("--replay-weight must be positive (--no-replay turns replay off)")

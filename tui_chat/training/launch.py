@@ -18,7 +18,7 @@ import time
 from typing import Sequence
 
 from sessions import Store, TrainingRun
-from trainer.dpo_config import DEFAULT_BETA, NOT_FOR_DPO
+from trainer.dpo_config import NOT_FOR_DPO
 from trainer.home import DataHome
 
 from tui_chat.training.monitor import RunMonitor, is_active, trainer_alive
@@ -42,7 +42,7 @@ def trainer_command(plan: TrainingPlan, home: DataHome, dataset: str, out_dir: s
         command += ["--method", plan.method]  # the method the preview promised, whatever the trainer would pick
     if not pairs:
         return command + list(plan.options.trainer_args)
-    beta = ["--beta", str(plan.options.beta)] if plan.options.beta != DEFAULT_BETA else []
+    beta = ["--beta", str(plan.options.beta)] if plan.options.beta is not None else []
     return command + _dpo_arguments(plan.options.trainer_args) + beta
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from trainer.config import SFTConfig, add_config_options, validate
-from trainer.dpo_config import DEFAULT_BETA, DPOConfig, validate_dpo
+from trainer.dpo_config import DPOConfig, validate_dpo
 
 from tui_chat.training.errors import TrainingError
 
@@ -36,7 +36,7 @@ class TrainOptions:
     yes: bool  # start without asking
     config: SFTConfig
     trainer_args: tuple[str, ...]
-    beta: float = DEFAULT_BETA  # DPO's, used when the store has preference pairs
+    beta: float | None = None  # DPO's, used when the store has preference pairs; None: the measured default
 
 
 def _parser() -> _Parser:
@@ -49,8 +49,8 @@ def _parser() -> _Parser:
     parser.add_argument("--base", metavar="SPEC", help="model to fine-tune (default: the chat's current model)")
     parser.add_argument("--yes", "-y", action="store_true", help="start without asking (scripts and tests)")
     add_config_options(parser, skip=SET_BY_CHAT)
-    parser.add_argument("--beta", type=float, default=DEFAULT_BETA,
-                        help="DPO beta for the preference pairs, when there are any (higher: the model moves less)")
+    parser.add_argument("--beta", type=float, default=None,
+                        help="DPO beta for the preference pairs, when there are any (the default is measured: trainer/dpo_config.py)")
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from sessions import counted
+from trainer.dpo_config import default_beta
 
 from tui_chat.training.options import without_options
 from tui_chat.training.summary import duration
@@ -79,7 +80,14 @@ def _pairs_text(plan: "TrainingPlan") -> str:
     data = plan.data
     return (f"Preferences: {counted(data.pairs, 'pair')} ({data.train_pairs} to train on, {data.val_pairs} held out "
             "to measure it) from your ratings, corrections and compare picks: the model learns to prefer the chosen "
-            f"reply over the rejected one (DPO, beta {plan.options.beta:g}) in the same run")
+            f"reply over the rejected one (DPO, beta {_beta(plan):g}) in the same run")
+
+
+def _beta(plan: "TrainingPlan") -> float:
+    """The beta the run will use: the one asked for, else the trainer's default for this kind of run."""
+    if plan.options.beta is not None:
+        return plan.options.beta
+    return default_beta(combined=bool(plan.data.conversations))
 
 
 def _replay_text(plan: "TrainingPlan") -> str:
