@@ -12,6 +12,7 @@ import pytest
 from sessions import Store, memory_database
 from trainer import rundir
 from trainer.__main__ import main as trainer_main
+from trainer.dpo_config import COMBINED_LEARNING_RATES, DPO_LEARNING_RATES
 from trainer.home import DataHome
 from tui_chat.training.errors import TrainingError
 from tui_chat.training.launch import start_training, trainer_command
@@ -53,6 +54,7 @@ def test_the_preview_counts_the_pairs_and_the_run_trains_on_both(store: Store, h
     text = "\n".join(previewed.preview_lines())
     assert "Preferences: 10 pairs (9 to train on, 1 held out to measure it)" in text and "beta 0.2" in text
     assert "Replay: 4 general conversations answered by tiny itself" in text
+    assert previewed.lr == COMBINED_LEARNING_RATES[previewed.method] and f"learning rate {previewed.lr:g}" in text
     command = trainer_command(previewed, home, "chats.jsonl", "out", "python")
     assert command[3:8] == ["dpo", "--data", str(previewed.snapshot_dir / "pairs.jsonl"), "--sft-data", "chats.jsonl"]
     assert command[command.index("--replay") + 1] == "4" and command[-2:] == ["--beta", "0.2"]
@@ -74,6 +76,8 @@ def test_pairs_alone_train_when_no_conversation_is_left_to_learn(store: Store, h
     previewed = plan_training(store, home, ["--max-steps", "1", "--no-replay"], current_model="tiny")
     assert (previewed.data.conversations, previewed.data.train_pairs + previewed.data.val_pairs) == (0, 8)
     assert "Train on: the preference pairs alone" in "\n".join(previewed.preview_lines())
+    assert previewed.lr == DPO_LEARNING_RATES[previewed.method]  # the rate and beta of a run on pairs alone
+    assert "beta 0.05" in "\n".join(previewed.preview_lines())
     assert previewed.work.trained_tokens > 0 and previewed.work.reference_tokens > 0
     command = trainer_command(previewed, home, str(previewed.pairs_path), "out", "python")
     assert command[3:6] == ["dpo", "--data", str(previewed.pairs_path)] and "--sft-data" not in command

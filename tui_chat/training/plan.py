@@ -190,6 +190,17 @@ def _export_pairs(store: Store, path: Path) -> ExportResult | None:
         return None  # no pairs: an SFT run as before
 
 
+def _default_lr(method: str, conversations: int, pairs: bool) -> float:
+    """The learning rate the run will use when none is asked for: SFT's, chosen by the number of conversations; with
+    preference pairs the DPO run's own (trainer/dpo_config.py: one for pairs alone, one with conversations)."""
+    from trainer.dpo_config import COMBINED_LEARNING_RATES, DPO_LEARNING_RATES
+    from trainer.schedule import auto_lr
+
+    if not pairs:
+        return auto_lr(method, conversations)
+    return (COMBINED_LEARNING_RATES if conversations else DPO_LEARNING_RATES)[method]
+
+
 def plan_training(
     store: Store, home: DataHome, argv: Sequence[str], *, current_model: str = "default"
 ) -> TrainingPlan:
@@ -198,8 +209,6 @@ def plan_training(
 
     Slow parts (imports, tokenizing) take seconds: the TUI calls this from a worker thread.
     """
-    from trainer.schedule import auto_lr
-
     options = parse_train_options(argv)
     base_spec = options.base or current_model
     home.ensure()
@@ -241,7 +250,8 @@ def plan_training(
         return TrainingPlan(
             name=name, options=options, base_spec=base_spec, base_name=side.base_name,
             base_parameters=side.parameters, method=side.method,
-            lr=config.lr if config.lr is not None else auto_lr(side.method, side.train), schedule=side.steps, data=data,
+            lr=config.lr if config.lr is not None else _default_lr(side.method, side.train, pairs is not None),
+            schedule=side.steps, data=data,
             export=export, snapshot_dir=snapshot_dir, device=side.device, work=side.work, estimate=estimate,
             example=side.example,
         )
