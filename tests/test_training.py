@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sessions import Store, memory_database
-from trainer.config import DEFAULT_LR
+from trainer.schedule import LEARNING_RATES as DEFAULT_LR
 from trainer.home import DataHome
 from trainer.replay import default_replay_count
 from trainer.schedule import auto_epochs

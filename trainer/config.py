@@ -16,7 +16,6 @@ if TYPE_CHECKING:  # only named in annotations: the chat's /train planning reads
     import torch
 
 from .progress import MODES
-from .schedule import LEARNING_RATES as DEFAULT_LR  # peak learning rate by method, measured: see schedule.py
 from .schedule import auto_epochs, auto_lr
 
 # Fields that do not change what is learned: they may differ between a run and its --resume.

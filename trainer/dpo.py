@@ -42,7 +42,7 @@ from .preference_loss import (
 from .mixed_batches import KindGroupedBatches, MixedCollator, Replayed
 from .progress import ProgressReporter
 from .render import RenderedSet, render_conversations
-from .replay import REPLAY_FILE, replay_for_run, replay_to_generate, write_conversations
+from .replay import REPLAY_FILE, replay_phase, write_conversations
 from .report import write_metrics
 from .retention import evaluate_retention, measure_baseline
 from .save import generating, save_model
@@ -158,17 +158,9 @@ def _run(
 
     replay: list[Conversation] = []
     if replay_count:
-        near = near_conversations(files)
-        with clock.phase("replay", conversations=replay_count) as record:
-            rethread()
-            new = replay_to_generate(cache, replay_count, near, bf16=bf16)
-            progress.info(f"replay: {replay_count} general conversations; " + (
-                "the ones this run started with" if config.resume else
-                f"the base model answers {new} new prompts (cached for its later runs)" if new else
-                "every answer comes from the cache"))
-            replay = replay_for_run(model, tokenizer, replay_count, cache, bf16=bf16, near=near,
-                                    resume_dir=run_dir if config.resume else None, progress=rethread)
-            record["generated"] = cache.generated.get("replay", 0)
+        replay = replay_phase(clock, progress, model, tokenizer, replay_count, cache, bf16=bf16,
+                              near=near_conversations(files), resume_dir=run_dir if config.resume else None,
+                              rethread=rethread)
     baseline = None
     if not config.no_eval:
         with clock.phase("baseline") as record:

@@ -32,6 +32,8 @@ from typing import Any, Callable, Sequence
 
 from .base_answers import Answer, AnswerCache, AnswerSettings, Prompt, load_prompt_set
 from .data import Conversation, read_jsonl
+from .progress import ProgressReporter
+from .timings import PhaseClock
 
 REPLAY_FILE = "replay.jsonl"  # in the run dir: the replay conversations the run trained on
 REPLAY_MAX_NEW_TOKENS = 96  # per replayed answer: most short answers finish; longer ones are cut at a sentence
@@ -243,6 +245,34 @@ def replay_for_run(
     return [
         Conversation(tuple(r["messages"]), f"replay:{i + 1}", "train") for i, r in enumerate(records)
     ]
+
+
+def replay_phase(
+    clock: PhaseClock,
+    progress: ProgressReporter,
+    model: Any,
+    tokenizer: Any,
+    count: int,
+    cache: AnswerCache,
+    *,
+    bf16: bool,
+    near: Sequence[Conversation],
+    resume_dir: Path | None,
+    rethread: Callable[..., None],
+) -> list[Conversation]:
+    """``replay_for_run`` as a run's timed "replay" phase (SFT's and DPO's alike), telling the user where the
+    answers come from; ``rethread`` follows the machine's load before and during the generation."""
+    with clock.phase("replay", conversations=count) as record:
+        rethread()
+        new = replay_to_generate(cache, count, near, bf16=bf16)
+        progress.info(f"replay: {count} general conversations; " + (
+            "the ones this run started with" if resume_dir is not None else
+            f"the base model answers {new} new prompts (cached for its later runs)" if new else
+            "every answer comes from the cache"))
+        replay = replay_for_run(model, tokenizer, count, cache, bf16=bf16, near=near, resume_dir=resume_dir,
+                                progress=rethread)
+        record["generated"] = cache.generated.get("replay", 0)
+    return replay
 
 
 def drift_conversations(

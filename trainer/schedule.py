@@ -25,8 +25,6 @@ to 12.8 keeping 26 at 3.3e-4; the square gives 2.2e-4 there (README: Replay and 
 
 from __future__ import annotations
 
-import math
-
 ANCHOR_CONVERSATIONS = 20
 ANCHOR_EPOCHS = 8
 MAX_EPOCHS = 8

@@ -47,7 +47,7 @@ from .loss import TokenLossModel
 from .progress import ProgressReporter
 from .render import RenderedSet, render_conversations
 from .replay import (
-    REPLAY_FILE, default_replay_count, drift_conversations, replay_for_run, replay_to_generate, write_conversations,
+    REPLAY_FILE, default_replay_count, drift_conversations, replay_phase, write_conversations,
 )
 from .report import write_metrics, write_run_report
 from .retention import baseline_cached, evaluate_retention, measure_baseline
@@ -297,16 +297,8 @@ def _run(
 
     replay: list[Conversation] = []
     if replay_count:
-        with clock.phase("replay", conversations=replay_count) as record:
-            rethread()
-            new = replay_to_generate(cache, replay_count, files.train, bf16=bf16)
-            progress.info(f"replay: {replay_count} general conversations; " + (
-                "the ones this run started with" if config.resume else
-                f"the base model answers {new} new prompts (cached for its later runs)" if new else
-                "every answer comes from the cache"))
-            replay = replay_for_run(model, tokenizer, replay_count, cache, bf16=bf16, near=files.train,
-                                    resume_dir=run_dir if config.resume else None, progress=rethread)
-            record["generated"] = cache.generated.get("replay", 0)
+        replay = replay_phase(clock, progress, model, tokenizer, replay_count, cache, bf16=bf16, near=files.train,
+                              resume_dir=run_dir if config.resume else None, rethread=rethread)
     drift: list[Conversation] = []
     if choosing_scale:
         with clock.phase("drift") as record:
