@@ -19,7 +19,7 @@ from tui_chat.repl.app import Repl
 from tui_chat.training.monitor import trainer_alive
 
 from .fakes import FakeEngine
-from .train_fixtures import QUICK, fake_trainer, fill_store, step_event, tiny_home, wait_for
+from .train_fixtures import QUICK, fake_trainer, fill_store, home, models_home, step_event, wait_for  # noqa: F401  (fixtures)
 
 
 class TrainingRepl:
@@ -44,18 +44,6 @@ class TrainingRepl:
 
     def output(self, start: int = 0) -> str:
         return self.console.file.getvalue()[start:]
-
-
-@pytest.fixture(scope="module")
-def models_home(tmp_path_factory: pytest.TempPathFactory) -> DataHome:
-    return tiny_home(tmp_path_factory.mktemp("repl-training") / "home")
-
-
-@pytest.fixture
-def home(tmp_path: Path, models_home: DataHome) -> DataHome:
-    home = DataHome(tmp_path / "home").ensure()
-    (home.models / "tiny").symlink_to(models_home.models / "tiny", target_is_directory=True)
-    return home
 
 
 def test_train_runs_in_the_background_while_the_prompt_waits_then_the_run_chats(home: DataHome) -> None:

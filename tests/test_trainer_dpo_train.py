@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sessions import Store, memory_database
+from sessions import Store
 from trainer import rundir
 from trainer.__main__ import main as trainer_main
 from trainer.dpo_config import COMBINED_LEARNING_RATES, DPO_LEARNING_RATES
@@ -18,22 +18,16 @@ from tui_chat.training.errors import TrainingError
 from tui_chat.training.launch import start_training, trainer_command
 from tui_chat.training.plan import plan_training
 
-from .train_fixtures import add_chat, done_event, fake_trainer, fill_store, home_sharing_tiny, tiny_home, wait_for
-
-
-@pytest.fixture(scope="module")
-def models_home(tmp_path_factory: pytest.TempPathFactory) -> DataHome:
-    return tiny_home(tmp_path_factory.mktemp("dpo-train") / "shared")
-
-
-@pytest.fixture
-def home(tmp_path: Path, models_home: DataHome) -> DataHome:
-    return home_sharing_tiny(tmp_path, models_home)
-
-
-@pytest.fixture
-def store() -> Store:
-    return Store(memory_database())
+from .train_fixtures import (  # noqa: F401  (home, models_home, store: fixtures)
+    add_chat,
+    done_event,
+    fake_trainer,
+    fill_store,
+    home,
+    models_home,
+    store,
+    wait_for,
+)
 
 
 def add_pairs(store: Store, n: int) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sessions import Store, memory_database
+from sessions import Store
 from trainer.schedule import LEARNING_RATES as DEFAULT_LR
 from trainer.home import DataHome
 from trainer.replay import default_replay_count
@@ -42,27 +42,12 @@ from .train_fixtures import (
     done_event,
     fake_trainer,
     fill_store,
-    home_sharing_tiny,
+    home,  # noqa: F401  (a fixture)
+    models_home,  # noqa: F401  (a fixture)
     step_event,
-    tiny_home,
+    store,  # noqa: F401  (a fixture)
     wait_for,
 )
-
-
-@pytest.fixture(scope="module")
-def models_home(tmp_path_factory: pytest.TempPathFactory) -> DataHome:
-    return tiny_home(tmp_path_factory.mktemp("training") / "shared")
-
-
-@pytest.fixture
-def home(tmp_path: Path, models_home: DataHome) -> DataHome:
-    """A fresh home whose models/tiny links to the module's tiny model."""
-    return home_sharing_tiny(tmp_path, models_home)
-
-
-@pytest.fixture
-def store() -> Store:
-    return Store(memory_database())
 
 
 def plan(store: Store, home: DataHome, *argv: str):

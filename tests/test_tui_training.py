@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from textual.widgets import Button, Input, Label, OptionList, ProgressBar, Sparkline, Static
@@ -28,9 +27,9 @@ from .train_fixtures import (
     done_event,
     fake_trainer,
     fill_store,
-    home_sharing_tiny,
+    home,  # noqa: F401  (a fixture)
+    models_home,  # noqa: F401  (a fixture)
     step_event,
-    tiny_home,
 )
 from .tui_helpers import (
     SIZE,
@@ -42,17 +41,6 @@ from .tui_helpers import (
     send,
     wait_for,
 )
-
-
-@pytest.fixture(scope="module")
-def models_home(tmp_path_factory: pytest.TempPathFactory) -> DataHome:
-    return tiny_home(tmp_path_factory.mktemp("tui-training") / "home")
-
-
-@pytest.fixture
-def home(tmp_path: Path, models_home: DataHome) -> DataHome:
-    """A fresh home whose models/tiny links to the module's tiny model."""
-    return home_sharing_tiny(tmp_path, models_home)
 
 
 @pytest.fixture

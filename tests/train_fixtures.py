@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from sessions import Store
+import pytest
+
+from sessions import Store, memory_database
 from trainer.home import DataHome
 from trainer.progress import ProgressReporter
 
@@ -34,6 +36,24 @@ def home_sharing_tiny(root: Path, models_home: DataHome) -> DataHome:
     home = DataHome(root / "home").ensure()
     (home.models / "tiny").symlink_to(models_home.models / "tiny", target_is_directory=True)
     return home
+
+
+@pytest.fixture(scope="module")
+def models_home(tmp_path_factory: pytest.TempPathFactory) -> DataHome:
+    """A data home holding the tiny model, built once per test module."""
+    return tiny_home(tmp_path_factory.mktemp("tiny-models") / "shared")
+
+
+@pytest.fixture
+def home(tmp_path: Path, models_home: DataHome) -> DataHome:
+    """A fresh data home per test whose models/tiny links to the module's tiny model."""
+    return home_sharing_tiny(tmp_path, models_home)
+
+
+@pytest.fixture
+def store() -> Store:
+    """An empty store in memory."""
+    return Store(memory_database())
 
 
 def add_chat(store: Store, turns: list[tuple[str, str]], *, model: str = "tiny", rating: int = 0,
