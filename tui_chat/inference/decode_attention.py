@@ -16,6 +16,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from tui_chat.inference.kv_buffer import buffer_attention
+
 NAME = "sdpa_one_query"
 
 
@@ -27,10 +29,15 @@ def one_query_attention(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
+    kv_buffer: tuple[torch.Tensor, torch.Tensor] | None = None,
+    kv_window: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function contract: ``query`` ``[batch, heads, q_len, dim]``, ``key``/``value``
-    ``[batch, kv_heads, length, dim]``; returns ``[batch, q_len, heads, dim]``."""
+    ``[batch, kv_heads, length, dim]``; returns ``[batch, q_len, heads, dim]``. With ``kv_buffer`` (the model called
+    over a ``KVBuffer``, kv_buffer.py) the history lives in the buffer and ``key``/``value`` are this call's part."""
+    if kv_buffer is not None and kv_window is not None:
+        return buffer_attention(module, query, key, value, kv_buffer, kv_window, scaling)
     batch, heads, q_len, dim = query.shape
     kv_heads = key.shape[1]
     if q_len != 1 or attention_mask is not None or module.training or heads % kv_heads:

@@ -7,9 +7,12 @@ turn's prompt starts with this turn's prompt and reply, so only the new tokens a
 else (an edited message, a regenerated reply, old turns dropped to fit the context, another conversation) shows up as
 a difference in the ids: the cache keeps the longest common prefix and the prompt is encoded from there.
 
-Two cache layouts (transformers' cache classes):
-- dynamic (``DynamicCache``): grows token by token, attention reads the tokens so far. Used on CPU, eager or with the
-  decode step compiled for dynamic shapes (one compile serves every length).
+Three cache layouts:
+- buffer (``KVBuffer``, kv_buffer.py): every layer's keys and values in one preallocated tensor, written in place and
+  read up to the current length by the attention function. Used on CPU wherever that attention applies (full
+  attention in every layer), eager or with the decode step compiled for dynamic shapes (one compile serves every
+  length and capacity); the capacity grows in powers of two, the history copied along.
+- dynamic (transformers' ``DynamicCache``): grows token by token by concatenation. Used on CPU for the other models.
 - static (``StaticCache``): ``capacity`` positions allocated up front, so every decode step has the same shapes and
   CUDA graphs can replay one compiled step (on a GPU). Attention reads all ``capacity`` positions (masked), so the
   capacity grows in powers of two with the conversation, and each new capacity is compiled in a background thread
@@ -22,6 +25,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,8 @@ from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from tui_chat.inference import compile_cache
 from tui_chat.inference.contract import GenerationParams
+from tui_chat.inference.decode_attention import NAME as ONE_QUERY_ATTENTION
+from tui_chat.inference.kv_buffer import KVBuffer, buffer_shape
 
 MIN_STATIC_CAPACITY = 1024  # tokens: a short prompt plus the default 512-token reply fits the first capacity
 # Prompt tokens from which a prefill uses ``Decoder.prompt_threads``: a new turn's short message encodes in a few ms
@@ -69,16 +75,31 @@ def static_capacity(needed: int, limit: int) -> int:
     return min(capacity, limit)
 
 
+@dataclass(frozen=True)
+class CacheLayout:
+    """How a Decoder keeps its KV caches (the module docstring says why each): ``kind`` is dynamic, static or buffer."""
+
+    kind: str
+    context_limit: int
+    cache_keyword: str  # the model's name for its cache argument (transformers 5.2x renamed it)
+    buffer_shape: tuple[int, int, int] | None = None  # (layers, kv heads, head dim) for kind "buffer"
+    positions: torch.Tensor | None = None  # 0...context_limit - 1, whose prefixes are a buffer pass's window
+
+
 class PromptCache:
     """A model's KV cache and the token ids whose keys and values it holds, in order."""
 
-    def __init__(self, model: Any, *, static: bool, context_limit: int) -> None:
+    def __init__(self, model: Any, layout: CacheLayout) -> None:
         self.model = model
-        self.static = static
-        self.context_limit = context_limit
-        self.cache: DynamicCache | StaticCache | None = None
-        self.capacity = 0  # positions a static cache holds (0: none allocated yet, or dynamic)
+        self.layout = layout
+        self.context_limit = layout.context_limit
+        self.cache: DynamicCache | StaticCache | KVBuffer | None = None
+        self.capacity = 0  # positions a static cache or buffer holds (0: none allocated yet, or dynamic)
         self.ids: list[int] = []
+
+    @property
+    def static(self) -> bool:
+        return self.layout.kind == "static"
 
     def prepare(self, ids: list[int], new_tokens: int) -> int:
         """Get ready to encode ``ids`` and then ``new_tokens`` more; returns how many leading ``ids`` need no encoding.
@@ -86,8 +107,22 @@ class PromptCache:
         The last prompt token is always encoded again: its logits choose the first new token.
         """
         keep = common_prefix(self.ids, ids[:-1])
-        if self.static and (self.cache is None or len(ids) + new_tokens > self.capacity):
-            self.capacity = static_capacity(len(ids) + new_tokens, self.context_limit)
+        needed = len(ids) + new_tokens
+        if self.layout.kind == "buffer":
+            if self.cache is None or needed > self.capacity:
+                self.capacity = static_capacity(needed, self.context_limit)
+                if isinstance(self.cache, KVBuffer):
+                    self.cache = self.cache.grown(self.capacity, keep)  # the history moves along
+                else:
+                    assert self.layout.buffer_shape is not None
+                    self.cache = KVBuffer(self.layout.buffer_shape, self.capacity, self.model.dtype,
+                                          self.model.device)
+                    self.ids = []
+            # Positions past the kept ones are never read (attention reads the window) and are written over.
+            self.ids = self.ids[:keep]
+            return len(self.ids)
+        if self.static and (self.cache is None or needed > self.capacity):
+            self.capacity = static_capacity(needed, self.context_limit)
             self.cache = StaticCache(config=self.model.config, max_cache_len=self.capacity)
             self.ids = []
         elif self.cache is None:
@@ -96,9 +131,17 @@ class PromptCache:
             self._rewind(keep)
         return len(self.ids)
 
+    def model_inputs(self, length: int) -> dict[str, Any]:
+        """The model-call arguments (besides ids and positions) for a pass after which the cache holds ``length``
+        positions."""
+        if isinstance(self.cache, KVBuffer):
+            assert self.layout.positions is not None
+            return self.cache.model_inputs(self.layout.positions[:length])
+        return {"use_cache": True, self.layout.cache_keyword: self.cache}
+
     def _rewind(self, length: int) -> None:
         """Forget every position from ``length`` on (an edit, a regenerated reply, a different conversation)."""
-        assert self.cache is not None
+        assert self.cache is not None and not isinstance(self.cache, KVBuffer)
         if any(type(layer) not in (DynamicLayer, StaticLayer) for layer in self.cache.layers):
             # Sliding-window and other special layers cannot be cut at an arbitrary position: start over.
             self.cache = StaticCache(config=self.model.config, max_cache_len=self.capacity) if self.static else None
@@ -128,10 +171,11 @@ class PromptCaches:
     template's system turn) gets a cache of its own, so two clients taking turns never encode each other's history.
     """
 
-    def __init__(self, model: Any, *, static: bool, context_limit: int, size: int = PROMPT_CACHES) -> None:
+    def __init__(self, model: Any, layout: CacheLayout, size: int = PROMPT_CACHES) -> None:
         self.model = model
-        self.static = static
-        self.context_limit = context_limit
+        self.layout = layout
+        self.context_limit = layout.context_limit
+        self.static = layout.kind == "static"
         self.size = size
         self._caches: list[PromptCache] = []  # least recently used first
 
@@ -146,7 +190,7 @@ class PromptCaches:
             best = max(ours, key=lambda entry: entry[:2])[2]
             self._caches.remove(best)
         elif len(self._caches) < self.size:
-            best = PromptCache(self.model, static=self.static, context_limit=self.context_limit)
+            best = PromptCache(self.model, self.layout)
         else:
             best = self._caches.pop(0)  # the least recently used conversation's history goes
             best.clear()
@@ -225,20 +269,28 @@ class Decoder:
         # A decode step is a chain of small calls that extra threads only slow down, but a long prompt is hundreds
         # of rows a matmul: there every core helps, and a reopened long chat waits for nothing else.
         self.prompt_threads = prompt_threads
-        static = compile and device.type == "cuda"  # CUDA graphs need fixed shapes; elsewhere the cache grows
-        self.prompt_cache = PromptCaches(model, static=static, context_limit=context_limit)
         # transformers 5.2x renamed the models' cache argument (`past_key_values` -> `cache`) and warns on the old
         # name in every process that decodes; earlier 5.x releases know only the old one.
-        self.cache_keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        cache_keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        static = compile and device.type == "cuda"  # CUDA graphs need fixed shapes
+        self.layout = CacheLayout("static" if static else "dynamic", context_limit, cache_keyword)
+        shape = buffer_shape(model.config)
+        if not static and shape is not None and getattr(model.config, "_attn_implementation", None) == ONE_QUERY_ATTENTION:
+            # A KV buffer wherever attention can read one (kv_buffer.py): the model's attention goes through
+            # decode_attention.py and every layer attends to all positions.
+            positions = torch.arange(context_limit, device=device)
+            self.layout = CacheLayout("buffer", context_limit, cache_keyword, shape, positions)
+        self.prompt_cache = PromptCaches(model, self.layout)
         self.compiled_step: Callable[..., torch.Tensor] | None = None
         if compile and static:
             self.compiled_step = torch.compile(self._step, fullgraph=True, dynamic=False, mode="reduce-overhead")
         elif compile:
-            # DynamicCache's bookkeeping breaks the graph in a few places: fullgraph would refuse it. Before every
-            # call the compiled step checks guards, among them that the model's modules and parameters are the ones
-            # it was compiled for: they never change after loading (another model is another Decoder), and checking
-            # them was a sizeable share of a token on CPU (profiled as "TorchDynamo Cache Lookup").
-            # The guards on the inputs (token, position, the cache's tensors and length) stay.
+            # Dynamic shapes: one compile serves every history length and buffer capacity. (Over a DynamicCache,
+            # its bookkeeping breaks the graph in a few places: fullgraph would refuse it.) Before every call the
+            # compiled step checks guards, among them that the model's modules and parameters are the ones it was
+            # compiled for: they never change after loading (another model is another Decoder), and checking them
+            # was a sizeable share of a token on CPU (profiled as "TorchDynamo Cache Lookup"). The guards on the
+            # inputs (token, position, the cache's tensors and length) stay.
             skip_module_guards = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
             self.compiled_step = torch.compile(self._step, dynamic=True, options=skip_module_guards)
         self.compile_state = "on" if compile else "off"  # off | on | warming | ready | failed: why
@@ -248,10 +300,10 @@ class Decoder:
         self._compiling: dict[int, threading.Thread] = {}  # capacity -> the thread compiling for it
         self._warm_lock = threading.Lock()
 
-    def _step(self, token: torch.Tensor, position: torch.Tensor, cache: Any) -> torch.Tensor:
-        """One decode step: the logits after ``token`` (shape ``[1, 1]``) at ``position``."""
-        output = self.model(input_ids=token, position_ids=position, use_cache=True, **{self.cache_keyword: cache})
-        return output.logits[:, -1]
+    def _step(self, token: torch.Tensor, position: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        """One decode step: the logits after ``token`` (shape ``[1, 1]``) at ``position``; ``inputs``: the cache's
+        model-call arguments (PromptCache.model_inputs)."""
+        return self.model(input_ids=token, position_ids=position, **inputs).logits[:, -1]
 
     def _prefill(self, cache: PromptCache, ids: list[int], start: int) -> torch.Tensor:
         """Encode ``ids`` at positions ``start...`` into ``cache``; the logits after the last one."""
@@ -264,9 +316,8 @@ class Decoder:
             output = self.model(
                 input_ids=input_ids,
                 position_ids=positions,
-                use_cache=True,
                 logits_to_keep=1,  # the prompt's other logits are never used: skip the vocabulary projection for them
-                **{self.cache_keyword: cache.cache},
+                **cache.model_inputs(start + len(ids)),
             )
         finally:
             torch.set_num_threads(threads)  # the decode steps' count (the compiled step is specialised on it)
@@ -282,7 +333,8 @@ class Decoder:
         try:
             with torch.inference_mode():
                 start = self.reused = cache.prepare(ids, max_new_tokens)
-                step = self._step_for(cache.capacity)
+                # One compiled step serves every capacity but a static cache's (compiled for its own shapes).
+                step = self._step_for(cache.capacity if cache.static else 0)
                 logits = self._prefill(cache, ids[start:], start)
                 cache.ids = list(ids)
                 for _ in range(max_new_tokens - 1):
@@ -291,7 +343,8 @@ class Decoder:
                     if self.device.type == "cuda" and step is self.compiled_step:
                         torch.compiler.cudagraph_mark_step_begin()  # the previous step's logits are consumed
                     position = torch.tensor([[len(cache.ids)]], device=self.device)
-                    logits = step(torch.tensor([[token]], device=self.device), position, cache.cache)
+                    inputs = cache.model_inputs(len(cache.ids) + 1)
+                    logits = step(torch.tensor([[token]], device=self.device), position, inputs)
                     cache.ids.append(token)
                 yield choose(logits)  # the last token is never fed: no forward pass it would need
         except BaseException as exc:
@@ -317,7 +370,7 @@ class Decoder:
         if self.compiled_step is None or self.compile_state.startswith("failed"):
             return
         if capacity is None:
-            capacity = static_capacity(1, self.prompt_cache.context_limit) if self.prompt_cache.static else 0
+            capacity = static_capacity(1, self.layout.context_limit) if self.layout.kind == "static" else 0
         with self._warm_lock:
             thread = self._compiling.get(capacity)
             if thread is None and capacity not in self._compiled:
@@ -340,18 +393,17 @@ class Decoder:
                 # Scratch caches (the live one belongs to the replies that run meanwhile). The first call compiles
                 # for its cache length, the next recompiles for any length: both here, not in a reply.
                 for length in (WARM_UP_PROMPT, 3 * WARM_UP_PROMPT):
-                    if capacity:
-                        scratch: Any = StaticCache(config=self.model.config, max_cache_len=capacity)
-                    else:
-                        scratch = DynamicCache(config=self.model.config)
-                    prompt = torch.zeros((1, length), dtype=torch.long, device=self.device)
-                    self.model(input_ids=prompt, use_cache=True, logits_to_keep=1, **{self.cache_keyword: scratch})
+                    scratch = PromptCache(self.model, self.layout)
+                    # A static cache of exactly ``capacity`` positions; the other layouts as a short reply needs.
+                    scratch.prepare([0] * length, capacity - length if capacity else 2)
+                    self._prefill(scratch, [0] * length, 0)
                     for position in range(length, length + 2):  # CUDA graphs record on a later call than the first
                         if self.device.type == "cuda":
                             torch.compiler.cudagraph_mark_step_begin()
                         # Fresh tensors, made as tokens() makes them: the compiled step is specialised on strides.
                         token = torch.tensor([[0]], device=self.device)
-                        self.compiled_step(token, torch.tensor([[position]], device=self.device), scratch)
+                        position_ids = torch.tensor([[position]], device=self.device)
+                        self.compiled_step(token, position_ids, scratch.model_inputs(position + 1))
         except Exception as exc:  # no C++ compiler, an unsupported model: replies stay on the eager step
             with self._warm_lock:
                 del self._compiling[capacity]
