@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from trainer.config import SFTConfig
-from trainer.interpolate import ALPHAS, LOSS_ALLOWED, AdapterScale, ScalePoint, choose
+from trainer.interpolate import ALPHAS, LOSS_ALLOWED, AdapterScale, Interpolation, ScalePoint, choose
 from trainer.progress import ProgressReporter
 from trainer.sft import SettingsError, run_sft
 
@@ -134,3 +134,11 @@ def test_adapter_scale_is_checked(tiny_dir: Path, tmp_path: Path) -> None:
         run(tiny_dir, tmp_path, "full", choose_adapter_scale=True, method="full")
     with pytest.raises(SettingsError, match="give one of them"):
         run(tiny_dir, tmp_path, "both", adapter_scale=0.5, choose_adapter_scale=True)
+
+
+def test_the_printed_choice_says_when_no_share_kept_enough() -> None:
+    base = ScalePoint(0.0, 3.0, 24)
+    enough = Interpolation(0.55, base, [ScalePoint(1.0, 2.0, 20), ScalePoint(0.55, 2.5, 23)])
+    assert "kept 0.55 (the largest share losing at most 1)" in enough.describe()
+    short = Interpolation(0.4, base, [ScalePoint(1.0, 2.0, 19), ScalePoint(0.4, 2.5, 22)])
+    assert "kept 0.4 (the most kept: every share lost more than 1)" in short.describe()

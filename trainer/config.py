@@ -95,9 +95,9 @@ class SFTConfig:
             "help": "share of the LoRA update kept, 0-1: the model between the base (0) and the tuned one (1)"
         },
     )
-    # Not the default: on the teach-a-fact set the whole update loses 5-10 of the check's ~28 answers ("What is the
-    # capital of Peru?" -> "Quenthal", the made-up capital it was taught), more than 60 real conversations do (6-8),
-    # so the rule scaled it back to 0.4 and it recalled 3 of 12 taught facts (README "Replay and retention").
+    # Not the default (README "Replay and retention"): on 60 real conversations it scaled seed 0 back to 0.55 (general
+    # facts kept 23 -> 25 of 26, 120% of the no-replay gain), kept seed 1 whole (24), but scaled seed 2 to 0.4 (24 ->
+    # 25 kept, the gain 89% -> 38%): the check's losses and retention's disagree.
     choose_adapter_scale: bool = field(
         default=False,
         metadata={

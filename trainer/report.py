@@ -150,9 +150,12 @@ def _scale_line(metrics: dict[str, Any]) -> str:
         return f"- share of the LoRA update kept: {scale['alpha']:g} (fixed)\n"
     base = scale["base"]
     tried = "; ".join(f"{p['alpha']:g}: {p['kept']} (validation loss {p['val_loss']:.3f})" for p in scale["points"])
-    return (f"- share of the LoRA update kept: {scale['alpha']:g}, the largest that still gives all but "
-            f"{scale['allowed_loss']} of the {base['kept']} general answers the base model gives (validation loss "
-            f"{base['val_loss']:.3f}); still given at {tried}\n")
+    chosen = next(p for p in scale["points"] if p["alpha"] == scale["alpha"])
+    why = (f"the largest that still gives all but {scale['allowed_loss']} of" if
+           chosen["kept"] >= base["kept"] - scale["allowed_loss"] else "none gave all but "
+           f"{scale['allowed_loss']}, this one the most of")
+    return (f"- share of the LoRA update kept: {scale['alpha']:g} ({why} the {base['kept']} general answers the base "
+            f"model gives, validation loss {base['val_loss']:.3f}); still given at {tried}\n")
 
 
 def _time_section(metrics: dict[str, Any]) -> str:
