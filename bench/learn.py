@@ -5,7 +5,7 @@ Data: 20, 60 and 200 conversations of chatterbot-corpus (bench/corpus.py, fetche
 offline), drawn per seed, and the teach-a-fact set (tests/test_teach_fact.py: 20 conversations teaching 4 made-up
 facts, recall asked in new words). Each row is the trainer's own command line (`python -m trainer sft`), timed
 from launch to exit, in one temporary data home sharing the bundled model. A warm-up run per dataset first fills
-the base model's cache (its replay, drift and retention answers and its side of the evaluation) as a user's first
+the base model's cache (its replay, knowledge-check and retention answers and its side of the evaluation) as a user's first
 run does, so the timed rows all find it filled, as every later run of a user does.
 
 Columns: validation perplexity before -> after; gain: the run's drop in validation log-perplexity as a share of the
@@ -54,7 +54,7 @@ def flags(config: str, n_train: int) -> list[str]:
              "--epochs", str(old_epochs(n_train))]
     if config == "new":
         return []
-    if config == "choose":  # the defaults, and the share of the update kept chosen after training
+    if config == "choose":  # the defaults, and the share of the update kept chosen by the knowledge check
         return ["--choose-adapter-scale"]
     if config == "no-replay":
         return today + ["--no-replay"]
@@ -166,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for seed in map(int, args.seeds.split(",")):
             for size, data in datasets(tmp, sizes, seed, pool):
                 warm = train(home, data, tmp / f"warm-{size}-{seed}", seed,
-                             ["--max-steps", "1", "--replay", str(MAX_REPLAY), "--no-early-stop"])
+                             ["--max-steps", "1", "--replay", str(MAX_REPLAY), "--no-early-stop",
+                              "--choose-adapter-scale"])
                 print(f"\n{size} conversations, seed {seed} ({n_train(warm['metrics'])} trained on; warm-up "
                       f"{warm['wall']:.0f} s, load {warm['load']:.1f})")
                 print("  config     val ppl before -> after  gain  kept facts  substance  recall  end to end")

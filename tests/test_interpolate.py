@@ -1,5 +1,5 @@
 """Interpolation between the base model and the tuned one (interpolate.py): alpha 0 is the base model, 1 the tuned
-one, the rule picks the lowest validation loss within the drift bound, and a run saves the model it chose."""
+one, the rule keeps the largest share the knowledge check finds no forgetting at, and a run saves the model it chose."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from trainer.config import SFTConfig
-from trainer.interpolate import ALPHAS, AdapterScale, ScalePoint, choose
+from trainer.interpolate import ALPHAS, LOSS_ALLOWED, AdapterScale, Interpolation, ScalePoint, choose
 from trainer.progress import ProgressReporter
 from trainer.sft import SettingsError, run_sft
 
@@ -54,19 +54,16 @@ def test_interpolation_needs_a_lora_model(tiny_dir: Path) -> None:
         AdapterScale(AutoModelForCausalLM.from_pretrained(tiny_dir))
 
 
-def test_the_rule_takes_the_least_drift_that_keeps_most_of_the_validation_gain() -> None:
-    points = [ScalePoint(1.0, 2.0, 0.30), ScalePoint(0.7, 2.05, 0.20), ScalePoint(0.4, 2.5, 0.10)]
-    # Base 3.0: the whole update gains 1.0; 0.7 keeps 0.95 of it with less drift, 0.4 only 0.5.
-    assert choose(points, 3.0, keep=0.9).alpha == 0.7
-    assert choose(points, 3.0, keep=0.99).alpha == 1.0
-    assert choose(points, 3.0, keep=0.5).alpha == 0.4
-    # Interpolating can also lower the validation loss (WiSE-FT): it keeps more than the whole gain.
-    assert choose([ScalePoint(1.0, 2.0, 0.3), ScalePoint(0.7, 1.9, 0.2)], 3.0).alpha == 0.7
-    # Nothing gained on validation (or no validation split: every loss 0): the update stays whole.
-    assert choose(points, 1.5).alpha == 1.0
-    assert choose([ScalePoint(1.0, 0.0, 0.3), ScalePoint(0.4, 0.0, 0.1)], 0.0).alpha == 1.0
-    with pytest.raises(ValueError, match="alpha 1"):
-        choose(points[1:], 3.0)
+def test_the_rule_keeps_the_largest_share_that_loses_at_most_one_check_answer() -> None:
+    points = [ScalePoint(1.0, 2.0, 18), ScalePoint(0.7, 2.1, 21), ScalePoint(0.4, 2.5, 22)]
+    assert choose(points, 22).alpha == 0.7  # 1 loses 4 of the base model's 22, 0.7 one
+    assert choose(points, 22, allowed=0).alpha == 0.4
+    assert choose(points, 19).alpha == 1.0  # nothing lost beyond the allowance: the whole update
+    # Every share loses more: the one that keeps the most, the larger of equals.
+    assert choose(points, 25).alpha == 0.4
+    assert choose([ScalePoint(1.0, 2.0, 18), ScalePoint(0.7, 2.1, 18)], 25).alpha == 1.0
+    with pytest.raises(ValueError, match="at least one"):
+        choose([], 3)
 
 
 def run(tiny_dir: Path, tmp_path: Path, name: str, **changes) -> tuple[Path, dict]:
@@ -82,32 +79,50 @@ def run(tiny_dir: Path, tmp_path: Path, name: str, **changes) -> tuple[Path, dic
 def test_a_run_measures_every_candidate_and_saves_the_chosen_model(
     tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    can_replay_answers(monkeypatch)  # the drift set: a random tiny model never finishes a sentence of its own
+    # A random tiny model answers nothing right, so the check is a stand-in that gives fewer answers with more of
+    # the update: the base model's 5, 4 down to share 0.7, 2 at the whole update.
+    kept_at = {0.0: 5, 0.4: 5, 0.55: 4, 0.7: 4, 0.85: 3, 1.0: 2}
+    now = {}
+    real_set = AdapterScale.set
+
+    def set_and_note(self: AdapterScale, alpha: float) -> None:
+        now["alpha"] = alpha
+        real_set(self, alpha)
+
+    class Check:
+        examples = ["an item"] * 5
+
+        def passed(self, model: torch.nn.Module) -> int:
+            return kept_at[now["alpha"]]
+
+    monkeypatch.setattr(AdapterScale, "set", set_and_note)
+    monkeypatch.setattr("trainer.sft.build_check", lambda *args, **kwargs: Check())
     _, metrics = run(tiny_dir, tmp_path, "chosen", choose_adapter_scale=True)
-    points = [ScalePoint(**p) for p in metrics["adapter_scale"]["points"]]
+    scale = metrics["adapter_scale"]
+    points = [ScalePoint(**p) for p in scale["points"]]
     assert [p.alpha for p in points] == list(ALPHAS)
-    assert metrics["adapter_scale"]["alpha"] == choose(points, metrics["adapter_scale"]["base_val_loss"]).alpha
-    assert metrics["adapter_scale"]["base_val_loss"] == pytest.approx(metrics["before"]["val_loss"], rel=0.05)
-    assert points[0].drift > points[-1].drift >= 0  # less of the update: closer to the base model
+    assert [p.kept for p in points] == [2, 3, 4, 4, 5] and scale["base"]["kept"] == 5
+    assert scale["alpha"] == 0.7  # the largest share that loses at most one
+    assert scale["base"]["val_loss"] == pytest.approx(metrics["before"]["val_loss"], rel=0.05)
 
     base = AutoModelForCausalLM.from_pretrained(tiny_dir)
     run_dir, metrics = run(tiny_dir, tmp_path, "none-kept", adapter_scale=0.0)
-    assert metrics["adapter_scale"] == {"alpha": 0.0, "base_val_loss": None, "points": []}
+    assert metrics["adapter_scale"] == {"alpha": 0.0, "allowed_loss": LOSS_ALLOWED, "base": None, "points": []}
     saved = load_file(run_dir / "model.safetensors")
     for name, weight in base.state_dict().items():
         if name in saved:
             assert torch.allclose(saved[name].float(), weight.to(saved[name].dtype).float()), name
 
 
-def test_a_run_without_held_out_conversations_keeps_the_whole_update_unmeasured(
+def test_a_run_that_does_not_choose_builds_no_check_and_keeps_the_whole_update(
     tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Nothing to weigh the gain on: no drift set is generated (a base model's first small run would pay for it)."""
+    """The default: no check answers generated (a base model's first small run would pay for them), nothing scaled."""
     can_replay_answers(monkeypatch)
-    run_dir, metrics = run(tiny_dir, tmp_path, "no-val", val_fraction=0.0, choose_adapter_scale=True)
-    assert metrics["adapter_scale"] == {"alpha": 1.0, "base_val_loss": None, "points": []}
+    run_dir, metrics = run(tiny_dir, tmp_path, "whole")
+    assert metrics["adapter_scale"] == {"alpha": 1.0, "allowed_loss": LOSS_ALLOWED, "base": None, "points": []}
     timings = json.loads((tmp_path / "home" / "runs" / "timings.jsonl").read_text().splitlines()[-1])
-    assert "drift" not in timings["phases"] and "interpolate" not in timings["phases"]
+    assert "check" not in timings["phases"] and "interpolate" not in timings["phases"]
 
 
 def test_adapter_scale_is_checked(tiny_dir: Path, tmp_path: Path) -> None:
@@ -119,3 +134,11 @@ def test_adapter_scale_is_checked(tiny_dir: Path, tmp_path: Path) -> None:
         run(tiny_dir, tmp_path, "full", choose_adapter_scale=True, method="full")
     with pytest.raises(SettingsError, match="give one of them"):
         run(tiny_dir, tmp_path, "both", adapter_scale=0.5, choose_adapter_scale=True)
+
+
+def test_the_printed_choice_says_when_no_share_kept_enough() -> None:
+    base = ScalePoint(0.0, 3.0, 24)
+    enough = Interpolation(0.55, base, [ScalePoint(1.0, 2.0, 20), ScalePoint(0.55, 2.5, 23)])
+    assert "kept 0.55 (the largest share losing at most 1)" in enough.describe()
+    short = Interpolation(0.4, base, [ScalePoint(1.0, 2.0, 19), ScalePoint(0.4, 2.5, 22)])
+    assert "kept 0.4 (the most kept: every share lost more than 1)" in short.describe()

@@ -231,16 +231,15 @@ def test_the_estimate_adds_what_the_base_models_cache_does_not_hold() -> None:
 def test_the_estimate_counts_choosing_the_kept_share_only_when_the_run_chooses() -> None:
     options = {"base_name": "small", "method": "lora", "device": "cpu", "parameters": 100}
     run = timing("small", 100)
-    run["phases"].update({"drift": {"generated": 0, "s": 0.2}, "distill_drift": {"s": 1.5},
-                          "interpolate": {"s": 3.0}})
-    run["total_s"] += 0.2 + 1.5 + 3.0
-    keeps_all = estimate_time([run], WARM, **options)  # no validation split: the whole update is kept, unmeasured
+    run["phases"].update({"check": {"generated": 0, "s": 0.2}, "interpolate": {"s": 3.0}})
+    run["total_s"] += 0.2 + 3.0
+    keeps_all = estimate_time([run], WARM, **options)  # not chosen: the whole update is kept, unmeasured
     chooses = estimate_time([run], dataclasses.replace(WARM, chooses_scale=True), **options)
-    assert chooses.seconds - keeps_all.seconds == pytest.approx(0.2 + 1.5 + 3.0)
-    # The drift set's answers not cached yet: generated at replay's rate (0.5 s each in the first run), once.
+    assert chooses.seconds - keeps_all.seconds == pytest.approx(0.2 + 3.0)
+    # The check's answers not cached yet: generated at replay's rate (0.5 s each in the first run), once.
     first = estimate_time([timing("small", 100, cached=False), run],
-                          dataclasses.replace(WARM, chooses_scale=True, drift_answers=32), **options)
-    assert first.first_time_s == pytest.approx(32 * 0.5)
+                          dataclasses.replace(WARM, chooses_scale=True, check_answers=60), **options)
+    assert first.first_time_s == pytest.approx(60 * 0.5)
 
 
 def test_gpu_memory_decides_where_training_runs() -> None:

@@ -1,8 +1,8 @@
 """The base model's own greedy answers to a shipped prompt set, generated in batches and cached in the data home.
 
 Replay (``replay.py``) trains on these answers so a fine-tune keeps what the base model knew; retention
-(``retention.py``) uses them as the reference a fine-tuned model is compared with. Both prompt sets ship as package
-data (``trainer/data/<name>_prompts.jsonl``, one ``{"prompt": ..., "expect": [...]}`` object a line; ``expect`` is
+(``retention.py``) uses them as the reference a fine-tuned model is compared with, and the knowledge check
+(``knowledge_check.py``) to choose how much of the update to keep. Each prompt set ships as package data (``trainer/data/<name>_prompts.jsonl``, one ``{"prompt": ..., "expect": [...]}`` object a line; ``expect`` is
 optional: short answers that a correct reply contains).
 
 Generating costs minutes on a CPU, so answers are cached once per base model under
@@ -32,7 +32,7 @@ import torch
 
 from .evaluate import end_of_turn_ids
 
-PROMPT_SETS = ("replay", "retention")
+PROMPT_SETS = ("replay", "retention", "check")
 CACHE_DIR = "base_answers"  # under the data home's root
 FINGERPRINTS_FILE = "fingerprints.json"  # in CACHE_DIR: model_identity -> model_fingerprint, see AnswerCache.of
 
@@ -60,7 +60,7 @@ class AnswerSettings:
 
 
 def load_prompt_set(name: str) -> list[Prompt]:
-    """The shipped prompt set ``name`` (``replay`` or ``retention``), in file order."""
+    """The shipped prompt set ``name`` (one of ``PROMPT_SETS``), in file order."""
     if name not in PROMPT_SETS:
         raise ValueError(f"unknown prompt set {name!r}; expected one of {', '.join(PROMPT_SETS)}")
     text = resources.files("trainer").joinpath("data", f"{name}_prompts.jsonl").read_text(encoding="utf-8")

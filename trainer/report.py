@@ -13,9 +13,9 @@ from .retention import RetentionResult, report_section
 
 # The phases report.md lists, in run order, as people call them (timings.py defines them).
 PHASE_NAMES = {
-    "load": "load the base model", "replay": "replay answers", "drift": "drift answers",
+    "load": "load the base model", "replay": "replay answers", "check": "knowledge check: the base model's answers",
     "baseline": "retention: the base model's side", "distill": "replay distributions",
-    "distill_drift": "drift distributions", "reference": "the base model's log-probabilities of the pairs (DPO)",
+    "reference": "the base model's log-probabilities of the pairs (DPO)",
     "eval_before": "evaluate before", "train": "train",
     "interpolate": "choose the share of the update", "eval_after": "evaluate after", "save": "save",
     "retention": "retention: the trained model",
@@ -146,10 +146,16 @@ def _scale_line(metrics: dict[str, Any]) -> str:
     scale = metrics.get("adapter_scale")
     if not scale or (scale["alpha"] == 1 and not scale["points"]):
         return ""
-    tried = "; ".join(f"{p['alpha']:g}: validation loss {p['val_loss']:.3f}, drift {p['drift']:.3f}"
-                      for p in scale["points"])
-    return (f"- share of the LoRA update kept: {scale['alpha']:g}" + (f" (tried {tried})" if tried else "")
-            + "\n")
+    if not scale["points"]:
+        return f"- share of the LoRA update kept: {scale['alpha']:g} (fixed)\n"
+    base = scale["base"]
+    tried = "; ".join(f"{p['alpha']:g}: {p['kept']} (validation loss {p['val_loss']:.3f})" for p in scale["points"])
+    chosen = next(p for p in scale["points"] if p["alpha"] == scale["alpha"])
+    why = (f"the largest that still gives all but {scale['allowed_loss']} of" if
+           chosen["kept"] >= base["kept"] - scale["allowed_loss"] else "none gave all but "
+           f"{scale['allowed_loss']}, this one the most of")
+    return (f"- share of the LoRA update kept: {scale['alpha']:g} ({why} the {base['kept']} general answers the base "
+            f"model gives, validation loss {base['val_loss']:.3f}); still given at {tried}\n")
 
 
 def _time_section(metrics: dict[str, Any]) -> str:

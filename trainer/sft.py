@@ -41,14 +41,13 @@ from .distill import mass_outside_top_k, teacher_targets
 from .early_stop import PATIENCE, BestEpoch
 from .evaluate import EvalResult, eval_key, evaluate, validation_loss
 from .home import DataHome
-from .interpolate import Interpolation, distilled_set, interpolate
+from .interpolate import Interpolation, interpolate
+from .knowledge_check import KnowledgeCheck, build_check
 from .loop import Loop, train
 from .loss import TokenLossModel
 from .progress import ProgressReporter
 from .render import RenderedSet, render_conversations
-from .replay import (
-    REPLAY_FILE, default_replay_count, drift_conversations, replay_phase, write_conversations,
-)
+from .replay import REPLAY_FILE, default_replay_count, replay_phase, write_conversations
 from .report import write_metrics, write_run_report
 from .retention import baseline_cached, evaluate_retention, measure_baseline
 from .save import generating, save_model
@@ -284,9 +283,9 @@ def _run(
         model, tokenizer = loaded.model, loaded.tokenizer
         base_parameters = sum(p.numel() for p in model.parameters())
         cache = None
-        # --choose-adapter-scale: the kept share of the LoRA update is chosen after training (interpolate.py); the
-        # rule weighs the held-out conversations' gain, so a run without any keeps the whole update.
-        choosing_scale = config.method == "lora" and config.choose_adapter_scale and bool(files.val)
+        # --choose-adapter-scale: the kept share of the LoRA update is chosen after training by the knowledge check
+        # (interpolate.py, knowledge_check.py).
+        choosing_scale = config.method == "lora" and config.choose_adapter_scale
         if replay_count or not config.no_eval or choosing_scale:
             cache = AnswerCache.of(model, tokenizer, home.root / CACHE_DIR, model_identity(loaded.source, dtype))
 
@@ -299,13 +298,13 @@ def _run(
     if replay_count:
         replay = replay_phase(clock, progress, model, tokenizer, replay_count, cache, bf16=bf16, near=files.train,
                               resume_dir=run_dir if config.resume else None, rethread=rethread)
-    drift: list[Conversation] = []
+    check: KnowledgeCheck | None = None
     if choosing_scale:
-        with clock.phase("drift") as record:
+        with clock.phase("check") as record:
             rethread()
-            generated = cache.generated.get("replay", 0)
-            drift = drift_conversations(model, tokenizer, cache, bf16=bf16, progress=rethread)
-            record["generated"] = cache.generated.get("replay", 0) - generated
+            near = [" ".join(m["content"] for m in c.messages) for c in files.train]
+            check = build_check(model, tokenizer, cache, bf16=bf16, near=near, progress=rethread)
+            record.update(generated=cache.generated.get("check", 0), items=len(check.examples))
     baseline = None
     if not config.no_eval:
         with clock.phase("baseline") as record:
@@ -369,13 +368,6 @@ def _run(
             dataclasses.replace(e, teacher=t) for e, t in zip(replayed, targets)
         ]
         outside_top_k = mass_outside_top_k(targets)
-    drift_batches = None
-    if drift:
-        with clock.phase("distill_drift"):
-            drift_batches = _eval_batches(
-                distilled_set(model, tokenizer, drift, collate, config.micro_batch, autocast, config.max_length),
-                config.micro_batch, collate,
-            )
     lengths = [len(e) for e in data.train.examples]
     sampler = LengthGroupedBatches(lengths, config.micro_batch, config.seed)
     # The loader's own generator: starting an iteration draws a seed from it, and drawing from the global RNG
@@ -472,10 +464,14 @@ def _run(
     interpolation = None
     if config.method == "lora" and (config.adapter_scale != 1 or choosing_scale):
         unwrapped = accelerator.unwrap_model(trained).model
-        drift_loss = (lambda: validation_loss(unwrapped, drift_batches(), device, bf16)[0]) if drift_batches else None
+
+        def check_kept() -> int:
+            rethread()  # a forward pass per candidate: the thread count follows the machine's load
+            return check.passed(unwrapped)
+
         with clock.phase("interpolate"):
             interpolation = interpolate(unwrapped, None if choosing_scale else config.adapter_scale, val_loss,
-                                        drift_loss)
+                                        check_kept if check else None)
         if interpolation.points:
             progress.info(interpolation.describe())
 

@@ -159,7 +159,7 @@ class RunWork:
     eval_samples: int  # sample replies per evaluation (0: no validation set)
     eval_before_cached: bool  # the base model's evaluation on this validation set is cached
     chooses_scale: bool = False  # the run chooses how much of its LoRA update to keep (trainer/interpolate.py)
-    drift_answers: int = 0  # answers of the drift set that choice measures on, still to generate
+    check_answers: int = 0  # the knowledge check's base answers that choice measures with, still to generate
     # A preference run (trainer/dpo.py): the base model's log-probabilities of both sides of every pair, one
     # forward pass without gradients before training. The pairs' training passes are in ``trained_tokens``.
     reference_tokens: int = 0
@@ -184,11 +184,11 @@ def _rates(record: dict[str, Any]) -> dict[str, float]:
         phase = phases.get(name) or {}
         if phase.get(unit) and not phase.get("cached"):
             rates[name] = phase["s"] / phase[unit]
-    for name in ("load", "retention", "save", "distill_drift", "interpolate"):
+    for name in ("load", "retention", "save", "interpolate"):
         if name in phases:
             rates[name] = phases[name]["s"]
-    if "drift" in phases and not phases["drift"].get("generated"):  # reading its cached answers; generating them
-        rates["drift"] = phases["drift"]["s"]  # is priced per answer at replay's rate (same prompts and settings)
+    if "check" in phases and not phases["check"].get("generated"):  # reading its cached answers; generating them
+        rates["check"] = phases["check"]["s"]  # is priced per answer at replay's rate (shorter answers: an upper bound)
     if "baseline" in phases:
         rates["baseline_cached" if phases["baseline"].get("cached") else "baseline"] = phases["baseline"]["s"]
     if record.get("startup_s") is not None:
@@ -281,11 +281,11 @@ def estimate_time(
     if work.eval_samples:
         seconds += work.eval_samples * (rate("eval_after") + (0 if work.eval_before_cached else rate("eval_before")))
     if work.chooses_scale:
-        seconds += rate("distill_drift") + rate("interpolate")
-        if work.drift_answers:
-            first_time_s += work.drift_answers * rate("replay")
+        seconds += rate("interpolate")
+        if work.check_answers:
+            first_time_s += work.check_answers * rate("replay")
         else:
-            seconds += rate("drift")
+            seconds += rate("check")
     return TimeEstimate(seconds + first_time_s, train_s, 1.0 / (rate("train") * slower), first_time_s, source)
 
 

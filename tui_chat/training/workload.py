@@ -141,7 +141,8 @@ def run_work(
 
     from trainer.base_answers import CACHE_DIR, AnswerCache, model_identity
     from trainer.evaluate import eval_key, eval_prompts
-    from trainer.replay import drift_to_generate, replay_to_generate
+    from trainer.knowledge_check import check_to_generate
+    from trainer.replay import replay_to_generate
     from trainer.retention import baseline_cached
 
     config = dataclasses.replace(config, method=method)
@@ -154,7 +155,7 @@ def run_work(
         samples = len(eval_prompts(val, config.eval_samples)) if evaluate else 0
     replay_tokens = round(plan.replay * replay_tokens_each)
     # as trainer/sft.py decides (a preference run keeps the whole update)
-    chooses_scale = pairs is None and method == "lora" and config.choose_adapter_scale and len(val) > 0
+    chooses_scale = pairs is None and method == "lora" and config.choose_adapter_scale
     pair_tokens = pairs.train_tokens if pairs is not None else 0
     return RunWork(
         trained_tokens=round((tokens + replay_tokens + pair_tokens) * plan.epochs),
@@ -166,6 +167,6 @@ def run_work(
         eval_before_cached=bool(samples) and pairs is None and cache is not None
         and cache.value("eval_before", **eval_key(val, config, bf16)) is not None,
         chooses_scale=chooses_scale,
-        drift_answers=drift_to_generate(cache, bf16=bf16) if chooses_scale else 0,
+        check_answers=check_to_generate(cache, bf16=bf16) if chooses_scale else 0,
         reference_tokens=pairs.train_tokens + pairs.val_tokens if pairs is not None else 0,
     )
