@@ -31,7 +31,7 @@ import torch
 from .answer_match import contains_answer
 from .base_answers import AnswerCache, AnswerSettings, Prompt, load_prompt_set
 from .batching import IGNORE_INDEX, Collator
-from .loss import _logits_at
+from .loss import logits_at
 from .render import RenderedExample
 from .replay import TOPIC_MIN_IDF, replay_prompts, topic_words
 
@@ -92,7 +92,7 @@ class KnowledgeCheck:
                 scored = targets != IGNORE_INDEX
                 autocast = torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
                 with autocast:
-                    (logits,) = _logits_at(model, ids, mask, [scored])
+                    (logits,) = logits_at(model, ids, mask, [scored])
                 right = torch.zeros_like(targets, dtype=torch.bool)
                 right[scored] = logits.argmax(dim=-1) == targets[scored]
                 # An item passes when no scored position is wrong.

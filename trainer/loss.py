@@ -28,7 +28,7 @@ def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
     return decoder, head
 
 
-def _logits_at(
+def logits_at(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, where: list[torch.Tensor]
 ) -> list[torch.Tensor]:
     """The logits of the positions ``where`` selects (each a bool mask over ``[:, :-1]``), from one forward.
@@ -54,7 +54,7 @@ def base_model_logits(
         raise ValueError("distillation needs a LoRA model: its base model is the model with the adapter switched off")
     rows = where.any(dim=1)  # only the rows that have distilled positions pay for the extra forward
     with torch.no_grad(), model.disable_adapter():
-        return _logits_at(model, input_ids[rows], attention_mask[rows], [where[rows]])[0]
+        return logits_at(model, input_ids[rows], attention_mask[rows], [where[rows]])[0]
 
 
 def kept_and_rest(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -87,11 +87,11 @@ def summed_token_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch
     scored = targets != IGNORE_INDEX
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     if "distill" not in batch:
-        (logits,) = _logits_at(model, input_ids, attention_mask, [scored])
+        (logits,) = logits_at(model, input_ids, attention_mask, [scored])
         return F.cross_entropy(logits.float(), targets[scored], reduction="sum"), int(scored.sum())
     distilled = batch["distill"][:, 1:] & scored
     learned = scored & ~distilled
-    logits, student = _logits_at(model, input_ids, attention_mask, [learned, distilled])
+    logits, student = logits_at(model, input_ids, attention_mask, [learned, distilled])
     # Both masks select positions row by row, so the teacher's rows line up with the student's.
     ids, logprobs = batch["teacher_ids"][:, 1:][distilled], batch["teacher_logprobs"][:, 1:][distilled]
     loss = F.cross_entropy(logits.float(), targets[learned], reduction="sum")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .batching import IGNORE_INDEX, Collator, LengthGroupedBatches
-from .loss import _logits_at, summed_token_loss
+from .loss import logits_at, summed_token_loss
 from .pairs import RenderedPair
 
 
@@ -33,7 +33,7 @@ def reply_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """log pi(reply | prompt) of each row: the summed log-probabilities of its loss-carrying tokens, fp32."""
     targets = batch["labels"][:, 1:]
     scored = targets != IGNORE_INDEX
-    (logits,) = _logits_at(model, batch["input_ids"], batch["attention_mask"], [scored])
+    (logits,) = logits_at(model, batch["input_ids"], batch["attention_mask"], [scored])
     token_logps = -F.cross_entropy(logits.float(), targets[scored], reduction="none")
     rows = scored.nonzero()[:, 0]  # the positions come row by row, so each token's row is its index's first part
     return torch.zeros(len(targets), device=token_logps.device).index_add(0, rows, token_logps)
