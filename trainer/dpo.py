@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 
 import torch
 from accelerate.utils import set_seed
-from transformers import get_scheduler
 
 from . import rundir
 from .base_answers import CACHE_DIR, AnswerCache, model_identity
@@ -43,20 +41,17 @@ from .mixed_batches import KindGroupedBatches, MixedCollator, Replayed
 from .progress import ProgressReporter
 from .render import RenderedSet, render_conversations
 from .replay import REPLAY_FILE, replay_phase, write_conversations
-from .report import write_metrics
-from .retention import evaluate_retention, measure_baseline
+from .retention import measure_baseline
 from .save import generating, save_model
+from .run_steps import SettingsError, check_resume, finish, resumed_step, retention_after, schedule
 from .sft import (
     EAGER_MAX_TOKENS,
-    SCHEDULES,
-    SettingsError,
-    _check_resume,
     default_run_dir,
     make_accelerator,
     read_inputs,
     run_guarded,
 )
-from .timings import PhaseClock, append_timing, process_age_s
+from .timings import PhaseClock, process_age_s
 from .dpo_report import write_preference_report
 
 
@@ -130,7 +125,7 @@ def _run(
     if accelerator.is_main_process:
         rundir.check(run_dir, resume=config.resume)
         if config.resume:
-            _check_resume(run_dir, config, files.sha256)
+            check_resume(run_dir, config, files.sha256)
 
     # -- the base model and its side of the before/after measures: the replay mixed into training and the answers
     # retention is measured against (both cached in the data home, as for SFT)
@@ -243,17 +238,8 @@ def _run(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     trained, optimizer, loader = accelerator.prepare(PreferenceLossModel(model, config.beta), optimizer, loader)
-    steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    warmup = int(config.warmup) if config.warmup >= 1 else round(config.warmup * total_steps)
-    scheduler = get_scheduler(SCHEDULES[config.schedule], optimizer, warmup, total_steps)
-    accelerator.register_for_checkpointing(scheduler)  # ours, not prepared: see sft.py
-    step = 0
-    checkpoint = rundir.latest_checkpoint(run_dir) if config.resume else None
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        step = json.loads((checkpoint / rundir.CHECKPOINT_STATE).read_text())["step"]
-        progress.info(f"resuming from step {step} ({checkpoint.name})")
+    steps_per_epoch, total_steps, scheduler = schedule(accelerator, optimizer, len(loader), config)
+    step = resumed_step(accelerator, run_dir, config, progress)
 
     real_fraction = padding_efficiency(lengths, sampler.batches())
     progress.emit(
@@ -311,17 +297,9 @@ def _run(
     if accelerator.is_main_process:
         rundir.mark_complete(run_dir, {"steps": step, "base_model": loaded.name})
         progress.emit("ready", run_dir=str(run_dir))
-    retention = None
-    if baseline is not None:
-        with generating(trained_model, attention), clock.phase("retention", prompts=len(baseline.prompts)):
-            progress.info(f"the model is saved and loads now ({run_dir.name}); retention: it answers the held-out "
-                          "general prompts")
-            retention = evaluate_retention(trained_model, tokenizer, baseline, bf16=bf16)
-    retention_warning = retention.warning() if retention is not None else None
-    if retention is not None:
-        progress.emit("retention", stage="after", warning=retention_warning, **retention.metrics())
-        if retention_warning:
-            progress.info(f"warning: {retention_warning}")
+    retention, retention_warning = retention_after(trained_model, tokenizer, baseline, attention=attention,
+                                                   run_dir=run_dir, bf16=bf16, clock=clock, progress=progress,
+                                                   rethread=rethread)
     if accelerator.is_main_process:
         metrics = {
             "base_model": loaded.name, "base_parameters": base_parameters, "objective": "dpo",
@@ -347,12 +325,7 @@ def _run(
             "phases": clock.phases,
         }
         write_preference_report(run_dir, metrics, before, after, prompts, retention, retention_warning)
-        metrics["total_s"] = process_age_s()
-        write_metrics(run_dir / "metrics.json", metrics)
-        append_timing(home.runs, metrics)
-        rundir.prune_checkpoints(run_dir, keep=None)
-        before_path.unlink(missing_ok=True)
-        progress.emit("done", run_dir=str(run_dir), elapsed_s=round(time.time() - started, 1), metrics=metrics)
+        finish(run_dir, home, metrics, progress, started)
     accelerator.wait_for_everyone()
     return run_dir
 

@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import re
 import signal
 import threading
@@ -29,7 +28,6 @@ from typing import Any, Callable, Iterator
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from transformers import get_scheduler
 
 from . import rundir
 from .base_answers import CACHE_DIR, AnswerCache, model_identity
@@ -48,19 +46,15 @@ from .loss import TokenLossModel
 from .progress import ProgressReporter
 from .render import RenderedSet, render_conversations
 from .replay import REPLAY_FILE, default_replay_count, replay_phase, write_conversations
-from .report import write_metrics, write_run_report
-from .retention import baseline_cached, evaluate_retention, measure_baseline
+from .report import write_run_report
+from .run_steps import SettingsError, check_resume, finish, resumed_step, retention_after, schedule
+from .retention import baseline_cached, measure_baseline
 from .save import generating, save_model
-from .timings import PhaseClock, append_timing, process_age_s
+from .timings import PhaseClock, process_age_s
 
 # On CPU, eager attention trained short chats ~25% faster than sdpa's flash kernel (bundled model, bf16 autocast,
 # 8 x 80 tokens) and as fast at 512 tokens; past that its (tokens x tokens) scores cost memory, so sdpa stays.
 EAGER_MAX_TOKENS = 512
-SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-
-
-class SettingsError(ValueError):
-    """Settings or a run dir the user chose cannot work; one line naming the fix."""
 
 
 @dataclass
@@ -200,23 +194,6 @@ def stop_on_signals() -> Iterator[dict[str, str]]:
             signal.signal(sig, handler)
 
 
-def _check_resume(run_dir: Path, config: SFTConfig, data_sha: str) -> None:
-    saved = json.loads((run_dir / rundir.TRAIN_CONFIG).read_text())
-    if saved["dataset_sha256"] != data_sha:
-        raise SettingsError(
-            f"the dataset changed since {run_dir} started (sha256 differs); resume with the same files or start a "
-            "new run"
-        )
-    changed = sorted(
-        k for k, v in config.learning_fields().items() if saved["config"].get(k) != v and k != "resume"
-    )
-    if changed:
-        raise SettingsError(
-            f"settings changed since {run_dir} started ({', '.join('--' + k.replace('_', '-') for k in changed)}); "
-            "resume with the same settings or start a new run"
-        )
-
-
 def _eval_batches(examples: RenderedSet, micro_batch: int, collate: Collator):
     """A function giving the validation micro-batches in a fixed, length-grouped order."""
     sampler = LengthGroupedBatches([len(e) for e in examples.examples], micro_batch, seed=0)
@@ -267,7 +244,7 @@ def _run(
     if accelerator.is_main_process:
         rundir.check(run_dir, resume=config.resume)
         if config.resume:
-            _check_resume(run_dir, config, files.sha256)
+            check_resume(run_dir, config, files.sha256)
 
     # -- the base model, and its side of every before/after measure: replay mixed into training (replay.py), the
     # reference retention is measured against (retention.py), its evaluation; all cached in the data home
@@ -381,19 +358,8 @@ def _run(
     trained, optimizer, loader = accelerator.prepare(TokenLossModel(model), optimizer, loader)
 
     # -- schedule: steps per epoch counts this process's share of the micro-batches
-    steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    warmup = int(config.warmup) if config.warmup >= 1 else round(config.warmup * total_steps)
-    scheduler = get_scheduler(SCHEDULES[config.schedule], optimizer, warmup, total_steps)
-    # The scheduler is ours, not accelerate-prepared: a prepared one steps once per process per call.
-    accelerator.register_for_checkpointing(scheduler)
-
-    step = 0
-    checkpoint = rundir.latest_checkpoint(run_dir) if config.resume else None
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        step = json.loads((checkpoint / rundir.CHECKPOINT_STATE).read_text())["step"]
-        progress.info(f"resuming from step {step} ({checkpoint.name})")
+    steps_per_epoch, total_steps, scheduler = schedule(accelerator, optimizer, len(loader), config)
+    step = resumed_step(accelerator, run_dir, config, progress)
 
     val_batches = _eval_batches(data.val, config.micro_batch, collate)
     eval_enabled = not config.no_eval and bool(data.val.examples)
@@ -486,18 +452,9 @@ def _run(
         # Retention takes a while on a CPU; the model need not wait for it (the run ends at the done event).
         rundir.mark_complete(run_dir, {"steps": step, "base_model": loaded.name})
         progress.emit("ready", run_dir=str(run_dir))
-    retention = None
-    if baseline is not None:
-        with generating(trained_model, attention), clock.phase("retention", prompts=len(baseline.prompts)):
-            rethread()
-            progress.info(f"the model is saved and loads now ({run_dir.name}); retention: it answers the held-out "
-                          "general prompts")
-            retention = evaluate_retention(trained_model, tokenizer, baseline, bf16=bf16, progress=rethread)
-    retention_warning = retention.warning() if retention is not None else None
-    if retention is not None:
-        progress.emit("retention", stage="after", warning=retention_warning, **retention.metrics())
-        if retention_warning:
-            progress.info(f"warning: {retention_warning}")
+    retention, retention_warning = retention_after(trained_model, tokenizer, baseline, attention=attention,
+                                                   run_dir=run_dir, bf16=bf16, clock=clock, progress=progress,
+                                                   rethread=rethread)
     if accelerator.is_main_process:
         metrics = {
             "base_model": loaded.name,
@@ -542,11 +499,6 @@ def _run(
             "phases": clock.phases,
         }
         write_run_report(run_dir, metrics, before, after, retention, retention_warning)
-        metrics["total_s"] = process_age_s()  # start to now: what the user waited (the rest below is instant)
-        write_metrics(run_dir / "metrics.json", metrics)
-        append_timing(home.runs, metrics)
-        rundir.prune_checkpoints(run_dir, keep=None)
-        before_path.unlink(missing_ok=True)
-        progress.emit("done", run_dir=str(run_dir), elapsed_s=round(time.time() - started, 1), metrics=metrics)
+        finish(run_dir, home, metrics, progress, started)
     accelerator.wait_for_everyone()
     return run_dir
