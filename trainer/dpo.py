@@ -43,7 +43,7 @@ from .render import RenderedSet, render_conversations
 from .replay import REPLAY_FILE, replay_phase, write_conversations
 from .retention import measure_baseline
 from .save import generating, save_model
-from .run_steps import SettingsError, check_resume, finish, resumed_step, retention_after, schedule
+from .run_steps import BEFORE_FILE, SettingsError, check_resume, finish, resumed_step, retention_after, schedule
 from .sft import (
     EAGER_MAX_TOKENS,
     default_run_dir,
@@ -267,7 +267,7 @@ def _run(
         progress.emit("eval", stage=stage, step=step, val_loss=result.dpo_loss, **result.metrics())
         return {**result.metrics(), "replies": replies}
 
-    before_path = run_dir / "eval_before.json"  # kept so a resumed run still reports them
+    before_path = run_dir / BEFORE_FILE
     before = None
     if eval_enabled:
         if before_path.exists():

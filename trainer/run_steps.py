@@ -22,6 +22,7 @@ from .retention import RetentionBaseline, RetentionResult, evaluate_retention
 from .save import generating
 from .timings import PhaseClock, append_timing, process_age_s
 
+BEFORE_FILE = "eval_before.json"  # in the run dir: the "before" numbers, kept so a resumed run still reports them
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
@@ -105,5 +106,5 @@ def finish(run_dir: Path, home: DataHome, metrics: dict[str, Any], progress: Pro
     write_metrics(run_dir / "metrics.json", metrics)
     append_timing(home.runs, metrics)
     rundir.prune_checkpoints(run_dir, keep=None)
-    (run_dir / "eval_before.json").unlink(missing_ok=True)
+    (run_dir / BEFORE_FILE).unlink(missing_ok=True)
     progress.emit("done", run_dir=str(run_dir), elapsed_s=round(time.time() - started, 1), metrics=metrics)

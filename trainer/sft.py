@@ -47,7 +47,7 @@ from .progress import ProgressReporter
 from .render import RenderedSet, render_conversations
 from .replay import REPLAY_FILE, default_replay_count, replay_phase, write_conversations
 from .report import write_run_report
-from .run_steps import SettingsError, check_resume, finish, resumed_step, retention_after, schedule
+from .run_steps import BEFORE_FILE, SettingsError, check_resume, finish, resumed_step, retention_after, schedule
 from .retention import baseline_cached, measure_baseline
 from .save import generating, save_model
 from .timings import PhaseClock, process_age_s
@@ -389,7 +389,7 @@ def _run(
         return result
 
     # The "before" numbers are kept in the run dir so a resumed run still reports them.
-    before_path = run_dir / "eval_before.json"
+    before_path = run_dir / BEFORE_FILE
     before = None
     if eval_enabled:
         if before_path.exists():

@@ -92,7 +92,6 @@ class PromptCache:
     def __init__(self, model: Any, layout: CacheLayout) -> None:
         self.model = model
         self.layout = layout
-        self.context_limit = layout.context_limit
         self.cache: DynamicCache | StaticCache | KVBuffer | None = None
         self.capacity = 0  # positions a static cache or buffer holds (0: none allocated yet, or dynamic)
         self.ids: list[int] = []
@@ -110,7 +109,7 @@ class PromptCache:
         needed = len(ids) + new_tokens
         if self.layout.kind == "buffer":
             if self.cache is None or needed > self.capacity:
-                self.capacity = static_capacity(needed, self.context_limit)
+                self.capacity = static_capacity(needed, self.layout.context_limit)
                 if isinstance(self.cache, KVBuffer):
                     self.cache = self.cache.grown(self.capacity, keep)  # the history moves along
                 else:
@@ -122,7 +121,7 @@ class PromptCache:
             self.ids = self.ids[:keep]
             return len(self.ids)
         if self.static and (self.cache is None or needed > self.capacity):
-            self.capacity = static_capacity(needed, self.context_limit)
+            self.capacity = static_capacity(needed, self.layout.context_limit)
             self.cache = StaticCache(config=self.model.config, max_cache_len=self.capacity)
             self.ids = []
         elif self.cache is None:
@@ -174,8 +173,6 @@ class PromptCaches:
     def __init__(self, model: Any, layout: CacheLayout, size: int = PROMPT_CACHES) -> None:
         self.model = model
         self.layout = layout
-        self.context_limit = layout.context_limit
-        self.static = layout.kind == "static"
         self.size = size
         self._caches: list[PromptCache] = []  # least recently used first
 

@@ -25,8 +25,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-KEYWORDS = ("kv_buffer", "kv_window")  # the model-call arguments that reach the attention function
-
 
 def buffer_shape(config: Any) -> tuple[int, int, int] | None:
     """(layers, key/value heads, head dim) of a model whose every layer attends to all positions; None for models
