@@ -2,8 +2,9 @@
 
 - transformers ``generate``, eager, float32 and bfloat16 (what a plain HF script gets);
 - the engine as the chat runs it (``HFEngine.stream``: its own decode loop, int4 weights on CPU, the decode step
-  compiled in the background, see trainer/devices.py), and the same engine before its compile is ready (what a
-  one-shot ``tui-chat ask`` and the chat's first replies get);
+  compiled ahead of time into a package kept in the data home, see decode_package.py); the engine of a server that
+  starts later and loads that package instead of compiling (what ``tui-chat ask`` and every later chat get); and the
+  eager engine (``--no-compile``, and the first replies of a data home whose package is still being built);
 - llama.cpp on the package's own GGUF, when ``llama_cpp`` is importable (``pip install -e '.[llamacpp]'``);
 - the ceiling: measured memory copy bandwidth / bytes of weights read per token;
 - time to first token on the 1st and the 10th turn of one conversation (prompt cache), and the 10th without it;
@@ -256,17 +257,28 @@ def _same_words(first: str, second: str) -> int:
 
 def compiled_engine(models_dir: Path) -> HFEngine:
     """The engine as the chat runs it on CPU once its compile is done (waited for here, and not timed in any row;
-    the server compiles in a second process while the first one replies with the eager step)."""
+    the first server of a data home replies with the eager step while a second process builds the package)."""
     engine = HFEngine("default", models_dir, compile=True)
     engine.load()
     started = time.perf_counter()
     engine.decoder.warm_up(wait=True)
-    kept = "from the artifacts kept in the data home" if engine.decoder.compile_cached else "from scratch"
-    print(f"compiled the decode step {kept} in {time.perf_counter() - started:.0f} s: {engine.info().extra['compile']}")
+    kept = "loaded the package kept in the data home" if engine.decoder.compile_cached else "built the package"
+    print(f"compiled decode step: {kept} in {time.perf_counter() - started:.1f} s: {engine.info().extra['compile']}")
     return engine
 
 
-def speed_rows(eager: HFEngine, engine: HFEngine, models_dir: Path, threads: int) -> None:
+def server_engine(models_dir: Path) -> HFEngine:
+    """The engine of a server started after the package was built (``tui-chat ask`` starts one): it does not compile,
+    it loads the package with the model."""
+    engine = HFEngine("default", models_dir)
+    started = time.perf_counter()
+    info = engine.load()
+    print(f"a new server's engine: loaded with the package in {time.perf_counter() - started:.1f} s, compile "
+          f"{info.extra['compile']}")
+    return engine
+
+
+def speed_rows(eager: HFEngine, engine: HFEngine, server: HFEngine, models_dir: Path, threads: int) -> None:
     fp32 = load_model("default", models_dir=models_dir, dtype="float32").model
     bf16 = load_model("default", models_dir=models_dir, dtype="bfloat16").model
     compiled = engine.info().extra["compile"] == "ready"
@@ -275,12 +287,14 @@ def speed_rows(eager: HFEngine, engine: HFEngine, models_dir: Path, threads: int
         "bf16": hf_generate(bf16, engine, "HF generate, eager, bfloat16"),
         "engine": engine_stream(engine, f"engine ({engine.quantization}{', compiled' if compiled else ''})"),
     }
+    if server.info().extra["compile"] == "ready":
+        rows["engine-ask"] = engine_stream(server, f"engine of a new server, from the package ({server.quantization})")
     if compiled:
-        rows["engine-eager"] = engine_stream(eager, f"engine, before the compile ({eager.quantization})")
+        rows["engine-eager"] = engine_stream(eager, f"engine, eager ({eager.quantization})")
     all_cores = os.cpu_count() or 1
     if all_cores != threads:  # the evidence for the thread default (trainer.devices.inference_threads)
         rows["engine-all-cores"] = with_threads(
-            eager, all_cores, engine_stream(eager, f"engine before the compile, {all_cores} threads")
+            eager, all_cores, engine_stream(eager, f"engine, eager, {all_cores} threads")
         )
     if importlib.util.find_spec("llama_cpp") is None:
         print("llama.cpp: skipped (`pip install -e '.[llamacpp]'` adds llama-cpp-python for these rows)")
@@ -298,7 +312,8 @@ def speed_rows(eager: HFEngine, engine: HFEngine, models_dir: Path, threads: int
     )
     for run in best.values():
         print_row(run, best["fp32"])
-    pairs = (("engine", "fp32", 3.0), ("engine-eager", "fp32", 3.0), ("engine", "llama.cpp", 1.0))
+    pairs = (("engine", "fp32", 3.0), ("engine-ask", "fp32", 3.0), ("engine-eager", "fp32", None),
+             ("engine", "llama.cpp", 1.0))
     for mine, other, target in pairs:
         if mine in best and other in best:
             wall = best[mine].tokens_per_s / best[other].tokens_per_s
@@ -306,7 +321,7 @@ def speed_rows(eager: HFEngine, engine: HFEngine, models_dir: Path, threads: int
             goal = "" if target is None else f" (target >= {target:g}: {'met' if wall >= target else 'NOT met'})"
             print(f"  {best[mine].label} / {best[other].label}: {wall:.2f}x tok/s, {cpu:.2f}x tok/cpu-s{goal}")
     reference = best["fp32"].text
-    for name in ("bf16", "engine", "engine-eager"):
+    for name in ("bf16", "engine", "engine-ask", "engine-eager"):
         if name not in best:
             continue
         text = best[name].text
@@ -435,7 +450,7 @@ def lever_rows(models_dir: Path) -> None:
 
 
 def main() -> None:
-    """Print the comparison (with a 30-100 s compile of the decode step first, not timed)."""
+    """Print the comparison (with a ~45 s build of the decode package first when the data home has none, not timed)."""
     home = DataHome.locate()
     models_dir = home.models
     started = time.perf_counter()
@@ -452,7 +467,7 @@ def main() -> None:
         f"{load_average:.1f} on {os.cpu_count()} cores"
     )
     engine = compiled_engine(models_dir)
-    speed_rows(eager, engine, models_dir, threads)
+    speed_rows(eager, engine, server_engine(models_dir), models_dir, threads)
     conversation_ttft(engine)
     history_rows(engine)
     lever_rows(models_dir)

@@ -1,5 +1,5 @@
-"""The compiled decode step kept in the data home (tui_chat/inference/compile_cache.py): where it goes, what keys
-it, and that a second engine compiles from it."""
+"""The compiled decode step kept in the data home (compile_cache.py, decode_package.py): where it goes, what keys it,
+and that a later engine uses it."""
 
 from __future__ import annotations
 
@@ -31,8 +31,10 @@ def test_cache_file_is_keyed_by_model_settings_and_needs_a_data_home(tmp_path: P
     assert cache_file(tmp_path / "missing", small, "x", "none", 1) is None  # a model from a path, no data home
 
 
-@pytest.mark.slow  # two compiles of a tiny model: 30-90 s of CPU here
-def test_a_second_engine_compiles_from_the_kept_artifacts(tmp_path: Path) -> None:
+@pytest.mark.slow  # one ahead-of-time build of a tiny model: 10-30 s of CPU here
+def test_a_later_engine_decodes_compiled_from_its_load_without_compiling(tmp_path: Path) -> None:
+    """A model on the KV buffer keeps an AOTInductor package (decode_package.py): the engine of a server, which does not
+    compile itself (compile=None on CPU), loads it before its first reply; --no-compile (False) never does."""
     models = tmp_path / "home" / "models"
     models.mkdir(parents=True)
     path = save_tiny_model(tmp_path / "model", context=64)
@@ -41,9 +43,9 @@ def test_a_second_engine_compiles_from_the_kept_artifacts(tmp_path: Path) -> Non
     first.decoder.warm_up(wait=True)
     assert first.info().extra["compile"] == "ready" and not first.decoder.compile_cached
     kept = list((tmp_path / "home" / DIRECTORY).iterdir())
-    assert len(kept) == 1 and kept[0].stat().st_size > 0
+    assert [file.suffix for file in kept] == [".pt2"] and kept[0].stat().st_size > 0
     assert kept[0].stat().st_mode & 0o077 == 0 and kept[0].parent.stat().st_mode & 0o077 == 0  # private
-    second = HFEngine(str(path), models, device="cpu", dtype="float32", compile=True, threads=1)
-    second.load()
-    second.decoder.warm_up(wait=True)
-    assert second.info().extra["compile"] == "ready" and second.decoder.compile_cached
+    server = HFEngine(str(path), models, device="cpu", dtype="float32", threads=1)
+    assert server.load().extra["compile"] == "ready" and server.decoder.compile_cached
+    eager = HFEngine(str(path), models, device="cpu", dtype="float32", compile=False, threads=1)
+    assert eager.load().extra["compile"] == "off"

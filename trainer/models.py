@@ -88,11 +88,12 @@ def _remove_abandoned_conversions(models_dir: Path) -> None:
     """Delete temp dirs left by conversions whose process is gone (killed mid-way)."""
     for path in models_dir.glob(f".{BUNDLED_DIR}{_TEMP_MARK}*"):
         pid_text = path.name.split(_TEMP_MARK, 1)[1].split("-", 1)[0]
-        if pid_text.isdigit() and not _process_alive(int(pid_text)):
+        if pid_text.isdigit() and not process_alive(int(pid_text)):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (someone else's counts: it is not ours to remove files for)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -22,7 +22,7 @@ import torch
 DIRECTORY = "compile-cache"  # in the data home, next to models/
 
 
-def _cpu() -> str:
+def cpu_description() -> str:
     """The CPU's model name and feature flags (kernels are generated for the instructions it has)."""
     try:
         with open("/proc/cpuinfo") as info:
@@ -38,10 +38,14 @@ def cache_file(models_dir: Path, model: Any, name: str, quantization: str, threa
     if not models_dir.is_dir():
         return None
     key = "\n".join(
-        [model.config.to_json_string(), str(model.dtype), quantization, str(threads), torch.__version__, _cpu()]
+        [model.config.to_json_string(), str(model.dtype), quantization, str(threads), torch.__version__, cpu_description()]
     )
-    slug = "".join(char if char.isalnum() or char in "-_." else "-" for char in name)[:60]
-    return models_dir.parent / DIRECTORY / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.bin"
+    return models_dir.parent / DIRECTORY / f"{name_slug(name)}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.bin"
+
+
+def name_slug(name: str) -> str:
+    """A model name as the start of a file name."""
+    return "".join(char if char.isalnum() or char in "-_." else "-" for char in name)[:60]
 
 
 def load(path: Path | None) -> bool:

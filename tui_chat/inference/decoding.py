@@ -41,7 +41,7 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicLayer, StaticLayer
 
-from tui_chat.inference import compile_cache
+from tui_chat.inference import compile_cache, decode_package
 from tui_chat.inference.contract import GenerationParams
 from tui_chat.inference.decode_attention import NAME as ONE_QUERY_ATTENTION
 from tui_chat.inference.kv_buffer import KVBuffer, buffer_shape
@@ -237,9 +237,10 @@ class Sampler:
 class Decoder:
     """Runs a causal LM's forward passes for generation: prefill, decode steps, the prompt cache, the compiled step.
 
-    ``compile=True`` compiles the decode step with ``torch.compile``: on a GPU over a static cache with CUDA graphs
-    (``mode="reduce-overhead"``), on CPU over the dynamic cache with dynamic shapes (measured ~33 against ~24 tokens
-    per CPU-second eager, int4, after a 90 s compile). Compiling takes from seconds to minutes, so it happens in a
+    ``compile=True`` compiles the decode step: on a GPU with ``torch.compile`` over a static cache with CUDA graphs
+    (``mode="reduce-overhead"``); on CPU over a KV buffer ahead of time into ``package_file`` (decode_package.py),
+    which later processes load even with ``compile=False``; on CPU otherwise with ``torch.compile`` and dynamic
+    shapes (measured ~33 against ~24 tokens per CPU-second eager, int4, after a 90 s compile). Compiling takes from seconds to minutes, so it happens in a
     background thread (``warm_up``); until the compiled step is ready (for a static cache: for its capacity), replies
     use the eager step, and a process that ends meanwhile waits for the compile to finish. One reply at a time: the
     engine serialises calls to ``tokens``.
@@ -255,9 +256,11 @@ class Decoder:
         threads: int | None = None,
         prompt_threads: int | None = None,
         compile_cache_file: Path | None = None,
+        package_file: Path | None = None,
     ) -> None:
         self.model = model
         self.compile_cache_file = compile_cache_file  # where the compiled step's artifacts are kept (compile_cache.py)
+        self.compile = compile
         self.device = device
         # Intra-op threads replies decode with: the compiled step is specialised on it (a reply on another count
         # would recompile on the spot), so the compile uses it too and other counts take the eager step.
@@ -278,10 +281,14 @@ class Decoder:
             positions = torch.arange(context_limit, device=device)
             self.layout = CacheLayout("buffer", context_limit, cache_keyword, shape, positions)
         self.prompt_cache = PromptCaches(model, self.layout)
+        # The step over a KV buffer compiled ahead of time (decode_package.py), kept at ``package_file``: built there
+        # when compiling, else used if an earlier process built it (loading is not compiling: it takes a second).
+        self.package_file = package_file if self.layout.kind == "buffer" else None
+        self.packaged = self.package_file is not None and (compile or self.package_file.is_file())
         self.compiled_step: Callable[..., torch.Tensor] | None = None
         if compile and static:
             self.compiled_step = torch.compile(self._step, fullgraph=True, dynamic=False, mode="reduce-overhead")
-        elif compile:
+        elif compile and not self.packaged:  # (a package's step is set by warm_up, once loaded)
             # Dynamic shapes: one compile serves every history length and buffer capacity. (Over a DynamicCache,
             # its bookkeeping breaks the graph in a few places: fullgraph would refuse it.) Before every call the
             # compiled step checks guards, among them that the model's modules and parameters are the ones it was
@@ -290,7 +297,7 @@ class Decoder:
             # inputs (token, position, the cache's tensors and length) stay.
             skip_module_guards = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
             self.compiled_step = torch.compile(self._step, dynamic=True, options=skip_module_guards)
-        self.compile_state = "on" if compile else "off"  # off | on | warming | ready | failed: why
+        self.compile_state = "on" if compile or self.packaged else "off"  # off | on | warming | ready | failed: why
         self.compile_cached = False  # whether the last compile started from artifacts kept by an earlier process
         self.reused = 0  # prompt tokens the last reply took from the cache instead of encoding them
         self._compiled: set[int] = set()  # cache capacities whose compiled step is ready (0: the dynamic cache)
@@ -351,7 +358,7 @@ class Decoder:
 
     def _step_for(self, capacity: int) -> Callable[..., torch.Tensor]:
         """The compiled step if it is ready for ``capacity``; else the eager one (and compile it in the background)."""
-        if self.compiled_step is None:
+        if self.compiled_step is None and not self.packaged:
             return self._step
         with self._warm_lock:
             if capacity in self._compiled:
@@ -364,7 +371,7 @@ class Decoder:
         """Compile the decode step in a background thread, for a static cache of ``capacity`` positions (default: the
         first capacity) or for the dynamic cache; a no-op when compiling is off or failed, or is done or under way
         for that capacity. ``wait`` blocks until that compile has finished."""
-        if self.compiled_step is None or self.compile_state.startswith("failed"):
+        if (self.compiled_step is None and not self.packaged) or self.compile_state.startswith(("failed", "off")):
             return
         if capacity is None:
             capacity = static_capacity(1, self.layout.context_limit) if self.layout.kind == "static" else 0
@@ -381,36 +388,63 @@ class Decoder:
             thread.join()
 
     def _compile(self, capacity: int) -> None:
-        assert self.compiled_step is not None
         try:
             if self.threads is not None:
                 torch.set_num_threads(self.threads)
-            self.compile_cached = compile_cache.load(self.compile_cache_file)
-            with torch.inference_mode():
-                # Scratch caches (the live one belongs to the replies that run meanwhile). The first call compiles
-                # for its cache length, the next recompiles for any length: both here, not in a reply.
-                for length in (WARM_UP_PROMPT, 3 * WARM_UP_PROMPT):
-                    scratch = PromptCache(self.model, self.layout)
-                    # A static cache of exactly ``capacity`` positions; the other layouts as a short reply needs.
-                    scratch.prepare([0] * length, capacity - length if capacity else 2)
-                    self._prefill(scratch, [0] * length, 0)
-                    for position in range(length, length + 2):  # CUDA graphs record on a later call than the first
-                        if self.device.type == "cuda":
-                            torch.compiler.cudagraph_mark_step_begin()
-                        # Fresh tensors, made as tokens() makes them: the compiled step is specialised on strides.
-                        token = torch.tensor([[0]], device=self.device)
-                        position_ids = torch.tensor([[position]], device=self.device)
-                        self.compiled_step(token, position_ids, scratch.model_inputs(position + 1))
-        except Exception as exc:  # no C++ compiler, an unsupported model: replies stay on the eager step
-            with self._warm_lock:
-                del self._compiling[capacity]
-                self.compile_state = f"failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
-            return
+            ready = self._prepare_package() if self.packaged else self._trace(capacity)
+            state = "ready" if ready else "off"
+        except Exception as exc:  # no C++ compiler, a model the compiler cannot trace: replies stay eager
+            ready, state = False, f"failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+        with self._warm_lock:
+            del self._compiling[capacity]
+            if ready:
+                self._compiled.add(capacity)
+            self.compile_state = "warming" if ready and self._compiling else state
+
+    def _trace(self, capacity: int) -> bool:
+        """Compile ``compiled_step`` (torch.compile) by calling it, for ``capacity`` (see warm_up)."""
+        assert self.compiled_step is not None
+        self.compile_cached = compile_cache.load(self.compile_cache_file)
+        with torch.inference_mode():
+            # Scratch caches (the live one belongs to the replies that run meanwhile). The first call compiles
+            # for its cache length, the next recompiles for any length: both here, not in a reply.
+            for length in (WARM_UP_PROMPT, 3 * WARM_UP_PROMPT):
+                scratch = PromptCache(self.model, self.layout)
+                # A static cache of exactly ``capacity`` positions; the other layouts as a short reply needs.
+                scratch.prepare([0] * length, capacity - length if capacity else 2)
+                self._prefill(scratch, [0] * length, 0)
+                for position in range(length, length + 2):  # CUDA graphs record on a later call than the first
+                    if self.device.type == "cuda":
+                        torch.compiler.cudagraph_mark_step_begin()
+                    # Fresh tensors, made as tokens() makes them: the compiled step is specialised on strides.
+                    token = torch.tensor([[0]], device=self.device)
+                    position_ids = torch.tensor([[position]], device=self.device)
+                    self.compiled_step(token, position_ids, scratch.model_inputs(position + 1))
         try:
             compile_cache.save(self.compile_cache_file)
         except OSError:  # a full or read-only disk: the next start compiles from scratch, this one is ready
             pass
-        with self._warm_lock:
-            del self._compiling[capacity]
-            self._compiled.add(capacity)
-            self.compile_state = "warming" if self._compiling else "ready"
+        return True
+
+    def _prepare_package(self) -> bool:
+        """Load the decode package (building it first when compiling and there is none); returns whether the
+        compiled step is ready. A package that does not load (cut short, from another torch) is removed: a process
+        that compiles builds it again, one that does not decodes eagerly (and its server's successor builds it)."""
+        assert self.package_file is not None and self.layout.buffer_shape is not None
+        if self.package_file.is_file():
+            try:
+                self.compiled_step = decode_package.load(self.package_file, self.model)
+                self.compile_cached = True
+                return True
+            except Exception:
+                self.package_file.unlink(missing_ok=True)
+        if not self.compile:
+            return False
+        self.compile_cached = False
+        decode_package.build(self.model, self.layout.buffer_shape, self.package_file)
+        step = decode_package.load(self.package_file, self.model)
+        if not decode_package.matches_eager(step, self._step, self.model, self.layout.buffer_shape):
+            self.package_file.unlink(missing_ok=True)
+            raise RuntimeError("the compiled step's logits differ from the eager step's; replies stay eager")
+        self.compiled_step = step
+        return True

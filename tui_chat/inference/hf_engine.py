@@ -28,6 +28,7 @@ from trainer.models import LoadedModel, ModelError, error_line, load_model
 
 from tui_chat.inference.compile_cache import cache_file
 from tui_chat.inference.decode_attention import use_one_query_attention
+from tui_chat.inference.decode_package import package_file
 from tui_chat.inference.decoding import Decoder, Sampler
 from tui_chat.inference.contract import Chunk, EngineError, EngineInfo, GenerationParams, GenerationStats, ProgressCallback, TextDelta
 from tui_chat.inference.quantize import quantize_int4
@@ -162,6 +163,10 @@ class HFEngine:
                     # A long prompt on every core torch would use (a decode step on one; see Decoder.prompt_threads).
                     prompt_threads = max(threads, torch.get_num_threads())
                 compile = pick_compile(loaded.device, self.compile)
+                package = None
+                if loaded.device.type == "cpu" and self.compile is not False:  # built when compiling, else used if kept
+                    package = package_file(self.models_dir, loaded.model, self.name, loaded.source, quantization,
+                                           threads)
                 self._decoder = Decoder(
                     loaded.model,
                     loaded.device,
@@ -172,10 +177,13 @@ class HFEngine:
                     compile_cache_file=cache_file(self.models_dir, loaded.model, self.name, quantization, threads)
                     if compile
                     else None,
+                    package_file=package,
                 )
                 threading.Thread(target=_run_jobs, args=(self._jobs,), name=f"decode-{self.name}", daemon=True).start()
                 weakref.finalize(self, self._jobs.put, None)  # a dropped engine (a model switch) ends its thread
-                self._decoder.warm_up()
+                # Loading a kept package takes about a second: done before the first reply, which then decodes
+                # compiled. Building or compiling takes a minute: in the background.
+                self._decoder.warm_up(wait=not compile)
                 self._loaded = loaded
         return self.info()
 

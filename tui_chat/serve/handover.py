@@ -10,6 +10,10 @@ accepting on it), so no address changes hands and no client notices. Once its co
 serving process (``SIGUSR1``), which stops accepting, finishes the replies it has, and leaves; the successor serves
 from then on. Its prompt caches start empty: the next reply of each conversation encodes the history once.
 
+For a model on the KV buffer (the bundled one) compiling means building the decode package (decode_package.py, ~45 s
+on this machine) into the data home; every later server of that home loads the package with the model, decodes
+compiled from its first reply, and starts no successor.
+
 A successor never outlives a server that did not hand over: the server ends it when it leaves, and the successor
 leaves by itself when it finds its parent gone before the hand-over (a server killed with SIGKILL).
 """
