@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tui_chat.inference import decoding
+from tui_chat.inference.build_package import build_command, build_elsewhere
 from tui_chat.inference.decode_package import matches_eager, package_file
 from tui_chat.inference.decoding import Decoder
 
@@ -38,7 +39,7 @@ def test_the_package_is_built_once_then_loaded_by_a_decoder_that_does_not_compil
     reader = Decoder(model, CPU, 256, compile=False, threads=threads, package_file=path)
     reader.warm_up(wait=True)
     assert reader.compile_state == "off" and not path.exists()
-    assert reader._step_for(0) == reader._step
+    assert reader._step_for(0) == reader.eager_step
 
     builder = Decoder(model, CPU, 256, compile=True, threads=threads, package_file=path)
     builder.warm_up(wait=True)
@@ -63,8 +64,8 @@ def test_the_check_against_the_eager_step_refuses_a_step_that_differs() -> None:
     model = grouped_model()
     decoder = Decoder(model, CPU, 256, compile=False)
     shape = decoder.layout.buffer_shape
-    assert matches_eager(decoder._step, decoder._step, model, shape)
-    assert not matches_eager(lambda *args: 2 * decoder._step(*args), decoder._step, model, shape)
+    assert matches_eager(decoder.eager_step, decoder.eager_step, model, shape)
+    assert not matches_eager(lambda *args: 2 * decoder.eager_step(*args), decoder.eager_step, model, shape)
 
 
 def test_the_package_file_is_keyed_by_the_weights_and_settings(tmp_path: Path) -> None:
@@ -92,3 +93,11 @@ def test_a_decoder_without_a_kv_buffer_has_no_package(tmp_path: Path) -> None:
     model.set_attn_implementation("sdpa")  # attention that cannot read the buffer: transformers' caches instead
     decoder = Decoder(model, CPU, 256, compile=False, package_file=tmp_path / "x.pt2")
     assert decoder.layout.kind == "dynamic" and decoder.package_file is None and decoder.compile_state == "off"
+
+
+def test_a_build_in_its_own_process_that_fails_says_why_in_one_line(tmp_path: Path) -> None:
+    command = build_command(str(tmp_path / "no-such-model"), tmp_path, tmp_path / "x.pt2", {"threads": 1})
+    assert command[-2:] == ["--threads", "1"]
+    with pytest.raises(RuntimeError, match=r"^building the decode package failed: .*no-such-model") as failure:
+        build_elsewhere(command)
+    assert "\n" not in str(failure.value) and not (tmp_path / "x.pt2").exists()

@@ -80,7 +80,7 @@ class _Body(torch.nn.Module):
 
 
 class PackagedStep:
-    """A decode step with ``Decoder._step``'s signature: the package's body, then the model's output projection."""
+    """A decode step with ``Decoder.eager_step``'s signature: the package's body, then the model's output projection."""
 
     def __init__(self, runner: Any, model: Any) -> None:
         self.runner = runner
@@ -133,13 +133,21 @@ def _remove_abandoned_builds(directory: Path) -> None:
             partial.unlink(missing_ok=True)
 
 
+def build_checked(model: Any, shape: tuple[int, int, int], path: Path, eager: Any) -> None:
+    """``build``, then keep the package only if it gives the eager step's logits (``matches_eager``)."""
+    build(model, shape, path)
+    if not matches_eager(load(path, model), eager, model, shape):
+        path.unlink(missing_ok=True)
+        raise RuntimeError("the compiled step's logits differ from the eager step's; replies stay eager")
+
+
 def load(path: Path, model: Any) -> PackagedStep:
     """The step compiled into ``path`` (raises what torch raises for a missing, cut short or foreign file)."""
     return PackagedStep(torch._inductor.aoti_load_package(str(path)), model)
 
 
 def matches_eager(step: PackagedStep, eager: Any, model: Any, shape: tuple[int, int, int]) -> bool:
-    """Whether ``step`` gives the eager step's logits (``eager``: ``Decoder._step``) for a few tokens after a short
+    """Whether ``step`` gives the eager step's logits (``eager``: ``Decoder.eager_step``) for a few tokens after a short
     prompt, within bfloat16's rounding of a forward pass (measured: under a logit of ~30 on the bundled model)."""
     prompt = torch.arange(1, EXAMPLE_LENGTH + 1, device=model.device)[None]
     positions = torch.arange(EXAMPLE_CAPACITY, device=model.device)

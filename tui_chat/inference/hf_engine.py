@@ -28,6 +28,7 @@ from trainer.models import LoadedModel, ModelError, error_line, load_model
 
 from tui_chat.inference.compile_cache import cache_file
 from tui_chat.inference.decode_attention import use_one_query_attention
+from tui_chat.inference.build_package import build_command, build_elsewhere
 from tui_chat.inference.decode_package import package_file
 from tui_chat.inference.decoding import Decoder, Sampler
 from tui_chat.inference.contract import Chunk, EngineError, EngineInfo, GenerationParams, GenerationStats, ProgressCallback, TextDelta
@@ -167,6 +168,11 @@ class HFEngine:
                 if loaded.device.type == "cpu" and self.compile is not False:  # built when compiling, else used if kept
                     package = package_file(self.models_dir, loaded.model, self.name, loaded.source, quantization,
                                            threads)
+                # How the package's own process loads the same model (build_package.py); no reference to self, so a
+                # dropped engine is freed at once.
+                spec, models_dir = self.spec, self.models_dir
+                settings = {"device": self.device, "dtype": self.dtype, "quantize": self.quantize, "threads": threads,
+                            "trust_remote_code": self.trust_remote_code}
                 self._decoder = Decoder(
                     loaded.model,
                     loaded.device,
@@ -178,6 +184,7 @@ class HFEngine:
                     if compile
                     else None,
                     package_file=package,
+                    package_builder=lambda out: build_elsewhere(build_command(spec, models_dir, out, settings)),
                 )
                 threading.Thread(target=_run_jobs, args=(self._jobs,), name=f"decode-{self.name}", daemon=True).start()
                 weakref.finalize(self, self._jobs.put, None)  # a dropped engine (a model switch) ends its thread
