@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from tui_chat.inference.compile_cache import DIRECTORY, cache_file
 from tui_chat.inference.hf_engine import HFEngine
+from tui_chat.serve.handover import serving_overrides
 
 from .tiny_models import save_tiny_model
 
@@ -33,13 +34,14 @@ def test_cache_file_is_keyed_by_model_settings_and_needs_a_data_home(tmp_path: P
 
 @pytest.mark.slow  # one ahead-of-time build of a tiny model: 10-30 s of CPU here
 def test_a_later_engine_decodes_compiled_from_its_load_without_compiling(tmp_path: Path) -> None:
-    """A model on the KV buffer keeps an AOTInductor package (decode_package.py): the engine of a server, which does not
-    compile itself (compile=None on CPU), loads it before its first reply; --no-compile (False) never does."""
+    """A model on the KV buffer keeps an AOTInductor package (decode_package.py). The engine of a server (which never
+    compiles in its own process on CPU: serve/handover.py) has it built in a process of its own and loads it; a
+    later server's engine loads it before its first reply; --no-compile (False) never does."""
     models = tmp_path / "home" / "models"
     models.mkdir(parents=True)
     path = save_tiny_model(tmp_path / "model", context=64)
-    first = HFEngine(str(path), models, device="cpu", dtype="float32", compile=True, threads=1)
-    first.load()
+    first = HFEngine(str(path), models, device="cpu", dtype="float32", threads=1, **serving_overrides({}))
+    assert first.load().extra["compile"] == "warming"  # the eager step replies meanwhile: no successor
     first.decoder.warm_up(wait=True)
     assert first.info().extra["compile"] == "ready" and not first.decoder.compile_cached
     kept = list((tmp_path / "home" / DIRECTORY).iterdir())

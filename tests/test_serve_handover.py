@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tui_chat.inference.contract import EngineInfo
-from tui_chat.serve.handover import Successor, serving_compile, wants_successor
+from tui_chat.serve.handover import Successor, serving_overrides, wants_successor
 
 EAGER_CPU = EngineInfo(name="tiny", device="cpu", dtype="float32", context_limit=256, extra={"compile": "off"})
 
@@ -39,9 +39,12 @@ def test_only_an_eager_cpu_engine_in_a_compiling_server_gets_a_successor() -> No
     assert not wants_successor({"compile": False}, EAGER_CPU)  # --no-compile
     cuda = EngineInfo(name="tiny", device="cuda:0", dtype="bfloat16", context_limit=256, extra={"compile": "warming"})
     assert not wants_successor({}, cuda)  # CUDA compiles in the engine itself
-    # The serving engine never compiles on CPU itself: the successor does; --no-compile stays off everywhere.
-    assert serving_compile({}) is None and serving_compile({"compile": True}) is None
-    assert serving_compile({"compile": False}) is False
+    building = EngineInfo(name="tiny", device="cpu", dtype="bfloat16", context_limit=256, extra={"compile": "warming"})
+    assert not wants_successor({}, building)  # its decode package is being built in a process of its own
+    # The serving engine never compiles on CPU itself: it has a package built elsewhere, or a successor compiles;
+    # --no-compile stays off everywhere.
+    assert serving_overrides({}) == serving_overrides({"compile": True}) == {"compile": None, "build_package": True}
+    assert serving_overrides({"compile": False}) == {"compile": False}
 
 
 def test_a_successor_that_fails_says_so_in_the_info_and_the_eager_one_serves_on(listener: socket.socket) -> None:

@@ -31,6 +31,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", context=256))
 
 
+@pytest.fixture(scope="module")
+def tiny_sliding(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A model that keeps transformers' caches: compiled by a successor, not through a decode package."""
+    return str(save_tiny_model(tmp_path_factory.mktemp("sliding") / "model", arch="mistral", context=256))
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> DataHome:
     home = DataHome(tmp_path / "home").ensure()
@@ -137,7 +143,29 @@ def test_the_identity_names_the_version_down_to_the_source_and_the_settings() ->
 
 
 @pytest.mark.slow
-def test_a_compiled_successor_takes_over_the_socket_between_replies(home: DataHome, tiny: str) -> None:
+def test_the_server_loads_its_decode_package_when_built_and_later_servers_start_with_it(home: DataHome,
+                                                                                        tiny: str) -> None:
+    engine = LocalServerEngine(tiny, LocalServer(home, {"device": "cpu", "dtype": "float32"}))  # compiling: the default
+    assert engine.load().extra["compile"] == "warming"  # replies start at once, on the eager step
+    serving = engine.server.pid
+    expected = reply(engine)
+    deadline = time.monotonic() + 300
+    while engine.info().extra["compile"] == "warming" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert engine.info().extra["compile"] == "ready" and engine.server.pid == serving  # no successor took over
+    assert reply(engine) == expected  # the package decodes what the eager step did (greedy, float32)
+    assert [file.suffix for file in (home.root / "compile-cache").iterdir()] == [".pt2"]
+    assert "second process" not in (server_dir(home) / "server.log").read_text()
+    _kill(serving)
+    assert gone(serving)
+    again = LocalServerEngine(tiny, LocalServer(home, {"device": "cpu", "dtype": "float32"}))
+    assert again.load().extra["compile"] == "ready"  # a new server loads the package before its first reply
+    assert reply(again) == expected
+
+
+@pytest.mark.slow
+def test_a_compiled_successor_takes_over_the_socket_between_replies(home: DataHome, tiny_sliding: str) -> None:
+    tiny = tiny_sliding
     engine = LocalServerEngine(tiny, LocalServer(home, {"device": "cpu", "dtype": "float32"}))  # compiling: the default
     assert engine.load().extra["compile"] == "warming"  # replies start at once, on the eager step
     serving = engine.server.pid

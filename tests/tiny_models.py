@@ -1,7 +1,7 @@
 """Tiny models built from a config, saved like real ones, standing in for the bundled model and Hub models.
 
 A byte-level BPE tokenizer (so Chinese and emoji split across tokens, as with real models) and a randomly
-initialised Llama or GPT-2 of a few thousand parameters: loads and generates in milliseconds on CPU.
+initialised Llama, Mistral (sliding-window attention) or GPT-2 of a few thousand parameters: loads and generates in milliseconds on CPU.
 """
 
 from __future__ import annotations
@@ -10,7 +10,15 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 _CORPUS = [
@@ -40,8 +48,8 @@ def save_tiny_model(path: Path, *, arch: str = "llama", context: int = 256, seed
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
     eos = tokenizer.eos_token_id
-    if arch == "llama":
-        config = LlamaConfig(
+    if arch in ("llama", "mistral"):
+        shape = dict(
             vocab_size=len(tokenizer),
             hidden_size=hidden,
             intermediate_size=2 * hidden,
@@ -54,7 +62,10 @@ def save_tiny_model(path: Path, *, arch: str = "llama", context: int = 256, seed
             pad_token_id=eos,
             tie_word_embeddings=True,
         )
-        model = LlamaForCausalLM(config)
+        if arch == "llama":
+            model = LlamaForCausalLM(LlamaConfig(**shape))
+        else:  # a model that keeps transformers' own KV caches (no KV buffer, so no decode package)
+            model = MistralForCausalLM(MistralConfig(**shape, sliding_window=context // 2))
     elif arch == "gpt2":
         config = GPT2Config(
             vocab_size=len(tokenizer),

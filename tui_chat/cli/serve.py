@@ -77,7 +77,7 @@ def serve_command(ctx: CliContext, model: str, host: str, port: int, api_key: st
            -d '{"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}]}'
     """
     from tui_chat.serve.catalog import ModelCatalog, local_models
-    from tui_chat.serve.handover import Successor, serving_compile
+    from tui_chat.serve.handover import Successor, serving_overrides
     from tui_chat.serve.local import serve_command_line, server_identity
     from tui_chat.serve.scheduler import ModelScheduler
     from tui_chat.serve.server import ModelServer
@@ -108,7 +108,7 @@ def serve_command(ctx: CliContext, model: str, host: str, port: int, api_key: st
     successor = Successor(command, listener.fileno(), settings,
                           env={**os.environ, "TUI_CHAT_API_KEY": api_key} if api_key else None)
     scheduler = ModelScheduler(
-        ctx.engine_factory(options, serving=True, overrides={"compile": serving_compile(settings)}), model,
+        ctx.engine_factory(options, serving=True, overrides=serving_overrides(settings)), model,
         load_engine=None if home or successor_of is not None else _load_in_terminal, successor=successor,
     )
     catalog = ModelCatalog(model, lambda: local_models(ctx.home.models), any_spec=home)

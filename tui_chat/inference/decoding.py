@@ -283,11 +283,13 @@ class Decoder:
             self.layout = CacheLayout("buffer", context_limit, cache_keyword, shape, positions)
         self.prompt_cache = PromptCaches(model, self.layout)
         # The step over a KV buffer compiled ahead of time (decode_package.py), kept at ``package_file``: built there
-        # when compiling, else used if an earlier process built it (loading is not compiling: it takes a second).
+        # when compiling or given a ``package_builder`` (which builds it in another process), else used if an earlier
+        # process built it (loading is not compiling: it takes a second).
         self.package_file = package_file if self.layout.kind == "buffer" else None
-        self.packaged = self.package_file is not None and (compile or self.package_file.is_file())
-        # Builds the package at the path it is given; None builds it in this process (see _prepare_package).
         self.package_builder = package_builder
+        self.packaged = self.package_file is not None and (
+            compile or package_builder is not None or self.package_file.is_file()
+        )
         self.compiled_step: Callable[..., torch.Tensor] | None = None
         if compile and static:
             self.compiled_step = torch.compile(self.eager_step, fullgraph=True, dynamic=False, mode="reduce-overhead")
@@ -430,8 +432,8 @@ class Decoder:
         return True
 
     def _prepare_package(self) -> bool:
-        """Load the decode package (building it first when compiling and there is none); returns whether the
-        compiled step is ready. A package that does not load (cut short, from another torch) is removed: a process
+        """Load the decode package (building it first when there is none and this decoder may build); returns
+        whether the compiled step is ready. A package that does not load (cut short, from another torch) is removed: a process
         that compiles builds it again, one that does not decodes eagerly (and its server's successor builds it)."""
         assert self.package_file is not None and self.layout.buffer_shape is not None
         if self.package_file.is_file():
@@ -441,7 +443,7 @@ class Decoder:
                 return True
             except Exception:
                 self.package_file.unlink(missing_ok=True)
-        if not self.compile:
+        if not self.compile and self.package_builder is None:
             return False
         self.compile_cached = False
         if self.package_builder is not None:

@@ -100,6 +100,7 @@ class HFEngine:
         threads: int | None = None,
         compile: bool | None = None,
         quantize: str | None = None,
+        build_package: bool = False,
     ) -> None:
         self.spec = spec
         self.name = engine_name(spec)
@@ -110,6 +111,9 @@ class HFEngine:
         self.threads = threads  # CPU decoding threads; None = trainer.devices.inference_threads()
         self.compile = compile  # torch.compile the decode step; None = trainer.devices.pick_compile
         self.quantize = quantize  # "none" | "int4"; None = trainer.devices.pick_quantization
+        # Without compiling in this process, build the CPU decode package in a process of its own when the data home
+        # has none, and load it when ready (a server: see serve/handover.py); compile=True builds it too.
+        self.build_package = build_package
         self.quantization = "none"  # what load() applied
         self._loaded: LoadedModel | None = None
         self._decoder: Decoder | None = None
@@ -165,7 +169,7 @@ class HFEngine:
                     prompt_threads = max(threads, torch.get_num_threads())
                 compile = pick_compile(loaded.device, self.compile)
                 package = None
-                if loaded.device.type == "cpu" and self.compile is not False:  # built when compiling, else used if kept
+                if loaded.device.type == "cpu" and self.compile is not False:  # built when asked, else used if kept
                     package = package_file(self.models_dir, loaded.model, self.name, loaded.source, quantization,
                                            threads)
                 # How the package's own process loads the same model (build_package.py); no reference to self, so a
@@ -184,13 +188,15 @@ class HFEngine:
                     if compile
                     else None,
                     package_file=package,
-                    package_builder=lambda out: build_elsewhere(build_command(spec, models_dir, out, settings)),
+                    package_builder=(lambda out: build_elsewhere(build_command(spec, models_dir, out, settings)))
+                    if compile or self.build_package
+                    else None,
                 )
                 threading.Thread(target=_run_jobs, args=(self._jobs,), name=f"decode-{self.name}", daemon=True).start()
                 weakref.finalize(self, self._jobs.put, None)  # a dropped engine (a model switch) ends its thread
                 # Loading a kept package takes about a second: done before the first reply, which then decodes
                 # compiled. Building or compiling takes a minute: in the background.
-                self._decoder.warm_up(wait=not compile)
+                self._decoder.warm_up(wait=package is not None and package.is_file())
                 self._loaded = loaded
         return self.info()
 

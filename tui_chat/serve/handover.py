@@ -10,9 +10,10 @@ accepting on it), so no address changes hands and no client notices. Once its co
 serving process (``SIGUSR1``), which stops accepting, finishes the replies it has, and leaves; the successor serves
 from then on. Its prompt caches start empty: the next reply of each conversation encodes the history once.
 
-For a model on the KV buffer (the bundled one) compiling means building the decode package (decode_package.py, ~45 s
-on this machine) into the data home; every later server of that home loads the package with the model, decodes
-compiled from its first reply, and starts no successor.
+A model on the KV buffer (the bundled one) needs no successor: the serving process has its decode package
+(decode_package.py) built in a process of its own (build_package.py, about a minute) and loads it when it is ready
+(a reply under way finishes on the eager step), keeping its prompt caches; every later server of that data home loads the package with the model and
+decodes compiled from its first reply. Successors compile the other models (sliding-window attention).
 
 A successor never outlives a server that did not hand over: the server ends it when it leaves, and the successor
 leaves by itself when it finds its parent gone before the hand-over (a server killed with SIGKILL).
@@ -39,10 +40,14 @@ PARENT_POLL_S = 0.5  # how often a compiling successor checks that its server is
 END_WAIT_S = 5.0  # how long ending a successor waits for it before killing it
 
 
-def serving_compile(settings: dict[str, Any]) -> bool | None:
-    """The serving process's ``compile`` engine setting: on CPU its decode step stays eager unless compiling is off
-    everywhere (the successor compiles); None lets CUDA compile in the engine itself, where it costs replies nothing."""
-    return None if compiles(settings) else False
+def serving_overrides(settings: dict[str, Any]) -> dict[str, Any]:
+    """The serving process's engine settings over the server's. On CPU its decode step is never compiled in this
+    process: a model on the KV buffer gets its decode package built in a process of its own and loaded
+    (``build_package``), any other gets a successor. ``compile`` None lets CUDA compile in the engine itself, where
+    it costs replies nothing."""
+    if not compiles(settings):
+        return {"compile": False}
+    return {"compile": None, "build_package": True}
 
 
 def compiles(settings: dict[str, Any]) -> bool:
