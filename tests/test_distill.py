@@ -83,6 +83,9 @@ def test_loss_is_cross_entropy_on_the_users_rows_and_kl_from_the_base_on_replay(
     p_base = F.log_softmax(base[1:][scored[1:]], dim=-1)
     kl = (p_base.exp() * (p_base - F.log_softmax(adapted[1:][scored[1:]], dim=-1))).sum()
     torch.testing.assert_close(loss.detach(), user + kl, atol=1e-4, rtol=1e-4)
+    # --replay-weight scales the replay's KL and nothing else.
+    weighed, _ = summed_token_loss(moved, batch, distill_weight=3.0)
+    torch.testing.assert_close(weighed.detach(), user + 3 * kl, atol=1e-4, rtol=1e-4)
 
 
 def test_top_k_targets_keep_the_rest_of_the_mass_as_one_outcome() -> None:
@@ -157,8 +160,9 @@ def test_training_distills_replay_by_default_and_can_turn_it_off(
         run_dir = run_sft(dataclasses.replace(config, **changes), reporter)
         return json.loads((run_dir / "metrics.json").read_text()), (run_dir / "report.md").read_text()
 
-    metrics, report = trained()
-    assert metrics["method"] == "lora" and metrics["replay"]["loss"] == "kl"
+    metrics, report = trained(replay_weight=2.0)
+    assert metrics["method"] == "lora" and metrics["replay"]["loss"] == "kl" and metrics["replay"]["weight"] == 2
+    assert "weight 2, --replay-weight" in report
     assert "self-distillation" in report and 0 <= metrics["replay"]["outside_top_k"] < 1
     assert sum(teacher_rows) == 4  # the base model's pass: once, on the replay rows only
 
@@ -174,3 +178,5 @@ def test_training_distills_replay_by_default_and_can_turn_it_off(
         trained(out=str(tmp_path / "refused"), method="full", replay_loss="kl")
     with pytest.raises(SettingsError, match="use kl or ce"):
         trained(out=str(tmp_path / "typo"), replay_loss="mse")
+    with pytest.raises(SettingsError, match="--replay-weight must be positive"):
+        trained(out=str(tmp_path / "weightless"), replay_weight=0.0)

@@ -59,6 +59,10 @@ class SFTConfig:
             "or ce (its greedy text) (default: kl with LoRA, ce for a full fine-tune)"
         },
     )
+    replay_weight: float = field(
+        default=1.0,
+        metadata={"help": "what a replayed token's distillation loss (kl) weighs against one of your tokens' loss"},
+    )
     skip_invalid: bool = field(default=False, metadata={"help": "drop and count invalid lines instead of stopping"})
     max_length: int = field(default=1024, metadata={"help": "tokens per conversation; longer ones are cut at a turn"})
     method: str | None = field(default=None, metadata={"help": "lora or full (default: lora on CPU, full on GPU)"})
@@ -157,7 +161,8 @@ class SFTConfig:
         method = f"LoRA rank {self.lora_r} on {self.lora_targets}" if self.method == "lora" else "full fine-tune"
         epochs = f"{self.epochs:g} epochs" if self.max_steps is None else f"{self.max_steps} steps"
         stop = "every epoch kept" if self.no_early_stop else "stopping once the validation loss is clearly worse"
-        replay = f"{replay_count} replayed ({self.replay_loss})" if replay_count else "no replay"
+        weight = f", weight {self.replay_weight:g}" if self.replay_loss == "kl" else ""
+        replay = f"{replay_count} replayed ({self.replay_loss}{weight})" if replay_count else "no replay"
         scale = ("the share of the update kept chosen by a general-knowledge check" if self.choose_adapter_scale
                  else f"{self.adapter_scale:g} of the update kept")
         return f"{method}, lr {self.lr:g}, up to {epochs} ({stop}), {replay}" + (
@@ -223,6 +228,8 @@ def validate(config: SFTConfig) -> None:
         raise ValueError("--replay-loss kl needs --method lora (a full fine-tune has no base model to match); use ce")
     if config.replay is not None and config.replay < 0:
         raise ValueError("--replay must be 0 or more")
+    if not config.replay_weight > 0:
+        raise ValueError("--replay-weight must be positive (--no-replay turns replay off)")
     if config.max_steps is not None and config.max_steps < 1:
         raise ValueError("--max-steps must be at least 1")
     if config.epochs is not None and config.epochs <= 0:
