@@ -15,6 +15,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from trainer import distill as distill_module
+from trainer import loss as loss_module
 from trainer.batching import IGNORE_INDEX, Collator
 from trainer.chat_template import ensure_chat_template
 from trainer.config import SFTConfig
@@ -160,12 +161,26 @@ def test_training_distills_replay_by_default_and_can_turn_it_off(
         run_dir = run_sft(dataclasses.replace(config, **changes), reporter)
         return json.loads((run_dir / "metrics.json").read_text()), (run_dir / "report.md").read_text()
 
-    metrics, report = trained(replay_weight=2.0)
-    assert metrics["method"] == "lora" and metrics["replay"]["loss"] == "kl" and metrics["replay"]["weight"] == 2
-    assert "weight 2, --replay-weight" in report
+    metrics, report = trained()
+    assert metrics["method"] == "lora" and metrics["replay"]["loss"] == "kl"
     assert "self-distillation" in report and 0 <= metrics["replay"]["outside_top_k"] < 1
     assert sum(teacher_rows) == 4  # the base model's pass: once, on the replay rows only
+    # A few conversations (several passes) weigh the replay as the user's tokens; a single pass twice (schedule.py).
+    assert metrics["replay"]["weight"] == 1 and "weight 1, --replay-weight" in report
+    assert config.resolved(torch.device("cpu"), 54).replay_weight == 2
+    resolved = dataclasses.replace(config, replay_weight=3.0).resolved(torch.device("cpu"), 54)
+    assert "108 replayed (kl, weight 3)" in resolved.describe(108)  # the printed "settings:" line
 
+    weights: list[float] = []
+
+    def weighed(model, batch, distill_weight=1.0):
+        weights.append(distill_weight)
+        return summed_token_loss(model, batch, distill_weight)
+
+    monkeypatch.setattr(loss_module, "summed_token_loss", weighed)
+    metrics, _ = trained(out=str(tmp_path / "weighed"), replay_weight=2.5)
+    assert metrics["replay"]["weight"] == 2.5 and set(weights) == {2.5}  # what training's loss used
+    monkeypatch.setattr(loss_module, "summed_token_loss", summed_token_loss)
     teacher_rows.clear()
     metrics, report = trained(out=str(tmp_path / "ce"), replay_loss="ce")
     assert metrics["replay"] == {**metrics["replay"], "loss": "ce", "conversations": 4}
