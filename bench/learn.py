@@ -1,6 +1,6 @@
 """Learn more, forget less: what a default `/train` run learns from real dialogue and what it keeps of general
-knowledge, against the same defaults with replay at weight 1 (before it was 2), against `--no-replay` and against
-the defaults before issue 17, side by side in one run.
+knowledge, against the same defaults with the replay at weight 1 (a single pass weighs it 2 now; smaller sets already
+weigh it 1), against `--no-replay` and against the defaults before issue 17, side by side in one run.
 
 Data: 20, 60 and 200 conversations of chatterbot-corpus (bench/corpus.py, fetched from PyPI now; skipped when
 offline), drawn per seed, and the teach-a-fact set (tests/test_teach_fact.py: 20 conversations teaching 4 made-up

@@ -34,12 +34,12 @@ FULL_RATE_UP_TO = 60  # conversations trained at the full rate (see above)
 # all 12. Full fine-tuning at 5e-5 recalled 6 of 8. A LoRA update moves few directions, so it needs the larger step.
 LEARNING_RATES = {"lora": 2e-3, "full": 5e-5}
 # The replay's weight in a single pass (the KL of a replayed token against the cross-entropy of a user's token). 60
-# real conversations, seeds 0 / 1 / 2 (and seed 0 trained with seed 5), general facts kept of 26 and the share of
-# the no-replay gain: weight 1 kept 23 / 23 / 25 (24) at 137% / 71% / 92% (139%); 2 kept 25 / 25 / 25 (25) at 130% /
-# 61% / 76% (115%); 4 kept 25 / 25 / 26 at 111% / 53% / 60%; 2 at lr 3e-3 kept 22 / 25 / 24 at 140% / 72% / 80%, at
-# 4e-3 seed 1 23 at 83%. 200 conversations at 2: 25 kept (perplexity 27.8 -> 16.4). Over 8 passes (teach-a-fact,
-# training seeds 0 and 1) 2 kept 24 and 23 where 1 kept 25 and 24, recall 10 of 12 each: the replay is seen every
-# pass there, so small sets keep 1.
+# real conversations, seeds 0 / 1 / 2 (in brackets: trained again with training seed 5), general facts kept of 26 and
+# the share of the no-replay gain: weight 1 kept 23 / 23 / 25 (seed 0: 24) at 137% / 71% / 92% (139%); 2 kept 25 / 25
+# / 25 (25 / 25 / 25) at 130% / 61% / 76% (115% / 58% / 71%); 4 kept 25 / 25 / 26 at 111% / 53% / 60%; 2 at lr 3e-3
+# kept 22 / 25 / 24 at 140% / 72% / 80%, at 4e-3 seed 1 23 at 83%. 200 conversations at 2: 25 kept (perplexity 27.8
+# -> 16.4). Over 8 passes (teach-a-fact, training seeds 0 and 1) 2 kept 24 and 23 where 1 kept 25 and 24, recall 10
+# of 12 at 2 and 10, 12 at 1: the replay is seen every pass there, so small sets keep 1.
 ONE_PASS_REPLAY_WEIGHT = 2.0
 
 

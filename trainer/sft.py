@@ -355,7 +355,8 @@ def _run(
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    trained, optimizer, loader = accelerator.prepare(TokenLossModel(model, config.replay_weight), optimizer, loader)
+    loss_model = TokenLossModel(model, config.replay_weight)
+    trained, optimizer, loader = accelerator.prepare(loss_model, optimizer, loader)
 
     # -- schedule: steps per epoch counts this process's share of the micro-batches
     steps_per_epoch, total_steps, scheduler = schedule(accelerator, optimizer, len(loader), config)
