@@ -1,5 +1,6 @@
 """Learn more, forget less: what a default `/train` run learns from real dialogue and what it keeps of general
-knowledge, against `--no-replay` and against the defaults before issue 17, side by side in one run.
+knowledge, against the same defaults with the replay at weight 1 (a single pass weighs it 2 now; smaller sets already
+weigh it 1), against `--no-replay` and against the defaults before issue 17, side by side in one run.
 
 Data: 20, 60 and 200 conversations of chatterbot-corpus (bench/corpus.py, fetched from PyPI now; skipped when
 offline), drawn per seed, and the teach-a-fact set (tests/test_teach_fact.py: 20 conversations teaching 4 made-up
@@ -38,10 +39,11 @@ from trainer.replay import MAX_REPLAY
 
 SIZES = (20, 60, 200)
 FACTS = "facts"  # the teach-a-fact set, as a size
-# The settings each row adds to `python -m trainer sft`. "today": the defaults before issue 17 (replay two per
-# conversation, 16-64, distilled; LoRA rank 4 at lr 2e-3; epochs 8 * sqrt(20 / n) within [1, 8]; every epoch kept,
-# the whole update kept); their epochs depend on the dataset, see ``flags``.
-CONFIGS = ("new", "choose", "no-replay", "today")
+# The settings each row adds to `python -m trainer sft`. "weight-1": the defaults with the distilled replay weighing
+# what a token of the user's does (the default before it weighed twice that). "today": the defaults before issue 17
+# (replay two per conversation, 16-64, distilled at weight 1; LoRA rank 4 at lr 2e-3; epochs 8 * sqrt(20 / n) within
+# [1, 8]; every epoch kept, the whole update kept); their epochs depend on the dataset, see ``flags``.
+CONFIGS = ("new", "weight-1", "choose", "no-replay", "today")
 
 
 def old_epochs(n_train: int) -> int:
@@ -51,9 +53,11 @@ def old_epochs(n_train: int) -> int:
 
 def flags(config: str, n_train: int) -> list[str]:
     today = ["--no-early-stop", "--adapter-scale", "1", "--lora-r", "4", "--lora-alpha", "8", "--lr", "2e-3",
-             "--epochs", str(old_epochs(n_train))]
+             "--epochs", str(old_epochs(n_train)), "--replay-weight", "1"]
     if config == "new":
         return []
+    if config == "weight-1":
+        return ["--replay-weight", "1"]
     if config == "choose":  # the defaults, and the share of the update kept chosen by the knowledge check
         return ["--choose-adapter-scale"]
     if config == "no-replay":

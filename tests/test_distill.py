@@ -15,6 +15,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from trainer import distill as distill_module
+from trainer import loss as loss_module
 from trainer.batching import IGNORE_INDEX, Collator
 from trainer.chat_template import ensure_chat_template
 from trainer.config import SFTConfig
@@ -83,6 +84,9 @@ def test_loss_is_cross_entropy_on_the_users_rows_and_kl_from_the_base_on_replay(
     p_base = F.log_softmax(base[1:][scored[1:]], dim=-1)
     kl = (p_base.exp() * (p_base - F.log_softmax(adapted[1:][scored[1:]], dim=-1))).sum()
     torch.testing.assert_close(loss.detach(), user + kl, atol=1e-4, rtol=1e-4)
+    # --replay-weight scales the replay's KL and nothing else.
+    weighed, _ = summed_token_loss(moved, batch, distill_weight=3.0)
+    torch.testing.assert_close(weighed.detach(), user + 3 * kl, atol=1e-4, rtol=1e-4)
 
 
 def test_top_k_targets_keep_the_rest_of_the_mass_as_one_outcome() -> None:
@@ -161,7 +165,22 @@ def test_training_distills_replay_by_default_and_can_turn_it_off(
     assert metrics["method"] == "lora" and metrics["replay"]["loss"] == "kl"
     assert "self-distillation" in report and 0 <= metrics["replay"]["outside_top_k"] < 1
     assert sum(teacher_rows) == 4  # the base model's pass: once, on the replay rows only
+    # A few conversations (several passes) weigh the replay as the user's tokens; a single pass twice (schedule.py).
+    assert metrics["replay"]["weight"] == 1 and "weight 1, --replay-weight" in report
+    assert config.resolved(torch.device("cpu"), 54).replay_weight == 2
+    resolved = dataclasses.replace(config, replay_weight=3.0).resolved(torch.device("cpu"), 54)
+    assert "108 replayed (kl, weight 3)" in resolved.describe(108)  # the printed "settings:" line
 
+    weights: list[float] = []
+
+    def weighed(model, batch, distill_weight=1.0):
+        weights.append(distill_weight)
+        return summed_token_loss(model, batch, distill_weight)
+
+    monkeypatch.setattr(loss_module, "summed_token_loss", weighed)
+    metrics, _ = trained(out=str(tmp_path / "weighed"), replay_weight=2.5)
+    assert metrics["replay"]["weight"] == 2.5 and set(weights) == {2.5}  # what training's loss used
+    monkeypatch.setattr(loss_module, "summed_token_loss", summed_token_loss)
     teacher_rows.clear()
     metrics, report = trained(out=str(tmp_path / "ce"), replay_loss="ce")
     assert metrics["replay"] == {**metrics["replay"], "loss": "ce", "conversations": 4}
@@ -174,3 +193,5 @@ def test_training_distills_replay_by_default_and_can_turn_it_off(
         trained(out=str(tmp_path / "refused"), method="full", replay_loss="kl")
     with pytest.raises(SettingsError, match="use kl or ce"):
         trained(out=str(tmp_path / "typo"), replay_loss="mse")
+    with pytest.raises(SettingsError, match="--replay-weight must be positive"):
+        trained(out=str(tmp_path / "weightless"), replay_weight=0.0)

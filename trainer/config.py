@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # only named in annotations: the chat's /train planning reads
     import torch
 
 from .progress import MODES
-from .schedule import auto_epochs, auto_lr
+from .schedule import auto_epochs, auto_lr, auto_replay_weight
 
 # Fields that do not change what is learned: they may differ between a run and its --resume.
 OPERATIONAL_FIELDS = frozenset(
@@ -58,6 +58,11 @@ class SFTConfig:
             "help": "how replayed answers are learned: kl (match the base model's next-token distribution; LoRA only) "
             "or ce (its greedy text) (default: kl with LoRA, ce for a full fine-tune)"
         },
+    )
+    replay_weight: float | None = field(
+        default=None,
+        metadata={"help": "what a replayed token's distillation loss (kl) weighs against one of your tokens' loss "
+                  "(default: 1, and 2 from ~50 conversations, printed)"},
     )
     skip_invalid: bool = field(default=False, metadata={"help": "drop and count invalid lines instead of stopping"})
     max_length: int = field(default=1024, metadata={"help": "tokens per conversation; longer ones are cut at a turn"})
@@ -150,6 +155,7 @@ class SFTConfig:
             replay_loss=self.replay_loss or ("kl" if method == "lora" else "ce"),
             lr=self.lr if self.lr is not None else auto_lr(method, n_conversations),
             epochs=self.epochs if self.epochs is not None else auto_epochs(n_conversations),
+            replay_weight=self.replay_weight if self.replay_weight is not None else auto_replay_weight(n_conversations),
         )
 
     def describe(self, replay_count: int) -> str:
@@ -157,7 +163,8 @@ class SFTConfig:
         method = f"LoRA rank {self.lora_r} on {self.lora_targets}" if self.method == "lora" else "full fine-tune"
         epochs = f"{self.epochs:g} epochs" if self.max_steps is None else f"{self.max_steps} steps"
         stop = "every epoch kept" if self.no_early_stop else "stopping once the validation loss is clearly worse"
-        replay = f"{replay_count} replayed ({self.replay_loss})" if replay_count else "no replay"
+        weight = f", weight {self.replay_weight:g}" if self.replay_loss == "kl" else ""
+        replay = f"{replay_count} replayed ({self.replay_loss}{weight})" if replay_count else "no replay"
         scale = ("the share of the update kept chosen by a general-knowledge check" if self.choose_adapter_scale
                  else f"{self.adapter_scale:g} of the update kept")
         return f"{method}, lr {self.lr:g}, up to {epochs} ({stop}), {replay}" + (
@@ -223,6 +230,8 @@ def validate(config: SFTConfig) -> None:
         raise ValueError("--replay-loss kl needs --method lora (a full fine-tune has no base model to match); use ce")
     if config.replay is not None and config.replay < 0:
         raise ValueError("--replay must be 0 or more")
+    if config.replay_weight is not None and not config.replay_weight > 0:
+        raise ValueError("--replay-weight must be positive (--no-replay turns replay off)")
     if config.max_steps is not None and config.max_steps < 1:
         raise ValueError("--max-steps must be at least 1")
     if config.epochs is not None and config.epochs <= 0:

@@ -8,7 +8,8 @@ model, LoRA rank 4, lr 2e-3, 8 epochs, 36 replayed; retention = the 26 general f
 recall = 12 probes): distillation from the stored top 64 kept 24, 24, 24 and 22 of 26 (seeds 0, 1, 0 again, 2;
 recall 12, 12, 12, 11), from the full distribution (a second forward every step, 40-55% more CPU) 25 and 24 (seeds 0,
 1); cross-entropy on the text kept 20-23 over five runs (seed 1: 23, recall 10) and moved the model more (substance
-48% vs 60-71%). A KL weight of 2 kept no more (seed 2: 22). CPU time: within ~10% of cross-entropy's (noisy).
+48% vs 60-71%). A KL weight of 2 kept no more there (seed 2: 22), but does in a single pass over more data
+(``--replay-weight``, schedule.py). CPU time: within ~10% of cross-entropy's (noisy).
 
 With LoRA the base model is free: the same weights with the adapter switched off. Its distribution on a replayed
 answer is the same in every epoch, so it is computed once before training (one no-grad pass over the replay, ~1/8

@@ -74,13 +74,16 @@ def distillation_loss(student_logits: torch.Tensor, ids: torch.Tensor, logprobs:
     return (logprobs.exp() * (logprobs - student)).sum()
 
 
-def summed_token_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def summed_token_loss(
+    model: Any, batch: dict[str, torch.Tensor], distill_weight: float = 1.0
+) -> tuple[torch.Tensor, int]:
     """(sum of per-token losses, number of tokens it covers) for one micro-batch.
 
     Summing, not averaging, lets training divide by the assistant tokens of the whole gradient-accumulation step
     (every token weighs the same however the batches split them) and lets evaluation average over the whole set.
     A token is scored by cross-entropy, or, where ``batch["distill"]`` marks it, by the KL from its teacher
-    targets (``teacher_ids``, ``teacher_logprobs``; see batching.Collator): both are nats per token, one scale.
+    targets (``teacher_ids``, ``teacher_logprobs``; see batching.Collator): both are nats per token, one scale,
+    the KL times ``distill_weight`` (SFT's ``--replay-weight``).
     """
     # Position t predicts token t+1; labels are IGNORE_INDEX outside assistant replies.
     targets = batch["labels"][:, 1:]
@@ -95,20 +98,21 @@ def summed_token_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch
     # Both masks select positions row by row, so the teacher's rows line up with the student's.
     ids, logprobs = batch["teacher_ids"][:, 1:][distilled], batch["teacher_logprobs"][:, 1:][distilled]
     loss = F.cross_entropy(logits.float(), targets[learned], reduction="sum")
-    return loss + distillation_loss(student, ids, logprobs), int(scored.sum())
+    return loss + distill_weight * distillation_loss(student, ids, logprobs), int(scored.sum())
 
 
 class TokenLossModel(torch.nn.Module):
     """The model and its loss as one module, so that ``accelerator.prepare`` (DDP, FSDP) wraps the whole forward
     that training runs, the shortcut past the output layer included. ``forward`` returns the summed loss."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, distill_weight: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self.distill_weight = distill_weight
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, **teacher: torch.Tensor
     ) -> torch.Tensor:
         """``teacher``: the Collator's ``distill``, ``teacher_ids`` and ``teacher_logprobs`` when the batch has any."""
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **teacher}
-        return summed_token_loss(self.model, batch)[0]
+        return summed_token_loss(self.model, batch, self.distill_weight)[0]

@@ -119,7 +119,8 @@ def _replay_line(metrics: dict[str, Any]) -> str:
     if not replay["conversations"]:
         return "- replay: off"
     learned = (
-        "the model learned the base model's next-token distribution on them (self-distillation, --replay-loss kl)"
+        "the model learned the base model's next-token distribution on them (self-distillation, --replay-loss kl"
+        + (f"; weight {replay['weight']:g}, --replay-weight)" if "weight" in replay else ")")
         if replay["loss"] == "kl" else "the model learned their text (cross-entropy, --replay-loss ce)"
     )
     phase = metrics["phases"].get("replay", {})

@@ -355,7 +355,8 @@ def _run(
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    trained, optimizer, loader = accelerator.prepare(TokenLossModel(model), optimizer, loader)
+    loss_model = TokenLossModel(model, config.replay_weight)
+    trained, optimizer, loader = accelerator.prepare(loss_model, optimizer, loader)
 
     # -- schedule: steps per epoch counts this process's share of the micro-batches
     steps_per_epoch, total_steps, scheduler = schedule(accelerator, optimizer, len(loader), config)
@@ -487,7 +488,7 @@ def _run(
             "after": after.metrics() if after else None,
             "schedule": {"epochs": config.epochs, "lr": config.lr, "automatic": automatic, "user_conversations": n_user},
             "replay": {"conversations": len(replay), "prepare_s": round(clock.seconds("replay") + clock.seconds("distill"), 1),
-                       "loss": config.replay_loss,
+                       "loss": config.replay_loss, "weight": config.replay_weight,
                        # The base model's mean probability outside the TOP_K tokens distillation keeps.
                        "outside_top_k": outside_top_k},
             "early_stop": {"val_losses": best.losses, "best_epoch": best.best_epoch, "kept_epoch": best.kept_epoch}
