@@ -259,10 +259,11 @@ def compiled_engine(models_dir: Path) -> HFEngine:
     """The engine as the chat runs it on CPU once its compile is done (waited for here, and not timed in any row;
     the first server of a data home replies with the eager step while a second process builds the package)."""
     engine = HFEngine("default", models_dir, compile=True)
-    engine.load()
     started = time.perf_counter()
+    engine.load()  # loads a kept package before it returns, or starts building one
     engine.decoder.warm_up(wait=True)
     kept = "loaded the package kept in the data home" if engine.decoder.compile_cached else "built the package"
+    kept += " (with the model)"
     print(f"compiled decode step: {kept} in {time.perf_counter() - started:.1f} s: {engine.info().extra['compile']}")
     return engine
 
