@@ -5,6 +5,7 @@ replaced rather than trusted."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,15 @@ def test_a_decoder_without_a_kv_buffer_has_no_package(tmp_path: Path) -> None:
 
 def test_a_build_in_its_own_process_that_fails_says_why_in_one_line(tmp_path: Path) -> None:
     command = build_command(str(tmp_path / "no-such-model"), tmp_path, tmp_path / "x.pt2", {"threads": 1})
-    assert command[-2:] == ["--threads", "1"]
+    assert command[-2:] == ["--threads", "1"] and command[command.index("--parent") + 1] == str(os.getpid())
     with pytest.raises(RuntimeError, match=r"^building the decode package failed: .*no-such-model") as failure:
         build_elsewhere(command)
     assert "\n" not in str(failure.value) and not (tmp_path / "x.pt2").exists()
+
+
+def test_a_build_whose_waiting_process_is_gone_leaves_at_once(tmp_path: Path) -> None:
+    source = save_tiny_model(tmp_path / "model")
+    command = build_command(str(source), tmp_path, tmp_path / "x.pt2", {"threads": 1})
+    command[command.index("--parent") + 1] = "1"  # not its parent: as if the engine's process had been killed
+    result = subprocess.run(command, capture_output=True, timeout=120)
+    assert result.returncode == 1 and not (tmp_path / "x.pt2").exists()

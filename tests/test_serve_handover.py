@@ -4,6 +4,7 @@ The real hand-over (a compiled tiny model taking over the socket) is in test_ser
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sys
 import time
@@ -11,7 +12,7 @@ import time
 import pytest
 
 from tui_chat.inference.contract import EngineInfo
-from tui_chat.serve.handover import Successor, serving_overrides, wants_successor
+from tui_chat.serve.handover import Successor, report_package_build, serving_overrides, wants_successor
 
 EAGER_CPU = EngineInfo(name="tiny", device="cpu", dtype="float32", context_limit=256, extra={"compile": "off"})
 
@@ -84,3 +85,16 @@ def test_the_successor_inherits_the_listening_socket(listener: socket.socket) ->
     with socket.create_connection(listener.getsockname()[:2], timeout=10) as client:
         assert client.recv(100) == b"from the successor"
     assert successor.process is not None and successor.process.wait(10) == 0
+
+
+def test_the_log_says_when_a_decode_package_is_built_and_when_it_is_loaded(capsys: pytest.CaptureFixture[str]) -> None:
+    states = iter(["warming", "warming", "ready"])
+
+    class Building:
+        def info(self) -> EngineInfo:
+            return dataclasses.replace(EAGER_CPU, extra={"compile": next(states, "ready")})
+
+    report_package_build(Building(), poll_s=0.01)
+    log: list[str] = []
+    assert wait_for(lambda: log.append(capsys.readouterr().err) or "decode package loaded" in "".join(log))
+    assert "".join(log).startswith("building the decode package in a process of its own")

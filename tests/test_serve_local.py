@@ -155,7 +155,12 @@ def test_the_server_loads_its_decode_package_when_built_and_later_servers_start_
     assert engine.info().extra["compile"] == "ready" and engine.server.pid == serving  # no successor took over
     assert reply(engine) == expected  # the package decodes what the eager step did (greedy, float32)
     assert [file.suffix for file in (home.root / "compile-cache").iterdir()] == [".pt2"]
-    assert "second process" not in (server_dir(home) / "server.log").read_text()
+    log_file = server_dir(home) / "server.log"
+    deadline = time.monotonic() + 10  # the log's watcher looks once a second
+    while "decode package loaded" not in log_file.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = log_file.read_text()
+    assert "building the decode package" in log and "decode package loaded" in log and "second process" not in log
     _kill(serving)
     assert gone(serving)
     again = LocalServerEngine(tiny, LocalServer(home, {"device": "cpu", "dtype": "float32"}))

@@ -10,17 +10,22 @@ in place, 1 with one line on stderr when it is not.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 PACKAGE_BUILD_TIMEOUT_S = 1800  # a large model on a slow, busy machine; the bundled one takes ~1 minute
+PARENT_POLL_S = 0.5  # how often the build checks that the process waiting for it is still there
 
 
 def build_command(spec: str, models_dir: Path, out: Path, settings: dict[str, object]) -> list[str]:
     """The command line that builds ``spec``'s package into ``out``; ``settings``: the engine's device, dtype,
     quantize, threads and trust_remote_code."""
-    command = [sys.executable, "-m", "tui_chat.inference.build_package", spec, str(models_dir), str(out)]
+    command = [sys.executable, "-m", "tui_chat.inference.build_package", spec, str(models_dir), str(out),
+               "--parent", str(os.getpid())]
     for name in ("device", "dtype", "quantize", "threads"):
         if settings.get(name) is not None:
             command += [f"--{name}", str(settings[name])]
@@ -48,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantize")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--parent", type=int, help="leave when this process (the one waiting) is gone")
     args = parser.parse_args(argv)
+    if args.parent is not None:
+        _leave_without(args.parent)
 
     import torch
 
@@ -70,6 +78,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"building the decode package failed: {error_line(exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _leave_without(parent: int) -> None:
+    """Exit as soon as ``parent`` is no longer this process's parent (killed: a server killed mid-build, or a test's):
+    a package nobody waits for is not worth a core for a minute. A later build removes the partial file."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)  # mid-export or mid-compile: a normal exit would wait for the build
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -60,6 +60,27 @@ def wants_successor(settings: dict[str, Any], info: EngineInfo) -> bool:
     return compiles(settings) and info.device == "cpu" and info.extra.get("compile") == "off"
 
 
+def report_package_build(engine: Engine, poll_s: float = 1.0) -> None:
+    """In the serving process, for an engine whose decode package is being built in a process of its own (its
+    compile state "warming" after loading): say so in the server's log, and again when it is ready or failed."""
+    print("building the decode package in a process of its own; replies use the eager step until it is loaded",
+          file=sys.stderr, flush=True)
+    started = time.monotonic()
+
+    def watch() -> None:
+        state = engine.info().extra.get("compile")
+        while state == "warming":
+            time.sleep(poll_s)
+            state = engine.info().extra.get("compile")
+        if state == "ready":
+            print(f"the compiled decode step is ready after {time.monotonic() - started:.0f} s (decode package loaded)",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"the decode step stays eager: {one_line(str(state), 300)}", file=sys.stderr, flush=True)
+
+    threading.Thread(target=watch, name="package-build-watch", daemon=True).start()
+
+
 class Successor:
     """The serving process's side: starts the successor for the loaded model, and reports how its compile goes.
 

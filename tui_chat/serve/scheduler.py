@@ -31,7 +31,7 @@ from tui_chat.inference.contract import (
 )
 from sessions import one_line
 from trainer.model_names import engine_name
-from tui_chat.serve.handover import Successor
+from tui_chat.serve.handover import Successor, report_package_build
 
 _END = object()  # a job's last item
 
@@ -207,4 +207,6 @@ class ModelScheduler:
         self._engine = engine
         if self.successor is not None:
             self.successor.after_load(spec, info)
+            if info.device == "cpu" and info.extra.get("compile") == "warming":  # its package is being built
+                report_package_build(engine)
         return engine
