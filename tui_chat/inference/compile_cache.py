@@ -38,7 +38,10 @@ def cache_file(models_dir: Path, model: Any, name: str, quantization: str, threa
     if not models_dir.is_dir():
         return None
     key = "\n".join(
-        [model.config.to_json_string(), str(model.dtype), quantization, str(threads), torch.__version__, cpu_description()]
+        [
+            model.config.to_json_string(), str(model.dtype), quantization, str(threads), torch.__version__,
+            cpu_description(),
+        ]
     )
     return models_dir.parent / DIRECTORY / f"{name_slug(name)}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.bin"
 

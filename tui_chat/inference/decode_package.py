@@ -52,7 +52,9 @@ def weights_fingerprint(source: str, model: Any) -> str:
     return f"{source} {getattr(model.config, '_commit_hash', None)}"
 
 
-def package_file(models_dir: Path, model: Any, name: str, source: str, quantization: str, threads: int | None) -> Path | None:
+def package_file(
+    models_dir: Path, model: Any, name: str, source: str, quantization: str, threads: int | None
+) -> Path | None:
     """Where the decode package of ``model`` (loaded as ``name`` from ``source``) is kept in the data home that holds
     ``models_dir``; None without a data home (``models_dir`` missing, as in tests of a model from a path)."""
     if not models_dir.is_dir():

@@ -238,12 +238,13 @@ class Decoder:
     """Runs a causal LM's forward passes for generation: prefill, decode steps, the prompt cache, the compiled step.
 
     ``compile=True`` compiles the decode step: on a GPU with ``torch.compile`` over a static cache with CUDA graphs
-    (``mode="reduce-overhead"``); on CPU over a KV buffer ahead of time into ``package_file`` (decode_package.py),
-    which later processes load even with ``compile=False``; on CPU otherwise with ``torch.compile`` and dynamic
-    shapes (measured ~33 against ~24 tokens per CPU-second eager, int4, after a 90 s compile). Compiling takes from seconds to minutes, so it happens in a
-    background thread (``warm_up``); until the compiled step is ready (for a static cache: for its capacity), replies
-    use the eager step, and a process that ends meanwhile waits for the compile to finish. One reply at a time: the
-    engine serialises calls to ``tokens``.
+    (``mode="reduce-overhead"``); on CPU over a KV buffer ahead of time into ``package_file`` (decode_package.py;
+    ``package_builder`` builds it in another process), which later processes load even with ``compile=False``; on
+    CPU otherwise with ``torch.compile`` and dynamic shapes (measured ~33 against ~24 tokens per CPU-second eager,
+    int4, after a 90 s compile). Compiling takes from seconds to minutes, so it happens in a background thread
+    (``warm_up``); until the compiled step is ready (for a static cache: for its capacity), replies use the eager step,
+    and a process that ends meanwhile waits for the compile to finish. One reply at a time: the engine serialises calls
+    to ``tokens``.
     """
 
     def __init__(
@@ -432,9 +433,10 @@ class Decoder:
         return True
 
     def _prepare_package(self) -> bool:
-        """Load the decode package (building it first when there is none and this decoder may build); returns
-        whether the compiled step is ready. A package that does not load (cut short, from another torch) is removed: a process
-        that compiles builds it again, one that does not decodes eagerly (and its server's successor builds it)."""
+        """Load the decode package (building it first when there is none and this decoder may build); returns whether
+        the compiled step is ready. A package that does not load (cut short, from another torch) is removed: a
+        process that compiles builds it again, one that does not decodes eagerly (and its server's successor builds
+        it)."""
         assert self.package_file is not None and self.layout.buffer_shape is not None
         if self.package_file.is_file():
             try:

@@ -12,8 +12,9 @@ from then on. Its prompt caches start empty: the next reply of each conversation
 
 A model on the KV buffer (the bundled one) needs no successor: the serving process has its decode package
 (decode_package.py) built in a process of its own (build_package.py, about a minute) and loads it when it is ready
-(a reply under way finishes on the eager step), keeping its prompt caches; every later server of that data home loads the package with the model and
-decodes compiled from its first reply. Successors compile the other models (sliding-window attention).
+(a reply under way finishes on the eager step), keeping its prompt caches; every later server of that data home
+loads the package with the model and decodes compiled from its first reply. Successors compile the other models
+(sliding-window attention).
 
 A successor never outlives a server that did not hand over: the server ends it when it leaves, and the successor
 leaves by itself when it finds its parent gone before the hand-over (a server killed with SIGKILL).
