@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -36,8 +37,9 @@ def build_command(spec: str, models_dir: Path, out: Path, settings: dict[str, ob
 
 def build_elsewhere(command: list[str]) -> None:
     """Run ``command`` (``build_command``) and wait; RuntimeError with its last line of stderr when it fails."""
+    # A process group of its own, so that leaving takes the C++ compilers it started along (_leave_without).
     result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            timeout=PACKAGE_BUILD_TIMEOUT_S)
+                            timeout=PACKAGE_BUILD_TIMEOUT_S, start_new_session=True)
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         raise RuntimeError(lines[-1] if lines else f"the package build exited with status {result.returncode}")
@@ -87,6 +89,8 @@ def _leave_without(parent: int) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_POLL_S)
+        if os.getpgid(0) == os.getpid():  # a group of its own (build_elsewhere's): the compilers it started go too
+            os.killpg(0, signal.SIGKILL)  # (left alone, they compiled on for ~40 s, slowing whatever ran next)
         os._exit(1)  # mid-export or mid-compile: a normal exit would wait for the build
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
