@@ -109,7 +109,7 @@ class HFEngine:
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
         self.threads = threads  # CPU decoding threads; None = trainer.devices.inference_threads()
-        self.compile = compile  # torch.compile the decode step; None = trainer.devices.pick_compile
+        self.compile = compile  # compile the decode step (on CPU: build its package); None = devices.pick_compile
         self.quantize = quantize  # "none" | "int4"; None = trainer.devices.pick_quantization
         # Without compiling in this process, build the CPU decode package in a process of its own when the data home
         # has none, and load it when ready (a server: see serve/handover.py); compile=True builds it too.
