@@ -38,7 +38,7 @@ from trainer.retention import (
     measure_baseline,
     report_section,
 )
-from trainer.schedule import auto_schedule
+from trainer.schedule import auto_schedule, preference_epochs
 
 from .tiny_models import save_tiny_model
 from .tiny_datasets import can_replay_answers, chat_lines, write_jsonl
@@ -309,8 +309,10 @@ def test_evaluate_recall_scores_each_probe(tiny) -> None:
 
 def test_auto_schedule_gives_small_datasets_more_epochs_and_large_ones_smaller_steps() -> None:
     small, medium, large, larger = (auto_schedule(n, "lora") for n in (20, 40, 60, 600))
-    assert small[0] > medium[0] > large[0] == larger[0] == 1
-    assert small[1] == medium[1] == large[1] > larger[1] > 0  # one pass over more data: a smaller step
+    assert small[0] > medium[0] == large[0] == larger[0] == 2
+    # What one pass would take is spread over two from ~50 conversations; more data, a smaller step still.
+    assert small[1] == medium[1] == 2 * large[1] > 2 * larger[1] > 0
+    assert preference_epochs(60) == preference_epochs(600) == 1  # DPO's rates were measured over one pass
     assert all(reason for _, _, reason in (small, medium, large, larger))
     assert "20 conversations" in small[2]
     assert auto_schedule(20, "full")[1] < auto_schedule(20, "lora")[1]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import SFTConfig
+from .schedule import preference_epochs
 
 if TYPE_CHECKING:
     import torch
@@ -106,12 +107,13 @@ class DPOConfig(SFTConfig):
     )
 
     def resolved(self, device: "torch.device", n_conversations: int = 1) -> "DPOConfig":
-        """SFT's automatic choices (method, replay loss, epochs), with DPO's learning rates; ``n_conversations``:
+        """SFT's automatic choices (method, replay loss), with DPO's learning rates and passes; ``n_conversations``:
         training pairs and conversations."""
         resolved = super().resolved(device, n_conversations)
         combined = bool(self.sft_data)
         rates = COMBINED_LEARNING_RATES if combined else DPO_LEARNING_RATES
         return dataclasses.replace(resolved, lr=self.lr if self.lr is not None else rates[resolved.method],
+                                   epochs=self.epochs if self.epochs is not None else preference_epochs(n_conversations),
                                    beta=self.beta if self.beta is not None else default_beta(combined))
 
 

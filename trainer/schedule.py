@@ -1,7 +1,7 @@
 """Epochs and learning rate chosen from the dataset's size when the user does not set them.
 
 A tiny dataset (tens of conversations) must be seen many times before a fact sticks; a larger one learns what it
-can in one pass, and every further pass moves general answers for little more gain on the user's held-out
+can in few passes, and every further pass moves general answers for little more gain on the user's held-out
 conversations. Measured on the bundled 135M model, CPU, LoRA rank 4, distilled replay (retention = 26 general facts
 the base model answered right; 2 shared cores, so times are noisy):
 
@@ -16,13 +16,19 @@ the base model answered right; 2 shared cores, so times are noisy):
   and 192 replayed) 15.0 and 16.7 (148%, 131%), 23 and 24 kept; at 7e-4 (64 replayed) seed 0 21.4 (92%), 25
   kept, but seed 1 28.6 (51%), 24. Seed 1 needs the full rate to learn enough: one pass at 2e-3 it is. Two passes
   at 1e-3 with the replay weighed 2, 3 or 4 (below) learned 92-94% on seed 1 but kept 21, 22, 24 (early stopping
-  kept the second pass on every seed: the validation loss still fell 4-9% in it), so one pass stays.
+  kept the second pass on every seed: the validation loss still fell 4-9% in it); weighed 6, they keep 25.
 
-So ``epochs = 8 * (20 / n)^2`` rounded, within [1, 8]: 8 up to ~20 conversations, 1 from ~50 (two anchors, the
-curve between them a rule of thumb). Past ``FULL_RATE_UP_TO`` conversations the one pass has more steps and the
-user's answers outweigh the capped replay, so the rate falls as ``(FULL_RATE_UP_TO / n)^2``: 200 conversations (180
-trained on, seed 0, 128 replayed; 27.8 before) went to perplexity 9.6 keeping 23 of 26 at lr 6.7e-4 (``60 / n``),
-to 12.8 keeping 26 at 3.3e-4; the square gives 2.2e-4 there (README: Replay and retention).
+So the passes follow ``8 * (20 / n)^2`` rounded, within [2, 8]: 8 up to ~20 conversations, 2 from ~40 (two
+anchors, the curve between them a rule of thumb). Where that curve alone would make one pass (from ~50
+conversations), the run makes two at half the rate, with the replay weighed 6 (``auto_replay_weight``): 60 real
+conversations, seeds 0 / 1 / 2, kept 25 / 25 / 25 of 26 and learned 136% / 86% / 86% of the no-replay gain (seeds 1
+and 2 trained again with training seed 5: 26 and 25 kept, 84% and 80%), where one pass at 2e-3 weighed 2 kept 25 /
+25 / 25 at 130% / 61% / 76% (README: Replay and retention). Past ``FULL_RATE_UP_TO`` conversations the pass has
+more steps and the user's answers outweigh the capped replay, so the rate falls as ``(FULL_RATE_UP_TO / n)^2``: 200
+conversations (180 trained on, seed 0, 128 replayed; 27.8 before) in one pass went to perplexity 9.6 keeping 23 of 26
+at lr 6.7e-4 (``60 / n``), to 12.8 keeping 26 at 3.3e-4; the square gives 2.2e-4 there.
+Preference runs (DPO) keep the curve alone, with one pass from ~50 pairs (``preference_epochs``): their own rates
+were measured that way (dpo_config.py).
 """
 
 from __future__ import annotations
@@ -35,33 +41,48 @@ FULL_RATE_UP_TO = 60  # conversations trained at the full rate (see above)
 # at 3e-4 recalled 0 of 8 probes, at 1e-3 all 8; at the default rank 4 (config.py) 1e-3 recalled 7 of 12 and 2e-3
 # all 12. Full fine-tuning at 5e-5 recalled 6 of 8. A LoRA update moves few directions, so it needs the larger step.
 LEARNING_RATES = {"lora": 2e-3, "full": 5e-5}
-# The replay's weight in a single pass (the KL of a replayed token against the cross-entropy of a user's token). 60
-# real conversations, seeds 0 / 1 / 2 (in brackets: trained again with training seed 5), general facts kept of 26 and
-# the share of the no-replay gain: weight 1 kept 23 / 23 / 25 (seed 0: 24) at 137% / 71% / 92% (139%); 2 kept 25 / 25
-# / 25 (25 / 25 / 25) at 130% / 61% / 76% (115% / 58% / 71%); 4 kept 25 / 25 / 26 at 111% / 53% / 60%; 2 at lr 3e-3
-# kept 22 / 25 / 24 at 140% / 72% / 80%, at 4e-3 seed 1 23 at 83%. 200 conversations at 2: 25 kept (perplexity 27.8
-# -> 16.4). Over 8 passes (teach-a-fact, training seeds 0 and 1) 2 kept 24 and 23 where 1 kept 25 and 24, recall 10
-# of 12 at 2 and 10, 12 at 1: the replay is seen every pass there, so small sets keep 1.
-ONE_PASS_REPLAY_WEIGHT = 2.0
+# The replay's weight where the run spreads one pass's step over two (the KL of a replayed token against the
+# cross-entropy of a user's token). 60 real conversations, seeds 0 / 1 / 2 (in brackets: training seed 5), general
+# facts kept of 26 and the share of the no-replay gain. Two passes at 1e-3: weight 2 kept 24 / 21 / 26 at 162% / 94%
+# / 103%; 3 kept 25 / 22 / 25; 4 kept 25 / 24 / 25 at 147% / 92% / 95%; 6 kept 25 / 25 / 25 (26 / 25) at 136% / 86%
+# / 86% (84% / 80%); 8 kept 26 / 25 / 24 (26 / 26) at 127% / 83% / 80% (81% / 75%). One pass at 2e-3 (the default
+# before): weight 1 kept 23 / 23 / 25 at 137% / 71% / 92%, 2 kept 25 / 25 / 25 at 130% / 61% / 76%, 4 kept 25 / 25
+# / 26 at 111% / 53% / 60%. Below ~50 conversations the passes are many and the replay is seen in each: over 8
+# passes (teach-a-fact, training seeds 0 and 1) weight 2 kept 24 and 23 where 1 kept 25 and 24, so small sets keep 1.
+TWO_PASS_REPLAY_WEIGHT = 6.0
+
+
+def preference_epochs(n_examples: int) -> float:
+    """Passes over ``n_examples`` preference pairs and conversations (a DPO run): the size curve alone, one pass from
+    ~50."""
+    n = max(1, n_examples)
+    return float(min(MAX_EPOCHS, max(1, round(ANCHOR_EPOCHS * (ANCHOR_CONVERSATIONS / n) ** 2))))
+
+
+def _one_pass_by_size(n_conversations: int) -> bool:
+    """Whether the size curve alone would make a single pass: the sizes that get two at half the rate instead."""
+    return preference_epochs(n_conversations) == 1
 
 
 def auto_epochs(n_conversations: int) -> float:
     """Passes over the data for ``n_conversations`` user conversations (replay not counted)."""
-    n = max(1, n_conversations)
-    return float(min(MAX_EPOCHS, max(1, round(ANCHOR_EPOCHS * (ANCHOR_CONVERSATIONS / n) ** 2))))
+    return max(2.0, preference_epochs(n_conversations))
 
 
 def auto_lr(method: str, n_conversations: int) -> float:
     """Peak learning rate for ``method`` (``lora`` or ``full``) on ``n_conversations`` user conversations."""
     if method not in LEARNING_RATES:
         raise ValueError(f"unknown method {method!r}; use lora or full")
-    return LEARNING_RATES[method] * min(1.0, FULL_RATE_UP_TO / max(1, n_conversations)) ** 2
+    n = max(1, n_conversations)
+    one_pass_rate = LEARNING_RATES[method] * min(1.0, FULL_RATE_UP_TO / n) ** 2
+    return one_pass_rate / 2 if _one_pass_by_size(n) else one_pass_rate
 
 
 def auto_replay_weight(n_conversations: int) -> float:
-    """What a replayed token's distillation loss weighs against one of the user's (``--replay-weight``): twice as much
-    where the schedule makes a single pass (measured above, README "Replay and retention"), as much below."""
-    return ONE_PASS_REPLAY_WEIGHT if auto_epochs(n_conversations) == 1 else 1.0
+    """What a replayed token's distillation loss weighs against one of the user's (``--replay-weight``): 6 from ~50
+    conversations, where one pass's step is spread over two (measured above, README "Replay and retention"), 1 below,
+    where the many passes see the replay again and again."""
+    return TWO_PASS_REPLAY_WEIGHT if _one_pass_by_size(n_conversations) else 1.0
 
 
 def auto_schedule(n_conversations: int, method: str) -> tuple[float, float, str]:

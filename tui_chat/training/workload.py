@@ -119,9 +119,10 @@ def schedule(config: Any, n_user: int, n_kept: int, pairs: int = 0) -> Schedule:
     example, batched apart from the conversations, see trainer/mixed_batches.py)."""
     from trainer.dpo_config import default_dpo_replay
     from trainer.replay import default_replay_count
-    from trainer.schedule import auto_epochs
+    from trainer.schedule import auto_epochs, preference_epochs
 
-    epochs = config.epochs if config.epochs is not None else auto_epochs(n_user + pairs)
+    automatic_epochs = preference_epochs if pairs else auto_epochs  # a preference run's own (trainer/dpo_config.py)
+    epochs = config.epochs if config.epochs is not None else automatic_epochs(n_user + pairs)
     default = default_dpo_replay if pairs else default_replay_count  # a preference run's own (trainer/dpo.py)
     replay = 0 if config.no_replay else config.replay if config.replay is not None else default(n_user)
     micro_batches = math.ceil((n_kept + replay) / config.micro_batch) + math.ceil(pairs / config.micro_batch)
