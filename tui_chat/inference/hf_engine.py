@@ -32,6 +32,7 @@ from tui_chat.inference.build_package import build_command, build_elsewhere
 from tui_chat.inference.decode_package import package_file
 from tui_chat.inference.decoding import Decoder, Sampler
 from tui_chat.inference.contract import Chunk, EngineError, EngineInfo, GenerationParams, GenerationStats, ProgressCallback, TextDelta
+from tui_chat.inference import native_int4
 from tui_chat.inference.quantize import quantize_int4
 from tui_chat.inference.screened_head import screen_output_projection
 
@@ -115,6 +116,7 @@ class HFEngine:
         # has none, and load it when ready (a server: see serve/handover.py); compile=True builds it too.
         self.build_package = build_package
         self.quantization = "none"  # what load() applied
+        self.int4_kernel = ""  # with int4: which kernel decodes (native_int4.py), and why not the native one
         self._loaded: LoadedModel | None = None
         self._decoder: Decoder | None = None
         self._load_lock = threading.Lock()
@@ -150,28 +152,36 @@ class HFEngine:
                     )
                 except (ModelError, ValueError) as exc:
                     raise EngineError(str(exc)) from exc
+                threads = prompt_threads = None
+                if loaded.device.type == "cpu":
+                    threads = self.threads or inference_threads()
+                native = False
                 if quantization == "int4":
                     if progress is not None:
                         progress(f"quantizing {self.name} to int4", None)
-                    if quantize_int4(loaded.model) == 0:
+                    # The int4 x int8 kernel decodes on one thread (native_int4.py); torch's spreads over several.
+                    native = threads == 1 and native_int4.load(self.models_dir)
+                    if quantize_int4(loaded.model, native=native) == 0:
                         quantization = "none"  # no layer fits (e.g. GPT-2's Conv1D projections)
                     else:
                         # The output projection is then the largest read of a token: int8 screens it, exactly.
                         screen_output_projection(loaded.model)
                 self.quantization = quantization
+                if quantization == "int4":
+                    why_not = f"{threads} decode threads" if threads != 1 else native_int4.why_not()
+                    self.int4_kernel = "int4 x int8 (native)" if native else f"torch's int4 ({why_not})"
+                # What compiled code depends on: the weights' layout, and with the native kernel its build.
+                layout = quantization if not native or quantization != "int4" else f"int4 {native_int4.loaded_name()}"
                 if loaded.device.type == "cpu":
                     use_one_query_attention(loaded.model)  # see decode_attention.py: long chats decoded 3-4x slower
                 self._stop_ids = _end_of_turn_ids(loaded)
-                threads = prompt_threads = None
                 if loaded.device.type == "cpu":
-                    threads = self.threads or inference_threads()
                     # A long prompt on every core torch would use (a decode step on one; see Decoder.prompt_threads).
                     prompt_threads = max(threads, torch.get_num_threads())
                 compile = pick_compile(loaded.device, self.compile)
                 package = None
                 if loaded.device.type == "cpu" and self.compile is not False:  # built when asked, else used if kept
-                    package = package_file(self.models_dir, loaded.model, self.name, loaded.source, quantization,
-                                           threads)
+                    package = package_file(self.models_dir, loaded.model, self.name, loaded.source, layout, threads)
                 # How the package's own process loads the same model (build_package.py); no reference to self, so a
                 # dropped engine is freed at once.
                 spec, models_dir = self.spec, self.models_dir
@@ -184,7 +194,7 @@ class HFEngine:
                     compile=compile,
                     threads=threads,
                     prompt_threads=prompt_threads,
-                    compile_cache_file=cache_file(self.models_dir, loaded.model, self.name, quantization, threads)
+                    compile_cache_file=cache_file(self.models_dir, loaded.model, self.name, layout, threads)
                     if compile
                     else None,
                     package_file=package,
@@ -227,6 +237,7 @@ class HFEngine:
                 "threads": self.decode_threads(),
                 "quantize": self.quantization,
                 "compile": decoder.compile_state,
+                **({"int4_kernel": self.int4_kernel} if self.int4_kernel else {}),
             },
         )
 

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tui_chat.inference import native_int4
+
 GROUP_SIZE = 32  # weights sharing one scale and zero point, along the input dimension (as in GGUF Q4_1)
 # Rows (tokens) from which a matmul takes the bfloat16 weights: decoding is 1 row. Measured on one core (576 x 1,536,
 # CPU time): int4 44 us at 1 row and 61 at 4, bfloat16 68 and 69; at 8 rows int4 101, bfloat16 83.
@@ -42,16 +44,19 @@ class Int4Linear(torch.nn.Module):
     traces a plain op faster, and only plain tensors can key Inductor's compile cache.
     """
 
-    def __init__(self, *linears: torch.nn.Linear) -> None:
+    def __init__(self, *linears: torch.nn.Linear, native: bool = False) -> None:
         super().__init__()
-        from torchao.prototype.quantization.int4.int4_opaque_tensor import Int4OpaqueTensor
-
         self.in_features = linears[0].in_features
         self.out_features = sum(linear.out_features for linear in linears)
         dense = torch.cat([linear.weight.detach() for linear in linears])
-        packed = Int4OpaqueTensor.from_hp(dense, [1, GROUP_SIZE])
-        self.register_buffer("int4_weight", packed.qdata)
-        self.register_buffer("scale_and_zero", packed.scale_and_zero)
+        native = native and native_int4.loaded() and native_int4.fits(self.out_features, self.in_features)
+        self.register_buffer("q4q8_weight", native_int4.pack(dense) if native else None)  # the int4 x int8 kernel's
+        if not native:
+            from torchao.prototype.quantization.int4.int4_opaque_tensor import Int4OpaqueTensor
+
+            packed = Int4OpaqueTensor.from_hp(dense, [1, GROUP_SIZE])
+            self.register_buffer("int4_weight", packed.qdata)
+            self.register_buffer("scale_and_zero", packed.scale_and_zero)
         self.prompt_weight = torch.nn.Parameter(dense, requires_grad=False)
         biases = [linear.bias for linear in linears]
         self.bias = None if biases[0] is None else torch.nn.Parameter(torch.cat(biases).detach(), requires_grad=False)
@@ -60,7 +65,12 @@ class Int4Linear(torch.nn.Module):
         if hidden.numel() >= PROMPT_ROWS * self.in_features:
             return F.linear(hidden, self.prompt_weight, self.bias)
         rows = hidden.reshape(-1, self.in_features).contiguous()
-        output = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.int4_weight, GROUP_SIZE, self.scale_and_zero)
+        if self.q4q8_weight is None:
+            output = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.int4_weight, GROUP_SIZE, self.scale_and_zero)
+        elif torch.compiler.is_compiling():  # traced: the op, which a decode package calls without Python
+            output = torch.ops.tuichat.q4q8_linear(rows, self.q4q8_weight)
+        else:  # eager: the kernel straight from ctypes (the op's dispatch costs ~10 us a call)
+            output = native_int4.matmul(rows, self.q4q8_weight)
         output = output.reshape(*hidden.shape[:-1], self.out_features)
         return output if self.bias is None else output + self.bias
 
@@ -89,9 +99,10 @@ class FusedPart(torch.nn.Module):
         return output
 
 
-def quantize_int4(model: Any) -> int:
+def quantize_int4(model: Any, native: bool = False) -> int:
     """Replace ``model``'s linear layers (all but the output projection) with ``Int4Linear`` ones in place, fusing
-    the groups of ``FUSED_GROUPS``; returns how many layers changed. The model must be on CPU in bfloat16."""
+    the groups of ``FUSED_GROUPS``; returns how many layers changed. The model must be on CPU in bfloat16. ``native``:
+    decode through native_int4's kernel where it is loaded and the layer's shape fits it."""
     output = model.get_output_embeddings()
 
     def quantizable(module: Any) -> bool:
@@ -104,7 +115,7 @@ def quantize_int4(model: Any) -> int:
             if not all(quantizable(linear) for linear in linears):
                 continue
             if len({(linear.in_features, linear.bias is None) for linear in linears}) == 1:
-                fused = Int4Linear(*linears)
+                fused = Int4Linear(*linears, native=native)
                 sizes = [linear.out_features for linear in linears]
                 outputs: dict[str, Any] = {}
                 for index, name in enumerate(group):
@@ -112,6 +123,6 @@ def quantize_int4(model: Any) -> int:
                 changed += len(group)
         for name, child in list(parent.named_children()):
             if quantizable(child):
-                setattr(parent, name, Int4Linear(child))
+                setattr(parent, name, Int4Linear(child, native=native))
                 changed += 1
     return changed
