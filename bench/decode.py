@@ -279,6 +279,11 @@ def server_engine(models_dir: Path) -> HFEngine:
     return engine
 
 
+def weights(engine: HFEngine) -> str:
+    """The engine's weights and, with int4, the kernel that decodes them (tui_chat/inference/native_int4.py)."""
+    return engine.int4_kernel or engine.quantization
+
+
 def speed_rows(eager: HFEngine, engine: HFEngine, server: HFEngine, models_dir: Path, threads: int) -> None:
     fp32 = load_model("default", models_dir=models_dir, dtype="float32").model
     bf16 = load_model("default", models_dir=models_dir, dtype="bfloat16").model
@@ -286,12 +291,12 @@ def speed_rows(eager: HFEngine, engine: HFEngine, server: HFEngine, models_dir: 
     rows = {
         "fp32": hf_generate(fp32, engine, "HF generate, eager, float32"),
         "bf16": hf_generate(bf16, engine, "HF generate, eager, bfloat16"),
-        "engine": engine_stream(engine, f"engine ({engine.quantization}{', compiled' if compiled else ''})"),
+        "engine": engine_stream(engine, f"engine ({weights(engine)}{', compiled' if compiled else ''})"),
     }
     if server.info().extra["compile"] == "ready":
-        rows["engine-ask"] = engine_stream(server, f"engine of a new server, from the package ({server.quantization})")
+        rows["engine-ask"] = engine_stream(server, f"engine of a new server, from the package ({weights(server)})")
     if compiled:
-        rows["engine-eager"] = engine_stream(eager, f"engine, eager ({eager.quantization})")
+        rows["engine-eager"] = engine_stream(eager, f"engine, eager ({weights(eager)})")
     all_cores = os.cpu_count() or 1
     if all_cores != threads:  # the evidence for the thread default (trainer.devices.inference_threads)
         rows["engine-all-cores"] = with_threads(
