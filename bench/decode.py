@@ -280,7 +280,7 @@ def server_engine(models_dir: Path) -> HFEngine:
 
 
 def weights(engine: HFEngine) -> str:
-    """The engine's weights and, with int4, the kernel that decodes them (tui_chat/inference/native_int4.py)."""
+    """The engine's weights and, with int4, the kernel that decodes them (tui_chat/inference/native_kernels.py)."""
     return engine.int4_kernel or engine.quantization
 
 

@@ -419,7 +419,7 @@ def test_quantization_and_compile_defaults() -> None:
 def test_int4_engine_on_a_tiny_model(tmp_path: Path) -> None:
     path = save_tiny_model(tmp_path / "model", context=64)
     assert HFEngine(str(path), tmp_path, device="cpu", dtype="bfloat16").load().extra["quantize"] == "none"
-    # torch's int4 kernel where the decode runs on several threads (the native one decodes on one: native_int4.py)
+    # torch's int4 kernel where the decode runs on several threads (the native one decodes on one: native_kernels.py)
     engine = HFEngine(str(path), tmp_path, device="cpu", dtype="bfloat16", quantize="int4", threads=2)
     info = engine.load().extra
     assert info["quantize"] == "int4" and info["int4_kernel"] == "torch's int4 (2 decode threads)"

@@ -31,7 +31,7 @@ import torch
 from trainer.models import process_alive
 
 from tui_chat.inference.compile_cache import DIRECTORY, cpu_description, name_slug
-from tui_chat.inference import native_int4
+from tui_chat.inference import native_kernels
 from tui_chat.inference.kv_buffer import KVBuffer
 
 SUFFIX = ".pt2"
@@ -117,7 +117,7 @@ def build(model: Any, shape: tuple[int, int, int], path: Path) -> None:
     _remove_abandoned_builds(path.parent)
     partial = path.with_name(f"{path.stem}.{os.getpid()}{PARTIAL}")
     try:
-        options = native_int4.aot_inductor_options() if native_int4.loaded() else {}
+        options = native_kernels.aot_inductor_options() if native_kernels.loaded() else {}
         torch._inductor.aoti_compile_and_package(exported, package_path=str(partial), inductor_configs=options)
         partial.chmod(0o600)
         os.replace(partial, path)

@@ -32,7 +32,7 @@ from tui_chat.inference.build_package import build_command, build_elsewhere
 from tui_chat.inference.decode_package import package_file
 from tui_chat.inference.decoding import Decoder, Sampler
 from tui_chat.inference.contract import Chunk, EngineError, EngineInfo, GenerationParams, GenerationStats, ProgressCallback, TextDelta
-from tui_chat.inference import native_int4
+from tui_chat.inference import native_kernels
 from tui_chat.inference.quantize import quantize_int4
 from tui_chat.inference.screened_head import screen_output_projection
 
@@ -116,7 +116,7 @@ class HFEngine:
         # has none, and load it when ready (a server: see serve/handover.py); compile=True builds it too.
         self.build_package = build_package
         self.quantization = "none"  # what load() applied
-        self.int4_kernel = ""  # with int4: which kernel decodes (native_int4.py), and why not the native one
+        self.int4_kernel = ""  # with int4: which kernel decodes (native_kernels.py), and why not the native one
         self._loaded: LoadedModel | None = None
         self._decoder: Decoder | None = None
         self._load_lock = threading.Lock()
@@ -159,8 +159,8 @@ class HFEngine:
                 if quantization == "int4":
                     if progress is not None:
                         progress(f"quantizing {self.name} to int4", None)
-                    # The int4 x int8 kernel decodes on one thread (native_int4.py); torch's spreads over several.
-                    native = threads == 1 and native_int4.load(self.models_dir)
+                    # The int4 x int8 kernel decodes on one thread (native_kernels.py); torch's spreads over several.
+                    native = threads == 1 and native_kernels.load(self.models_dir)
                     if quantize_int4(loaded.model, native=native) == 0:
                         quantization = "none"  # no layer fits (e.g. GPT-2's Conv1D projections)
                     else:
@@ -168,10 +168,10 @@ class HFEngine:
                         screen_output_projection(loaded.model)
                 self.quantization = quantization
                 if quantization == "int4":
-                    why_not = f"{threads} decode threads" if threads != 1 else native_int4.why_not()
+                    why_not = f"{threads} decode threads" if threads != 1 else native_kernels.why_not()
                     self.int4_kernel = "int4 x int8 (native)" if native else f"torch's int4 ({why_not})"
                 # What compiled code depends on: the weights' layout, and with the native kernel its build.
-                layout = quantization if not native or quantization != "int4" else f"int4 {native_int4.loaded_name()}"
+                layout = f"int4 {native_kernels.loaded_name()}" if native and quantization == "int4" else quantization
                 if loaded.device.type == "cpu":
                     use_one_query_attention(loaded.model)  # see decode_attention.py: long chats decoded 3-4x slower
                 self._stop_ids = _end_of_turn_ids(loaded)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tui_chat.inference import native_int4
+from tui_chat.inference import native_kernels
 
 GROUP_SIZE = 32  # weights sharing one scale and zero point, along the input dimension (as in GGUF Q4_1)
 # Rows (tokens) from which a matmul takes the bfloat16 weights: decoding is 1 row. Measured on one core (576 x 1,536,
@@ -49,8 +49,8 @@ class Int4Linear(torch.nn.Module):
         self.in_features = linears[0].in_features
         self.out_features = sum(linear.out_features for linear in linears)
         dense = torch.cat([linear.weight.detach() for linear in linears])
-        native = native and native_int4.loaded() and native_int4.fits(self.out_features, self.in_features)
-        self.register_buffer("q4q8_weight", native_int4.pack(dense) if native else None)  # the int4 x int8 kernel's
+        native = native and native_kernels.loaded() and native_kernels.fits(self.out_features, self.in_features)
+        self.register_buffer("q4q8_weight", native_kernels.pack(dense) if native else None)  # the int4 x int8 kernel's
         if not native:
             from torchao.prototype.quantization.int4.int4_opaque_tensor import Int4OpaqueTensor
 
@@ -70,7 +70,7 @@ class Int4Linear(torch.nn.Module):
         elif torch.compiler.is_compiling():  # traced: the op, which a decode package calls without Python
             output = torch.ops.tuichat.q4q8_linear(rows, self.q4q8_weight)
         else:  # eager: the kernel straight from ctypes (the op's dispatch costs ~10 us a call)
-            output = native_int4.matmul(rows, self.q4q8_weight)
+            output = native_kernels.matmul(rows, self.q4q8_weight)
         output = output.reshape(*hidden.shape[:-1], self.out_features)
         return output if self.bias is None else output + self.bias
 
@@ -102,7 +102,7 @@ class FusedPart(torch.nn.Module):
 def quantize_int4(model: Any, native: bool = False) -> int:
     """Replace ``model``'s linear layers (all but the output projection) with ``Int4Linear`` ones in place, fusing
     the groups of ``FUSED_GROUPS``; returns how many layers changed. The model must be on CPU in bfloat16. ``native``:
-    decode through native_int4's kernel where it is loaded and the layer's shape fits it."""
+    decode through native_kernels's kernel where it is loaded and the layer's shape fits it."""
     output = model.get_output_embeddings()
 
     def quantizable(module: Any) -> bool:

@@ -1,4 +1,4 @@
-"""The int4 x int8 decode kernel (tui_chat/inference/native_int4.py, q4q8_kernel.c): its layout keeps the int4
+"""The int4 x int8 decode kernel (tui_chat/inference/native_kernels.py, native_kernels.c): its layout keeps the int4
 weights, its products are those of the unpacked weights up to the activations' int8 rounding, a decode package calls
 it through its C shim with the eager step's logits, and without it torch's kernel stays."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tui_chat.inference import native_int4
+from tui_chat.inference import native_kernels
 from tui_chat.inference.decoding import Decoder
 from tui_chat.inference.hf_engine import HFEngine
 from tui_chat.inference.quantize import Int4Linear
@@ -19,22 +19,22 @@ from .test_kv_buffer import logits_with_decoder
 from .tiny_models import save_tiny_model
 
 CPU = torch.device("cpu")
-needs_kernel = pytest.mark.skipif(not native_int4.load(None), reason=f"no int4 x int8 kernel: {native_int4.why_not()}")
+needs_kernel = pytest.mark.skipif(not native_kernels.load(None), reason=f"no kernels: {native_kernels.why_not()}")
 
 
 def test_packing_keeps_every_weight_within_half_a_step_of_its_group() -> None:
     torch.manual_seed(0)
     weight = torch.randn(128, 96) * 0.05
     weight[3, :32] = 0.25  # a constant group: a zero step, every weight its minimum
-    packed = native_int4.pack(weight)
-    assert packed.dtype == torch.uint8 and packed.shape == (2, 3, 4, native_int4.RECORD)
-    restored = native_int4.unpack(packed)
+    packed = native_kernels.pack(weight)
+    assert packed.dtype == torch.uint8 and packed.shape == (2, 3, 4, native_kernels.RECORD)
+    restored = native_kernels.unpack(packed)
     groups = weight.reshape(128, 3, 32)
     step = (groups.amax(-1) - groups.amin(-1)) / 15
     error = (restored - weight).reshape(128, 3, 32).abs().amax(-1)
     assert (error <= step / 2 * 1.01 + 1e-3).all()  # half a step, plus the float16 scale and minimum's rounding
     assert restored[3, :32].eq(torch.tensor(0.25).half().float()).all()
-    assert native_int4.fits(128, 96) and not native_int4.fits(96, 96) and not native_int4.fits(128, 100)
+    assert native_kernels.fits(128, 96) and not native_kernels.fits(96, 96) and not native_kernels.fits(128, 100)
 
 
 @needs_kernel
@@ -42,15 +42,33 @@ def test_packing_keeps_every_weight_within_half_a_step_of_its_group() -> None:
 def test_the_kernel_multiplies_as_the_unpacked_weights_do(rows: int) -> None:
     torch.manual_seed(rows)
     for out_features, in_features in [(192, 576), (576, 1536), (64, 32)]:
-        packed = native_int4.pack(torch.randn(out_features, in_features) * 0.05)
+        packed = native_kernels.pack(torch.randn(out_features, in_features) * 0.05)
         x = torch.randn(rows, 2 * in_features).to(torch.bfloat16)[:, ::2]  # not contiguous
-        got = native_int4.q4q8_linear(x, packed)
-        expected = x.float() @ native_int4.unpack(packed).T
+        got = native_kernels.q4q8_linear(x, packed)
+        expected = x.float() @ native_kernels.unpack(packed).T
         assert got.dtype == torch.bfloat16 and got.shape == (rows, out_features)
         # Only the activations' two-term int8 rounding (and bfloat16's of the output) is left: ~0.3% of the largest.
         assert (got.float() - expected).abs().max() < 0.005 * expected.abs().max()
     with pytest.raises(ValueError, match="bfloat16"):
-        native_int4.q4q8_linear(torch.randn(1, 32), native_int4.pack(torch.randn(64, 32)))
+        native_kernels.q4q8_linear(torch.randn(1, 32), native_kernels.pack(torch.randn(64, 32)))
+
+
+@needs_kernel
+def test_the_int8_output_kernel_stays_within_the_bound_the_screen_adds() -> None:
+    torch.manual_seed(4)
+    weight = torch.randint(-127, 128, (4096, 576), dtype=torch.int8)
+    scales = torch.rand(4096) * 0.01
+    tiles, row_sums = native_kernels.pack_head(weight)
+    row_abs_sums = weight.abs().sum(dim=1).float() * scales
+    outlier = torch.zeros(576)
+    outlier[7] = 40.0  # one feature 100x the others, as hidden states have
+    for x in [torch.randn(576), torch.randn(576) * 0.4 + outlier]:
+        x = x.to(torch.bfloat16)
+        got = native_kernels.head_matvec(x, tiles, row_sums, scales).double()
+        exact = (weight.double() * scales.double()[:, None]) @ x.double()
+        error = (got - exact).abs()
+        bound = native_kernels.activation_error_bound(x, row_abs_sums).double() + exact.abs() * 2**-20 + 1e-6
+        assert (error <= bound).all() and error.max() > 0  # rounded (not a float product), within the bound
 
 
 @needs_kernel
@@ -77,18 +95,18 @@ def test_a_decode_package_calls_the_kernel_through_its_c_shim(tmp_path: Path) ->
 
 
 def test_without_the_kernel_torchs_int4_kernel_stays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(native_int4, "_library", None)
-    monkeypatch.setattr(native_int4, "_why_not", None)
-    monkeypatch.setattr(native_int4, "cpu_supported", lambda: False)
-    assert not native_int4.load(tmp_path) and native_int4.why_not() == "this CPU lacks AVX-512 VNNI"
+    monkeypatch.setattr(native_kernels, "_library", None)
+    monkeypatch.setattr(native_kernels, "_why_not", None)
+    monkeypatch.setattr(native_kernels, "cpu_supported", lambda: False)
+    assert not native_kernels.load(tmp_path) and native_kernels.why_not() == "this CPU lacks AVX-512 VNNI"
     layer = Int4Linear(torch.nn.Linear(64, 128, bias=False).to(torch.bfloat16), native=True)
     assert layer.q4q8_weight is None and layer.int4_weight.dtype == torch.uint8
     assert layer(torch.randn(1, 64).to(torch.bfloat16)).shape == (1, 128)
 
 
 def test_a_compiler_that_fails_says_why_in_one_line(tmp_path: Path) -> None:
-    older = tmp_path / "q4q8-0123456789abcdef.so"
+    older = tmp_path / "kernels-0123456789abcdef.so"
     older.write_bytes(b"a build of an older source")
-    with pytest.raises(RuntimeError, match=r"^compiling q4q8_kernel.c failed: "):
-        native_int4.build(tmp_path / "q4q8-fedcba9876543210.so", "false")
+    with pytest.raises(RuntimeError, match=r"^compiling native_kernels.c failed: "):
+        native_kernels.build(tmp_path / "kernels-fedcba9876543210.so", "false")
     assert list(tmp_path.iterdir()) == [older]  # no partial library left, and the older build kept until one works

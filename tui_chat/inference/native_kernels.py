@@ -1,17 +1,22 @@
-"""int4 x int8 matmuls for decode steps on CPUs with AVX-512 VNNI, from q4q8_kernel.c compiled once per machine.
+"""Decode kernels of our own for CPUs with AVX-512 VNNI, from native_kernels.c compiled once per machine.
 
-A decode step multiplies one row of activations by every weight of the model. torch's int4 kernel does that in float
-after unpacking each weight, and was bound by instructions: the bundled model's 120 matmuls a token took 4.9 ms
-with their weights streamed from memory, against 2.1-2.3 ms here (one core; `python -m bench decode` has the tokens
-a second). The kernel rounds the activations to int8 twice over (the value, then what its rounding left: see
-q4q8_kernel.c), so a matmul's output stays within ~0.3% of the unpacked weights' product and greedy answers open as
-float32's do (tests/test_native_int4.py, tests/test_engine.py).
+A decode step multiplies one row of activations by every weight of the model. torch's kernels do that in float
+after unpacking each weight, and were bound by instructions, not by memory. Ours multiply bytes, 64 products a
+VNNI instruction, with the activations rounded to int8 twice over (the value, then what its rounding left: see
+native_kernels.c), so an output stays within ~0.3% of the exact product and greedy answers open as float32's do
+(tests/test_native_kernels.py, tests/test_engine.py). One core, weights streamed from memory:
 
-The source is compiled with the machine's C compiler (``cc -O3 -march=native``, about a second) into the data
-home's compile cache, keyed by the source, the compiler and the CPU; a machine without the instructions or a
-compiler keeps torch's kernel (``load`` says why). The matmul is the custom op ``torch.ops.tuichat.q4q8_linear``:
-eager steps call it through ctypes, and an AOTInductor package (decode_package.py) calls the library's C shim
-directly, so the library must be loaded (``load``) before a package that uses it.
+- the int4 layers (``q4q8_linear``): the bundled model's 120 matmuls a token 2.1-2.3 ms against 4.9 for torch's
+  int4 kernel;
+- the int8 screen of the output projection (``head_matvec``, screened_head.py): 0.8-0.9 ms against 1.8 for
+  ``torch._weight_int8pack_mm``.
+
+`python -m bench decode` has the tokens a second. The source is compiled with the machine's C compiler (``cc -O3
+-march=native``, about a second) into the data home's compile cache, keyed by the source, the compiler and the CPU;
+a machine without the instructions or a compiler keeps torch's kernels (``load`` says why). The int4 matmul is the
+custom op ``torch.ops.tuichat.q4q8_linear``: eager steps call it through ctypes, and an AOTInductor package
+(decode_package.py) calls the library's C shim directly, so the library must be loaded (``load``) before a package
+that uses it. The output projection runs outside the package, so it is a plain ctypes call.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 
 from tui_chat.inference.compile_cache import DIRECTORY, cpu_description
 
-SOURCE = Path(__file__).with_name("q4q8_kernel.c")
+SOURCE = Path(__file__).with_name("native_kernels.c")
 GROUP = 32  # inputs sharing a scale and a minimum (as in quantize.GROUP_SIZE and GGUF's Q4_1)
 ROWS_PER_GROUP = 64  # outputs interleaved in the packed layout: 4 tiles of 16 (one AVX-512 register of floats)
 RECORD = 320  # bytes of one tile's block: 16 x 32 weights at 4 bits, 16 fp16 scales, 16 fp16 minimums
@@ -55,7 +60,7 @@ def cpu_supported() -> bool:
 def library_path(cache_dir: Path, compiler: str) -> Path:
     """Where the kernel built by ``compiler`` for this CPU is kept in ``cache_dir``."""
     key = "\n".join([SOURCE.read_text(), compiler, cpu_description(), torch.__version__])
-    return cache_dir / f"q4q8-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+    return cache_dir / f"kernels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 
 
 def build(path: Path, compiler: str) -> None:
@@ -74,7 +79,7 @@ def build(path: Path, compiler: str) -> None:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    for older in path.parent.glob("q4q8-*.so"):  # builds of an older source (a process using one keeps its copy)
+    for older in path.parent.glob("kernels-*.so"):  # builds of an older source (a process using one keeps its copy)
         if older != path:
             older.unlink(missing_ok=True)
 
@@ -105,6 +110,9 @@ def load(models_dir: Path | None) -> bool:
     _library.tuichat_q4q8_matmul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                              ctypes.c_int64, ctypes.c_void_p]
     _library.tuichat_q4q8_matmul.restype = ctypes.c_int
+    _library.tuichat_q8_matvec.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                           ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    _library.tuichat_q8_matvec.restype = ctypes.c_int
     _library_name = path.stem
     return True
 
@@ -175,9 +183,9 @@ def q4q8_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """What ``q4q8_linear`` computes, called directly (for eager steps: no dispatch)."""
     if _library is None:
-        raise RuntimeError("the int4 x int8 kernel is not loaded (native_int4.load)")
+        raise RuntimeError("the int4 x int8 kernel is not loaded (native_kernels.load)")
     if x.dtype != torch.bfloat16 or weight.dtype != torch.uint8 or x.device.type != "cpu":
-        raise ValueError("the int4 x int8 kernel takes bfloat16 activations on CPU and a weight from native_int4.pack")
+        raise ValueError("the int4 x int8 kernel takes bfloat16 activations on CPU and a weight from pack()")
     in_features, out_features = x.shape[-1], weight.shape[0] * ROWS_PER_GROUP
     rows = x.reshape(-1, in_features).contiguous()
     out = torch.empty(rows.shape[0], out_features, dtype=torch.bfloat16)
@@ -190,6 +198,43 @@ def matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 @q4q8_linear.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], weight.shape[0] * ROWS_PER_GROUP)
+
+
+HEAD_TILE = 16  # output rows interleaved in the int8 layout (one AVX-512 register of int32 sums)
+
+
+def head_fits(out_features: int, in_features: int) -> bool:
+    """Whether an int8 output projection of this shape fits ``head_matvec``."""
+    return out_features % HEAD_TILE == 0 and in_features % 4 == 0 and in_features <= MAX_INPUTS
+
+
+def pack_head(int8_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An int8 weight (out x in) as ``head_matvec`` reads it: tiles of 16 rows, 4 inputs of each row side by side
+    (byte r*4+i of every 64: row r, input i), and each row's sum of weights."""
+    out_features, in_features = int8_weight.shape
+    tiles = int8_weight.reshape(out_features // HEAD_TILE, HEAD_TILE, in_features // 4, 4).permute(0, 2, 1, 3)
+    return tiles.contiguous(), int8_weight.sum(dim=1, dtype=torch.int32).contiguous()
+
+
+def head_matvec(
+    x: torch.Tensor, tiles: torch.Tensor, row_sums: torch.Tensor, scales: torch.Tensor
+) -> torch.Tensor:
+    """One row ``x`` (bfloat16, contiguous, ``[in]``) times the int8 weight ``pack_head`` made, each row's product
+    times its float32 ``scales``: float32 ``[out]``. The activations' rounding moves an output by at most
+    ``activation_error_bound``."""
+    if _library is None:
+        raise RuntimeError("the native kernels are not loaded (native_kernels.load)")
+    out = torch.empty(row_sums.shape[0], dtype=torch.float32)
+    if _library.tuichat_q8_matvec(tiles.data_ptr(), row_sums.data_ptr(), scales.data_ptr(), out.shape[0],
+                                  x.shape[-1], x.data_ptr(), out.data_ptr()):
+        raise ValueError(f"the int8 kernel cannot take {x.shape[-1]} inputs and {out.shape[0]} outputs")
+    return out
+
+
+def activation_error_bound(x: torch.Tensor, row_abs_sums: torch.Tensor) -> torch.Tensor:
+    """How far ``head_matvec``'s rounding of ``x`` can move each output (``row_abs_sums``: each row's sum of |weights|,
+    scaled): every activation is within max|x| / 127 / 508 of its two int8 terms (native_kernels.c)."""
+    return row_abs_sums * (x.float().abs().max() / (127 * 508))
 
 
 def aot_inductor_options() -> dict:

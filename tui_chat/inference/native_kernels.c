@@ -1,4 +1,4 @@
-/* int4 weights times int8 activations for decoding on CPU (AVX-512 VNNI): native_int4.py compiles this once per
+/* int4 weights times int8 activations for decoding on CPU (AVX-512 VNNI): native_kernels.py compiles this once per
    machine and loads it; Int4Linear calls it for the few rows of a decode step, an AOTInductor package through the
    C shim at the end (aoti_torch_cpu_q4q8_linear).
 
@@ -115,7 +115,7 @@ extern AOTITorchError aoti_torch_empty_strided(int64_t ndim, const int64_t* size
 extern int32_t aoti_torch_dtype_bfloat16(void);
 extern int32_t aoti_torch_device_type_cpu(void);
 
-/* x: bfloat16 [..., K], contiguous; weight: uint8 [N / 64, K / 32, 4, 320] (native_int4.pack). */
+/* x: bfloat16 [..., K], contiguous; weight: uint8 [N / 64, K / 32, 4, 320] (native_kernels.pack). */
 AOTITorchError aoti_torch_cpu_q4q8_linear(AtenTensorHandle x, AtenTensorHandle weight, AtenTensorHandle* ret0) {
   int64_t ndim, wdim, *sizes, *strides, *wsizes;
   void *xp, *wp, *op;
@@ -139,4 +139,50 @@ AOTITorchError aoti_torch_cpu_q4q8_linear(AtenTensorHandle x, AtenTensorHandle w
   if (aoti_torch_get_data_ptr(x, &xp) || aoti_torch_get_data_ptr(weight, &wp) || aoti_torch_get_data_ptr(*ret0, &op))
     return 1;
   return tuichat_q4q8_matmul((const uint8_t*)wp, N, K, (const uint16_t*)xp, M, (uint16_t*)op);
+}
+
+/* The output projection's int8 screen (screened_head.py): out[N] (float32) = one row x (bf16, K inputs) times int8
+   weights w (per-row float32 scale). The activations are rounded for the whole row, twice over as above (x = dx * (q +
+   r / 254)), so the error they add stays ~1e-5 of the row's largest value: the screen's bound needs only the weights'
+   own rounding. VNNI multiplies unsigned by signed bytes, so the activations go in shifted by 128 and each row's
+   weight sum takes the shift back out. W: tiles of 16 rows, for every 4 inputs 64 bytes (byte r*4+i: row r, input
+   i); rowsum: the 16 rows' sums of weights; scale: each row's. N a multiple of 16, K of 4, up to 16384. */
+int tuichat_q8_matvec(const int8_t* W, const int32_t* rowsum, const float* scale, int64_t N, int64_t K,
+                      const uint16_t* x, float* out) {
+  if (K % 4 || N % 16 || K > 16384) return 1;
+  uint8_t xq[16384] __attribute__((aligned(64))), xr[16384] __attribute__((aligned(64)));
+  float amax = 0.f;
+  for (int64_t k = 0; k < K; k++) { float a = fabsf(bf16_to_f32(x[k])); if (a > amax) amax = a; }
+  const float dx = amax / 127.f, id = dx > 0.f ? 1.f / dx : 0.f;
+  for (int64_t k = 0; k < K; k++) {
+    float v = bf16_to_f32(x[k]) * id, q = rintf(v);
+    int r = (int)lrintf((v - q) * 254.f);
+    xq[k] = (uint8_t)((int)q + 128);
+    xr[k] = (uint8_t)((r > 127 ? 127 : r < -127 ? -127 : r) + 128);
+  }
+  const __m512 vdx = _mm512_set1_ps(dx), rest = _mm512_set1_ps(1.f / 254.f);
+  const __m512i shift = _mm512_set1_epi32(128);
+  for (int64_t t = 0; t < N / 16; t++) {
+    const int8_t* w = W + t * 16 * K;
+    __m512i iq0 = _mm512_setzero_si512(), iq1 = iq0, ir0 = iq0, ir1 = iq0;
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8, w += 128) {
+      __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 64);
+      iq0 = _mm512_dpbusd_epi32(iq0, _mm512_set1_epi32(*(const int32_t*)(xq + k)), w0);
+      ir0 = _mm512_dpbusd_epi32(ir0, _mm512_set1_epi32(*(const int32_t*)(xr + k)), w0);
+      iq1 = _mm512_dpbusd_epi32(iq1, _mm512_set1_epi32(*(const int32_t*)(xq + k + 4)), w1);
+      ir1 = _mm512_dpbusd_epi32(ir1, _mm512_set1_epi32(*(const int32_t*)(xr + k + 4)), w1);
+    }
+    for (; k < K; k += 4, w += 64) {
+      __m512i w0 = _mm512_loadu_si512(w);
+      iq0 = _mm512_dpbusd_epi32(iq0, _mm512_set1_epi32(*(const int32_t*)(xq + k)), w0);
+      ir0 = _mm512_dpbusd_epi32(ir0, _mm512_set1_epi32(*(const int32_t*)(xr + k)), w0);
+    }
+    __m512i sums = _mm512_mullo_epi32(_mm512_loadu_si512(rowsum + t * 16), shift);
+    __m512 q = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(iq0, iq1), sums));
+    __m512 r = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(ir0, ir1), sums));
+    __m512 dot = _mm512_fmadd_ps(r, rest, q);
+    _mm512_storeu_ps(out + t * 16, _mm512_mul_ps(_mm512_mul_ps(dot, vdx), _mm512_loadu_ps(scale + t * 16)));
+  }
+  return 0;
 }
