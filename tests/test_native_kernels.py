@@ -110,3 +110,12 @@ def test_a_compiler_that_fails_says_why_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"^compiling native_kernels.c failed: "):
         native_kernels.build(tmp_path / "kernels-fedcba9876543210.so", "false")
     assert list(tmp_path.iterdir()) == [older]  # no partial library left, and the older build kept until one works
+
+
+@pytest.mark.skipif(native_kernels.find_compiler() is None, reason="no C compiler")
+def test_a_build_replaces_older_builds_but_not_another_processs_build_in_progress(tmp_path: Path) -> None:
+    (tmp_path / "kernels-0123456789abcdef.so").write_bytes(b"a build of an older source")
+    elsewhere = tmp_path / "kernels-fedcba9876543210.999999.partial.so"  # another process's build in progress
+    elsewhere.write_bytes(b"half a library")
+    native_kernels.build(tmp_path / "kernels-fedcba9876543210.so", native_kernels.find_compiler())
+    assert sorted(tmp_path.iterdir()) == [elsewhere, tmp_path / "kernels-fedcba9876543210.so"]

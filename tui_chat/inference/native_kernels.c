@@ -1,6 +1,7 @@
-/* int4 weights times int8 activations for decoding on CPU (AVX-512 VNNI): native_kernels.py compiles this once per
-   machine and loads it; Int4Linear calls it for the few rows of a decode step, an AOTInductor package through the
-   C shim at the end (aoti_torch_cpu_q4q8_linear).
+/* Decode kernels for CPUs with AVX-512 VNNI: native_kernels.py compiles this once per machine and loads it.
+   - tuichat_q4q8_matmul: int4 weights times int8 activations. Int4Linear calls it for the few rows of a decode step,
+     an AOTInductor package through the C shim (aoti_torch_cpu_q4q8_linear).
+   - tuichat_q8_matvec (at the end): the int8 screen of the output projection (screened_head.py).
 
    Why: torch's int4 kernel for one row unpacks every weight to float and multiplies in float, so a token's matmuls
    were bound by instructions, not by memory (4.9 ms for the bundled model's 120 matmuls, weights streamed from

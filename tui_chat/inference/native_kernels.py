@@ -80,8 +80,13 @@ def build(path: Path, compiler: str) -> None:
     finally:
         partial.unlink(missing_ok=True)
     for older in path.parent.glob("kernels-*.so"):  # builds of an older source (a process using one keeps its copy)
-        if older != path:
+        if older != path and "." not in older.stem:  # not another process's build in progress
             older.unlink(missing_ok=True)
+
+
+def find_compiler() -> str | None:
+    """The C compiler to build with: $CC, else cc or gcc on the PATH."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
 def load(models_dir: Path | None) -> bool:
@@ -93,7 +98,7 @@ def load(models_dir: Path | None) -> bool:
     if not cpu_supported():
         _why_not = "this CPU lacks AVX-512 VNNI"
         return False
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = find_compiler()
     if compiler is None:
         _why_not = "no C compiler (cc) found"
         return False
