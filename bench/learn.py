@@ -1,13 +1,14 @@
 """Learn more, forget less: what a default `/train` run learns from real dialogue and what it keeps of general
-knowledge, against the same defaults with the replay at weight 1 (a single pass weighs it 2 now; smaller sets already
-weigh it 1), against `--no-replay` and against the defaults before issue 17, side by side in one run.
+knowledge, against the defaults one session before (from ~50 conversations one pass at twice the rate, the replay
+weighed 2, where the defaults now make two passes with the replay weighed 6), against `--no-replay` and against the
+defaults before issue 17, side by side in one run.
 
 Data: 20, 60 and 200 conversations of chatterbot-corpus (bench/corpus.py, fetched from PyPI now; skipped when
 offline), drawn per seed, and the teach-a-fact set (tests/test_teach_fact.py: 20 conversations teaching 4 made-up
 facts, recall asked in new words). Each row is the trainer's own command line (`python -m trainer sft`), timed
 from launch to exit, in one temporary data home sharing the bundled model. A warm-up run per dataset first fills
-the base model's cache (its replay, knowledge-check and retention answers and its side of the evaluation) as a user's first
-run does, so the timed rows all find it filled, as every later run of a user does.
+the base model's cache (its replay, knowledge-check and retention answers and its side of the evaluation) as a
+user's first run does, so the timed rows all find it filled, as every later run of a user does.
 
 Columns: validation perplexity before -> after; gain: the run's drop in validation log-perplexity as a share of the
 no-replay run's (issue 17's target: >= 80%); kept: the general facts the base model answered right that the trained
@@ -36,14 +37,16 @@ from tests.test_teach_fact import fact_conversations, fact_probes
 from trainer.home import DataHome
 from trainer.models import BUNDLED_DIR, ensure_bundled
 from trainer.replay import MAX_REPLAY
+from trainer.schedule import auto_lr, preference_epochs
 
 SIZES = (20, 60, 200)
 FACTS = "facts"  # the teach-a-fact set, as a size
-# The settings each row adds to `python -m trainer sft`. "weight-1": the defaults with the distilled replay weighing
-# what a token of the user's does (the default before it weighed twice that). "today": the defaults before issue 17
+# The settings each row adds to `python -m trainer sft` (None: the row would be the defaults', so it is left out).
+# "one-pass": the defaults one session before, on sets the defaults now train in two passes (trainer/schedule.py).
+# "today": the defaults before issue 17
 # (replay two per conversation, 16-64, distilled at weight 1; LoRA rank 4 at lr 2e-3; epochs 8 * sqrt(20 / n) within
 # [1, 8]; every epoch kept, the whole update kept); their epochs depend on the dataset, see ``flags``.
-CONFIGS = ("new", "weight-1", "choose", "no-replay", "today")
+CONFIGS = ("new", "one-pass", "choose", "no-replay", "today")
 
 
 def old_epochs(n_train: int) -> int:
@@ -51,13 +54,15 @@ def old_epochs(n_train: int) -> int:
     return min(8, max(1, round(8 * math.sqrt(20 / max(1, n_train)))))
 
 
-def flags(config: str, n_train: int) -> list[str]:
+def flags(config: str, n_train: int) -> list[str] | None:
     today = ["--no-early-stop", "--adapter-scale", "1", "--lora-r", "4", "--lora-alpha", "8", "--lr", "2e-3",
              "--epochs", str(old_epochs(n_train)), "--replay-weight", "1"]
     if config == "new":
         return []
-    if config == "weight-1":
-        return ["--replay-weight", "1"]
+    if config == "one-pass":
+        if preference_epochs(n_train) != 1:  # small sets: several passes, as now
+            return None
+        return ["--epochs", "1", "--lr", f"{2 * auto_lr('lora', n_train):g}", "--replay-weight", "2"]
     if config == "choose":  # the defaults, and the share of the update kept chosen by the knowledge check
         return ["--choose-adapter-scale"]
     if config == "no-replay":
@@ -178,7 +183,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 runs: dict[str, dict] = {}
                 for config in configs:
                     out = tmp / f"{config}-{size}-{seed}"
-                    runs[config] = train(home, data, out, seed, flags(config, n_train(warm["metrics"])))
+                    extra = flags(config, n_train(warm["metrics"]))
+                    if extra is None:
+                        continue
+                    runs[config] = train(home, data, out, seed, extra)
                     probes = recall(home, out) if size == FACTS else None
                     result = row(config, runs[config], runs.get("no-replay"), probes)
                     rows.append({**result, "size": size, "seed": seed})
