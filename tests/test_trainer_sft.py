@@ -327,3 +327,32 @@ def test_gradient_checkpointing_trains(tiny_dir: Path, data: Path, tmp_path: Pat
     run_dir = run_sft(config, ProgressReporter("none"))
     assert json.loads((run_dir / "config.json").read_text())["use_cache"] is True  # the chat needs its KV cache
     assert any(not torch.equal(weights(tiny_dir)[k], v) for k, v in weights(run_dir).items())
+
+
+@pytest.mark.parametrize("raised", ["oserror", "library"])
+def test_a_full_disk_while_saving_is_one_error_line_and_no_model(
+    tiny_dir: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    raised: str,
+) -> None:
+    import errno
+    import os
+
+    from transformers import PreTrainedModel
+
+    def full(self, *args, **kwargs) -> None:
+        if raised == "oserror":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        # safetensors' own error type, which carries only the system's message (as seen when /tmp filled up)
+        raise RuntimeError(f"Error while serializing: I/O error: {os.strerror(errno.ENOSPC)} (os error 28)")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    home = tmp_path / "home"
+    status = trainer_main(
+        ["sft", "--data", str(data), "--model", str(tiny_dir), "--home", str(home), "--threads", "1",
+         "--max-steps", "1", "--no-eval", "--no-replay", "--progress", "json"]
+    )
+    assert status == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    errors = [e["message"] for e in lines if e["event"] == "error"]
+    assert len(errors) == 1 and errors[0].startswith("no space left on the disk: free some space")
+    assert not list(home.glob("models/*/COMPLETE"))  # nothing that loads as a model

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import os
 import sys
 from typing import Sequence
 
@@ -92,6 +94,19 @@ def _eval_command(args: argparse.Namespace, progress: ProgressReporter) -> None:
         progress.info(f"> {sample.prompt}\n  reference: {sample.reference}\n  reply:     {sample.reply}")
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is the disk running out of space: an OSError with ENOSPC, or a library's
+    own error that only carries the system's message (safetensors' SafetensorError does)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if os.strerror(errno.ENOSPC) in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run a command; returns the exit status. ``prog`` names the sft command in help (`tui-chat train`)."""
     args = build_parser(prog).parse_args(argv)
@@ -117,6 +132,13 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             print(str(exc), file=sys.stderr)
         return 130
     except Exception as exc:
+        if _disk_full(exc):  # a user's problem, not ours: one line, no traceback
+            message = ("no space left on the disk: free some space and run the training again (a run cut short "
+                       "has no COMPLETE marker and is never loaded as a model)")
+            progress.emit("error", message=message)
+            if progress.mode != "json":
+                print(f"error: {message}", file=sys.stderr)
+            return 1
         # Internal errors are not swallowed: the app still gets its error line, then the traceback follows.
         progress.emit("error", message=f"internal error: {type(exc).__name__}: {exc}")
         raise
