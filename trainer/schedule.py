@@ -47,9 +47,14 @@ LEARNING_RATES = {"lora": 2e-3, "full": 5e-5}
 # / 103%; 3 kept 25 / 22 / 25; 4 kept 25 / 24 / 25 at 147% / 92% / 95%; 6 kept 25 / 25 / 25 (26 / 25) at 136% / 86%
 # / 86% (84% / 80%); 8 kept 26 / 25 / 24 (26 / 26) at 127% / 83% / 80% (81% / 75%). One pass at 2e-3 (the default
 # before): weight 1 kept 23 / 23 / 25 at 137% / 71% / 92%, 2 kept 25 / 25 / 25 at 130% / 61% / 76%, 4 kept 25 / 25
-# / 26 at 111% / 53% / 60%. Below ~50 conversations the passes are many and the replay is seen in each: over 8
-# passes (teach-a-fact, training seeds 0 and 1) weight 2 kept 24 and 23 where 1 kept 25 and 24, so small sets keep 1.
+# / 26 at 111% / 53% / 60%.
 TWO_PASS_REPLAY_WEIGHT = 6.0
+# Below ~50 conversations the passes are many and the replay is seen in each. Teach-a-fact (18 trained on, 8 passes at
+# 2e-3), training seeds 0 / 1 / 2 / 3, facts kept of 26 and probes recalled of 12: weight 1 kept 25 / 24 / 22 / 22,
+# recalled 10 / 12 / 10 / 10; 2 kept 24 / 23 (seeds 0, 1), recalled 10 / 10; 3 kept 24 / 25 / 25 / 24, recalled 11 in
+# every run; 4 kept 25 / 24 (seeds 2, 3), recalled 10 / 9; 6 kept 25 / 26, recalled 7 / 7 (the replay held the
+# facts back too).
+MANY_PASS_REPLAY_WEIGHT = 3.0
 
 
 def preference_epochs(n_examples: int) -> float:
@@ -80,9 +85,9 @@ def auto_lr(method: str, n_conversations: int) -> float:
 
 def auto_replay_weight(n_conversations: int) -> float:
     """What a replayed token's distillation loss weighs against one of the user's (``--replay-weight``): 6 from ~50
-    conversations, where one pass's step is spread over two (measured above, README "Replay and retention"), 1 below,
-    where the many passes see the replay again and again."""
-    return TWO_PASS_REPLAY_WEIGHT if _one_pass_by_size(n_conversations) else 1.0
+    conversations, where one pass's step is spread over two, 3 below, where the many passes see the replay again and
+    again (both measured above; README "Replay and retention")."""
+    return TWO_PASS_REPLAY_WEIGHT if _one_pass_by_size(n_conversations) else MANY_PASS_REPLAY_WEIGHT
 
 
 def auto_schedule(n_conversations: int, method: str) -> tuple[float, float, str]:
