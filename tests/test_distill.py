@@ -165,11 +165,11 @@ def test_training_distills_replay_by_default_and_can_turn_it_off(
     assert metrics["method"] == "lora" and metrics["replay"]["loss"] == "kl"
     assert "self-distillation" in report and 0 <= metrics["replay"]["outside_top_k"] < 1
     assert sum(teacher_rows) == 4  # the base model's pass: once, on the replay rows only
-    # A few conversations (many passes) weigh the replay three times the user's tokens; from ~50, where one pass's
-    # step is spread over two, six times (schedule.py).
-    assert metrics["replay"]["weight"] == 3 and "weight 3, --replay-weight" in report
+    # A few conversations (many passes) weigh the replay twice the user's tokens; from ~50, where one pass's step is
+    # spread over two, six times (schedule.py).
+    assert metrics["replay"]["weight"] == 2 and "weight 2, --replay-weight" in report
     assert config.resolved(torch.device("cpu"), 54).replay_weight == 6
-    assert config.resolved(torch.device("cpu"), 30).replay_weight == 3
+    assert config.resolved(torch.device("cpu"), 30).replay_weight == 2
     resolved = dataclasses.replace(config, replay_weight=2.5).resolved(torch.device("cpu"), 54)
     assert "108 replayed (kl, weight 2.5)" in resolved.describe(108)  # the printed "settings:" line
 

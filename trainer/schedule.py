@@ -50,11 +50,14 @@ LEARNING_RATES = {"lora": 2e-3, "full": 5e-5}
 # / 26 at 111% / 53% / 60%.
 TWO_PASS_REPLAY_WEIGHT = 6.0
 # Below ~50 conversations the passes are many and the replay is seen in each. Teach-a-fact (18 trained on, 8 passes at
-# 2e-3), training seeds 0 / 1 / 2 / 3, facts kept of 26 and probes recalled of 12: weight 1 kept 25 / 24 / 22 / 22,
-# recalled 10 / 12 / 10 / 10; 2 kept 24 / 23 (seeds 0, 1), recalled 10 / 10; 3 kept 24 / 25 / 25 / 24, recalled 11 in
-# every run; 4 kept 25 / 24 (seeds 2, 3), recalled 10 / 9; 6 kept 25 / 26, recalled 7 / 7 (the replay held the
-# facts back too).
-MANY_PASS_REPLAY_WEIGHT = 3.0
+# 2e-3), facts kept of 26 and probes recalled of 12. In a new data home, as a user's first run and the slow test have
+# it (training seeds 0 / 1): weight 1 kept 23 / 24, recalled 12 / 12; 2 kept 24 / 24, recalled 11 / 11; 3 kept 25 /
+# 23, recalled 9 / 9. In a home whose cached replay answers were generated in other batches (seeds 0 / 1 / 2 / 3):
+# weight 1 kept 25 / 24 / 22 / 22, recalled 10 / 12 / 10 / 10; 2 kept 24 / 23 (seeds 0, 1), recalled 10 / 10; 3 kept
+# 24 / 25 / 25 / 24, recalled 11 each; 4 kept 25 / 24 (seeds 2, 3), recalled 10 / 9; 6 kept 25 / 26, recalled 7 / 7.
+# One curve, moved by noise as much as by the weight: 2 is the one that met both of the slow test's bars (90%) in
+# both new-home runs.
+MANY_PASS_REPLAY_WEIGHT = 2.0
 
 
 def preference_epochs(n_examples: int) -> float:
@@ -85,7 +88,7 @@ def auto_lr(method: str, n_conversations: int) -> float:
 
 def auto_replay_weight(n_conversations: int) -> float:
     """What a replayed token's distillation loss weighs against one of the user's (``--replay-weight``): 6 from ~50
-    conversations, where one pass's step is spread over two, 3 below, where the many passes see the replay again and
+    conversations, where one pass's step is spread over two, 2 below, where the many passes see the replay again and
     again (both measured above; README "Replay and retention")."""
     return TWO_PASS_REPLAY_WEIGHT if _one_pass_by_size(n_conversations) else MANY_PASS_REPLAY_WEIGHT
 
