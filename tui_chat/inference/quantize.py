@@ -52,7 +52,8 @@ class Int4Linear(torch.nn.Module):
         self.out_features = sum(linear.out_features for linear in linears)
         dense = torch.cat([linear.weight.detach() for linear in linears])
         native = native and native_kernels.loaded() and native_kernels.fits(self.out_features, self.in_features)
-        self.register_buffer("q4q8_weight", native_kernels.pack(dense) if native else None)  # the int4 x int8 kernel's
+        # Our kernel's layout (native_kernels.pack), or None and torchao's packing for torch's kernel.
+        self.register_buffer("q4q8_weight", native_kernels.pack(dense) if native else None)
         if not native:
             from torchao.prototype.quantization.int4.int4_opaque_tensor import Int4OpaqueTensor
 
