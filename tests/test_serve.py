@@ -410,10 +410,16 @@ def live_server(served: Served) -> Iterator[tuple[str, ModelServer, threading.Th
 
 
 def wait_until(condition: Any, timeout_s: float = 5.0) -> bool:
+    """Whether ``condition()`` comes true within ``timeout_s``. Asked once more after it did, it could be false again:
+    in the hand-over's first ~0.1 s both processes still accept on the shared socket, so a health check may reach
+    the retiring one (it answers, then closes its copy of the socket at its next tick)."""
     deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.01)
-    return condition()
 
 
 def test_a_client_that_disconnects_mid_stream_stops_its_generation(served: Served, engine: WatchedEngine) -> None:
