@@ -26,7 +26,8 @@ and 2 trained again with training seed 5: 26 and 25 kept, 84% and 80%), where on
 25 / 25 at 130% / 61% / 76% (README: Replay and retention). Past ``FULL_RATE_UP_TO`` conversations the pass has
 more steps and the user's answers outweigh the capped replay, so the rate falls as ``(FULL_RATE_UP_TO / n)^2``: 200
 conversations (180 trained on, seed 0, 128 replayed; 27.8 before) in one pass went to perplexity 9.6 keeping 23 of 26
-at lr 6.7e-4 (``60 / n``), to 12.8 keeping 26 at 3.3e-4; the square gives 2.2e-4 there.
+at lr 6.7e-4 (``60 / n``), to 12.8 keeping 26 at 3.3e-4; the square gives 2.2e-4 there: 16.4 keeping 25, and
+spread over two passes (1.1e-4, the replay weighed 6) 17.2 keeping 25 in 129 s.
 Preference runs (DPO) keep the curve alone, with one pass from ~50 pairs (``preference_epochs``): their own rates
 were measured that way (dpo_config.py).
 """
