@@ -26,7 +26,7 @@ def projection(vocab: int = 3000, width: int = 96, seed: int = 0) -> torch.nn.Li
 def test_greedy_choice_and_contenders_are_exact(vocab: int) -> None:
     loaded = native_kernels.load(None)
     layer = projection(vocab)
-    head = ScreenedHead(layer.weight)
+    head = ScreenedHead(layer.weight, native=True)
     assert head.native == (vocab == 3008 and loaded)
     torch.manual_seed(1)
     hidden = (torch.randn(200, 1, 1, 96) * 3).to(torch.bfloat16)
@@ -47,7 +47,7 @@ def test_greedy_choice_and_contenders_are_exact(vocab: int) -> None:
 @VOCABS
 def test_top_logits_are_the_exact_ones(vocab: int) -> None:
     layer = projection(vocab, seed=2)
-    head = ScreenedHead(layer.weight)
+    head = ScreenedHead(layer.weight, native=True)
     x = (torch.randn(1, 96) * 2).to(torch.bfloat16)
     exact, got = F.linear(x, layer.weight)[0], head(x)[0]
     best = exact.argmax()

@@ -94,6 +94,14 @@ def _eval_command(args: argparse.Namespace, progress: ProgressReporter) -> None:
         progress.info(f"> {sample.prompt}\n  reference: {sample.reference}\n  reply:     {sample.reply}")
 
 
+def _user_error(progress: ProgressReporter, message: str) -> int:
+    """Report a problem the user can fix in one line (the JSON stream's error event, else stderr); the exit status."""
+    progress.emit("error", message=message)
+    if progress.mode != "json":
+        print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
 def _disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is the disk running out of space: an OSError with ENOSPC, or a library's
     own error that only carries the system's message (safetensors' SafetensorError does)."""
@@ -123,22 +131,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         else:
             _eval_command(args, progress)
     except USER_ERRORS as exc:
-        progress.emit("error", message=str(exc))
-        if progress.mode != "json":
-            print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _user_error(progress, str(exc))
     except TrainingStopped as exc:
         if progress.mode != "json":
             print(str(exc), file=sys.stderr)
         return 130
     except Exception as exc:
         if _disk_full(exc):  # a user's problem, not ours: one line, no traceback
-            message = ("no space left on the disk: free some space and run the training again (a run cut short "
-                       "has no COMPLETE marker and is never loaded as a model)")
-            progress.emit("error", message=message)
-            if progress.mode != "json":
-                print(f"error: {message}", file=sys.stderr)
-            return 1
+            return _user_error(progress, "no space left on the disk: free some space and run the training again (a "
+                               "run cut short has no COMPLETE marker and is never loaded as a model)")
         # Internal errors are not swallowed: the app still gets its error line, then the traceback follows.
         progress.emit("error", message=f"internal error: {type(exc).__name__}: {exc}")
         raise

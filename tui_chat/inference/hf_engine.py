@@ -165,7 +165,7 @@ class HFEngine:
                         quantization = "none"  # no layer fits (e.g. GPT-2's Conv1D projections)
                     else:
                         # The output projection is then the largest read of a token: int8 screens it, exactly.
-                        screen_output_projection(loaded.model)
+                        screen_output_projection(loaded.model, native=native)
                 self.quantization = quantization
                 if quantization == "int4":
                     why_not = f"{threads} decode threads" if threads != 1 else native_kernels.why_not()

@@ -26,6 +26,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import torch
@@ -43,7 +44,6 @@ C_SHIM = ("AOTITorchError aoti_torch_cpu_q4q8_linear("
 _REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512_vnni", "f16c")
 
 _library: ctypes.CDLL | None = None
-_library_name: str | None = None
 _why_not: str | None = None
 
 
@@ -92,7 +92,7 @@ def find_compiler() -> str | None:
 def load(models_dir: Path | None) -> bool:
     """Load the kernel, compiling it first into the data home's compile cache (next to ``models_dir``) or, without a
     data home, a temporary one; returns whether it is in use. Once loaded it stays for the process."""
-    global _library, _library_name, _why_not
+    global _library, _why_not
     if _library is not None:
         return True
     if not cpu_supported():
@@ -103,7 +103,7 @@ def load(models_dir: Path | None) -> bool:
         _why_not = "no C compiler (cc) found"
         return False
     cache_dir = models_dir.parent / DIRECTORY if models_dir is not None and models_dir.is_dir() else (
-        Path(os.environ.get("TMPDIR", "/tmp")) / f"tui-chat-{os.getuid()}")
+        Path(tempfile.gettempdir()) / f"tui-chat-{os.getuid()}")
     path = library_path(cache_dir, compiler)
     try:
         if not path.is_file():
@@ -118,7 +118,6 @@ def load(models_dir: Path | None) -> bool:
     _library.tuichat_q8_matvec.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                            ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
     _library.tuichat_q8_matvec.restype = ctypes.c_int
-    _library_name = path.stem
     return True
 
 
@@ -130,7 +129,7 @@ def loaded() -> bool:
 def loaded_name() -> str | None:
     """The loaded kernel's file name without its suffix (what it was built from: a package that calls it is keyed
     by it)."""
-    return _library_name
+    return None if _library is None else Path(_library._name).stem
 
 
 def why_not() -> str | None:

@@ -31,9 +31,10 @@ _FLOAT32_SUMS = 2.0**-20
 
 class ScreenedHead(torch.nn.Module):
     """Drop-in for a bias-free output ``Linear`` over bfloat16 ``weight`` (shared, not copied: it stays the input
-    embeddings when they are tied). One position at a time is screened; more (never in decoding) go exact."""
+    embeddings when they are tied). One position at a time is screened; more (never in decoding) go exact. ``native``:
+    screen with native_kernels.py's int8 kernel where it is loaded and the shape fits it."""
 
-    def __init__(self, weight: torch.nn.Parameter) -> None:
+    def __init__(self, weight: torch.nn.Parameter, native: bool = False) -> None:
         super().__init__()
         self.weight = weight
         exact = weight.detach().float()
@@ -45,7 +46,7 @@ class ScreenedHead(torch.nn.Module):
         error = (exact - quantized * scales.float()[:, None]).abs().amax(dim=1)
         self.register_buffer("row_error", error, persistent=False)
         self.exactly_scored = 0  # tokens the last call scored with the exact weights (for tests and benchmarks)
-        self.native = native_kernels.loaded() and native_kernels.head_fits(*weight.shape)
+        self.native = native and native_kernels.loaded() and native_kernels.head_fits(*weight.shape)
         if self.native:  # our VNNI kernel (native_kernels.py: 0.8-0.9 ms a token against 1.8 for torch's)
             tiles, row_sums = native_kernels.pack_head(int8_weight)
             self.register_buffer("int8_tiles", tiles, persistent=False)
@@ -80,11 +81,11 @@ class ScreenedHead(torch.nn.Module):
         return logits.reshape(*hidden.shape[:-1], -1)
 
 
-def screen_output_projection(model: torch.nn.Module) -> bool:
-    """Give ``model`` a ScreenedHead in place of its output projection if that is a bias-free bfloat16 ``Linear``
-    (what int4 decoding on CPU has); returns whether it did."""
+def screen_output_projection(model: torch.nn.Module, native: bool = False) -> bool:
+    """Give ``model`` a ScreenedHead (``native``: see there) in place of its output projection if that is a bias-free
+    bfloat16 ``Linear`` (what int4 decoding on CPU has); returns whether it did."""
     output = model.get_output_embeddings()
     if type(output) is not torch.nn.Linear or output.bias is not None or output.weight.dtype != torch.bfloat16:
         return False
-    model.set_output_embeddings(ScreenedHead(output.weight))
+    model.set_output_embeddings(ScreenedHead(output.weight, native=native))
     return True
