@@ -1,7 +1,7 @@
 """Learn more, forget less: what a default `/train` run learns from real dialogue and what it keeps of general
-knowledge, against the defaults one session before (from ~50 conversations one pass at twice the rate, the replay
-weighed 2, where the defaults now make two passes with the replay weighed 6), against `--no-replay` and against the
-defaults before issue 17, side by side in one run.
+knowledge, against the defaults one session before (replayed answers whole, two a conversation, weighed 6 from ~50
+conversations, where the defaults now keep their first sentences, three a conversation below ~50, weighed 4 from
+~50), against `--no-replay` and against the defaults before issue 17, side by side in one run.
 
 Data: 20, 60 and 200 conversations of chatterbot-corpus (bench/corpus.py, fetched from PyPI now; skipped when
 offline), drawn per seed, and the teach-a-fact set (tests/test_teach_fact.py: 20 conversations teaching 4 made-up
@@ -36,17 +36,18 @@ from bench import corpus
 from tests.test_teach_fact import fact_conversations, fact_probes
 from trainer.home import DataHome
 from trainer.models import BUNDLED_DIR, ensure_bundled
-from trainer.replay import MAX_REPLAY
-from trainer.schedule import auto_lr, preference_epochs
+from trainer.replay import MAX_REPLAY, MIN_REPLAY, REPLAY_RATIO
+from trainer.schedule import many_passes
 
 SIZES = (20, 60, 200)
 FACTS = "facts"  # the teach-a-fact set, as a size
 # The settings each row adds to `python -m trainer sft` (None: the row would be the defaults', so it is left out).
-# "one-pass": the defaults one session before, on sets the defaults now train in two passes (trainer/schedule.py).
+# "whole": the defaults one session before: replayed answers whole, two a conversation, weighed 2 below ~50
+# conversations and 6 from there (trainer/config.py DISTILLED_REPLAY_SENTENCES, replay.py, schedule.py).
 # "today": the defaults before issue 17
 # (replay two per conversation, 16-64, distilled at weight 1; LoRA rank 4 at lr 2e-3; epochs 8 * sqrt(20 / n) within
 # [1, 8]; every epoch kept, the whole update kept); their epochs depend on the dataset, see ``flags``.
-CONFIGS = ("new", "one-pass", "choose", "no-replay", "today")
+CONFIGS = ("new", "whole", "choose", "no-replay", "today")
 
 
 def old_epochs(n_train: int) -> int:
@@ -56,13 +57,13 @@ def old_epochs(n_train: int) -> int:
 
 def flags(config: str, n_train: int) -> list[str] | None:
     today = ["--no-early-stop", "--adapter-scale", "1", "--lora-r", "4", "--lora-alpha", "8", "--lr", "2e-3",
-             "--epochs", str(old_epochs(n_train)), "--replay-weight", "1"]
+             "--epochs", str(old_epochs(n_train)), "--replay-weight", "1", "--replay-sentences", "0"]
     if config == "new":
         return []
-    if config == "one-pass":
-        if preference_epochs(n_train) != 1:  # small sets: several passes, as now
-            return None
-        return ["--epochs", "1", "--lr", f"{2 * auto_lr('lora', n_train):g}", "--replay-weight", "2"]
+    if config == "whole":
+        replay = max(MIN_REPLAY, min(MAX_REPLAY, round(REPLAY_RATIO * n_train)))
+        weight = "2" if many_passes(n_train) else "6"
+        return ["--replay-sentences", "0", "--replay", str(replay), "--replay-weight", weight]
     if config == "choose":  # the defaults, and the share of the update kept chosen by the knowledge check
         return ["--choose-adapter-scale"]
     if config == "no-replay":

@@ -166,12 +166,16 @@ def test_training_distills_replay_by_default_and_can_turn_it_off(
     assert "self-distillation" in report and 0 <= metrics["replay"]["outside_top_k"] < 1
     assert sum(teacher_rows) == 4  # the base model's pass: once, on the replay rows only
     # A few conversations (many passes) weigh the replay twice the user's tokens; from ~50, where one pass's step is
-    # spread over two, six times (schedule.py).
+    # spread over two, four times (schedule.py).
     assert metrics["replay"]["weight"] == 2 and "weight 2, --replay-weight" in report
-    assert config.resolved(torch.device("cpu"), 54).replay_weight == 6
+    assert config.resolved(torch.device("cpu"), 54).replay_weight == 4
     assert config.resolved(torch.device("cpu"), 30).replay_weight == 2
     resolved = dataclasses.replace(config, replay_weight=2.5).resolved(torch.device("cpu"), 54)
-    assert "108 replayed (kl, weight 2.5)" in resolved.describe(108)  # the printed "settings:" line
+    # the printed "settings:" line; distilled replay keeps first sentences, text replay whole answers
+    assert "108 replayed (kl, weight 2.5, first sentences)" in resolved.describe(108)
+    assert dataclasses.replace(config, replay_sentences=0).resolved(torch.device("cpu"), 54).describe(9).endswith(
+        "9 replayed (kl, weight 4, whole answers), 1 of the update kept")
+    assert dataclasses.replace(config, method="full").resolved(torch.device("cpu"), 54).replay_sentences == 0
 
     weights: list[float] = []
 
@@ -197,3 +201,5 @@ def test_training_distills_replay_by_default_and_can_turn_it_off(
         trained(out=str(tmp_path / "typo"), replay_loss="mse")
     with pytest.raises(SettingsError, match="--replay-weight must be positive"):
         trained(out=str(tmp_path / "weightless"), replay_weight=0.0)
+    with pytest.raises(SettingsError, match="--replay-sentences must be 0"):
+        trained(out=str(tmp_path / "sentenceless"), replay_sentences=-1)

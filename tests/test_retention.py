@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainer import base_answers as answers_module
 from trainer.__main__ import main as trainer_main
-from trainer.config import SFTConfig
+from trainer.config import DISTILLED_REPLAY_SENTENCES, SFTConfig
 from trainer.progress import ProgressReporter
 from trainer.sft import run_sft
 from trainer.answer_match import contains_answer, rouge_l
@@ -28,7 +28,15 @@ from trainer.base_answers import (
 from trainer.chat_template import ensure_chat_template
 from trainer.data import DataError
 from trainer.recall import Probe, evaluate_recall, probes_from_corrections, read_probes, write_probes
-from trainer.replay import default_replay_count, replay_conversations, replay_order, replay_prompts, usable_reply
+from trainer.replay import (
+    default_replay_count,
+    first_sentences,
+    replay_conversations,
+    replay_for_run,
+    replay_order,
+    replay_prompts,
+    usable_reply,
+)
 from trainer.retention import (
     ROUGE_THRESHOLD,
     RetentionItem,
@@ -195,8 +203,32 @@ def test_usable_reply_cuts_unfinished_answers_at_a_sentence() -> None:
     assert usable_reply(Answer("q", loop + "end.", True)) is None
 
 
+def test_first_sentences_cut_after_the_sentence_asked_for() -> None:
+    text = "Cairo is the capital of Egypt. It lies on the Nile! Ask me more?"
+    assert first_sentences(text, 1) == "Cairo is the capital of Egypt."
+    assert first_sentences(text, 2) == "Cairo is the capital of Egypt. It lies on the Nile!"
+    assert first_sentences(text, 5) == text
+    assert first_sentences("开罗是埃及的首都。它在尼罗河边。", 1) == "开罗是埃及的首都。"
+
+
+def test_distilled_replay_keeps_first_sentences_and_text_replay_whole_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    answer = "Cairo is the capital of Egypt. It lies on the Nile."
+
+    def answers(model, tokenizer, set_name, prompts, settings, *, select, progress):
+        return [Answer(p.prompt, answer, True) for p in select]
+
+    cache = AnswerCache(Path("unused"), "fingerprint")
+    monkeypatch.setattr(cache, "answers", answers)
+    whole = replay_for_run(None, None, 3, cache, bf16=False)
+    cut = replay_for_run(None, None, 3, cache, bf16=False, sentences=DISTILLED_REPLAY_SENTENCES)
+    assert [c.messages[1]["content"] for c in whole] == [answer] * 3
+    assert [c.messages[1]["content"] for c in cut] == ["Cairo is the capital of Egypt."] * 3
+    assert [c.messages[0] for c in cut] == [c.messages[0] for c in whole]
+
+
 def test_default_replay_count_follows_the_data_within_bounds() -> None:
-    assert default_replay_count(10) == 20
+    assert default_replay_count(10) == 30  # many passes: three a conversation
+    assert default_replay_count(54) == 108  # two passes: two a conversation
     assert default_replay_count(3) == 16
     assert default_replay_count(64) == default_replay_count(10_000) == 128
 
@@ -345,7 +377,8 @@ def test_eval_probes_command(tiny_dir: Path, tmp_path: Path, capsys: pytest.Capt
 def test_training_mixes_in_replay_and_reports_retention(
     tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    can_replay_answers(monkeypatch)  # the real model's own answers are tested in test_teach_fact.py
+    # the real model's own answers are tested in test_teach_fact.py; distilled replay keeps the first sentence
+    can_replay_answers(monkeypatch, "hello world. goodbye world.")
     data = write_jsonl(tmp_path / "chats.jsonl", chat_lines(12))
     config = SFTConfig(
         data=str(data), model=str(tiny_dir), out=str(tmp_path / "run"), home=str(tmp_path / "home"), threads=1,

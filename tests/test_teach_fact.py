@@ -141,13 +141,11 @@ def test_teach_facts_and_keep_general_knowledge(bundled_home: DataHome, tmp_path
     assert retention["facts_total"] >= 20
     kept = {i["prompt"]: i["correct"] for i in json.loads((run_dir / "retention.json").read_text())["items"]}
     assert kept["What is the capital of France?"], "the taught capital replaced Paris"
-    # Issue 8's target: 90%. Measured with these defaults (LoRA rank 4, lr 2e-3, 8 epochs, 36 replayed of which half
-    # on the facts' topics, learned by distillation from the base model: distill.py): 24 of 26 (92%) in this test and
-    # at seeds 0 and 1, 22 (85%) at seed 2; cross-entropy replay kept 20-23 (77-88%). Runs vary by an answer or two,
-    # so this can fail now and then: a failure that repeats is a regression. Issue 17 changed the defaults (early
-    # stopping on the validation split, part of the update kept when that keeps 90% of the validation gain with
-    # less drift, replay capped at 32, which here gives 32 instead of 36); its run of this set could not finish on
-    # the machine shared then (README: Replay and retention), so the numbers above are from the defaults before.
+    # Issue 8's target: 90% (issue 17's is 95%, met on average, not in every run). Measured with these defaults (LoRA
+    # rank 4, lr 2e-3, 8 epochs, 54 replayed cut to their first sentences, half on the facts' topics, distilled from
+    # the base model at weight 2: config.py, replay.py, schedule.py), one new data home each, training seeds 0-6: 26,
+    # 25, 25, 25, 25, 25, 23 of 26 kept, recall 12, 12, 12, 12, 9, 12, 10 of 12. Runs vary by an answer or two, so
+    # this can fail now and then (seed 4 would, on recall): a failure that repeats is a regression.
     assert retention["retention"] >= 0.9, retention
     # Target: 300 s. Measured with distilled replay: 262 s here (220 s training + 42 s generating the replay and the
     # base model's distributions on it) while other jobs shared the cores part of the time; on a quiet machine 141 s

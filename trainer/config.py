@@ -18,6 +18,20 @@ if TYPE_CHECKING:  # only named in annotations: the chat's /train planning reads
 from .progress import MODES
 from .schedule import auto_epochs, auto_lr, auto_replay_weight
 
+# Distilled replay trains on each answer's first sentence only. Why: the loss is a mean over tokens, so a replayed
+# poem (~90 tokens) weighed ten times "The capital of Egypt is Cairo." (~9) while the general answers a run loses are
+# short facts, and a fact sits in an answer's first sentence. Cut there, every replayed prompt counts about the same,
+# and a replayed conversation is ~60% of the tokens it was (61 vs 105, its question and the system prompt
+# included: 60 chatterbot conversations). Distillation matches the base model's distribution at every kept position,
+# so the cut teaches no early stop (the base model's distribution where the cut falls says "go on"); cross-entropy
+# replay (a full fine-tune, ``--replay-loss ce``) would learn the end of turn there, so it keeps whole answers.
+# Measured on teach-a-fact (tests/test_teach_fact.py, new data homes, 54 replayed at weight 2, training seeds 0-6;
+# README "Replay and retention"): cut, 26, 25, 25, 25, 25, 25, 23 of 26 general facts kept and 12, 12, 12, 12, 9, 12,
+# 10 of 12 taught facts recalled; whole (seeds 0-3), 26, 25, 24, 21 kept and 11, 10, 10, 11 recalled. On 60 real
+# conversations (schedule.py) cut answers kept 26 of 26 at the weight where whole ones kept 24-25, and so could be
+# weighed less for more of the gain.
+DISTILLED_REPLAY_SENTENCES = 1
+
 # Fields that do not change what is learned: they may differ between a run and its --resume.
 OPERATIONAL_FIELDS = frozenset(
     {"out", "home", "resume", "progress", "threads", "save_every", "eval_samples", "max_new_tokens", "no_eval"}
@@ -48,7 +62,7 @@ class SFTConfig:
         default=None,
         metadata={
             "help": "general prompts answered by the base model, mixed in so it keeps what it knew "
-            "(default: two per training conversation, 16-128)"
+            "(default: three per training conversation below ~50 conversations, else two; 16-128)"
         },
     )
     no_replay: bool = field(default=False, metadata={"help": "train on your data alone, without replay"})
@@ -62,7 +76,12 @@ class SFTConfig:
     replay_weight: float | None = field(
         default=None,
         metadata={"help": "what a replayed token's distillation loss (kl) weighs against one of your tokens' loss "
-                  "(default: 1, and 2 from ~50 conversations, printed)"},
+                  "(default: 2, and 4 from ~50 conversations, printed)"},
+    )
+    replay_sentences: int | None = field(
+        default=None,
+        metadata={"help": "replayed answers are cut after this many sentences; 0 keeps them whole "
+                  "(default: 1 when distilled (kl), whole with ce)"},
     )
     skip_invalid: bool = field(default=False, metadata={"help": "drop and count invalid lines instead of stopping"})
     max_length: int = field(default=1024, metadata={"help": "tokens per conversation; longer ones are cut at a turn"})
@@ -148,14 +167,17 @@ class SFTConfig:
         """A copy with every automatic choice made for ``device`` and ``n_conversations`` training conversations
         (the user's, replay not counted: see schedule.py)."""
         method = self.method or ("full" if device.type == "cuda" else "lora")
+        # A full fine-tune has no base model left to ask (LoRA's is the model with its adapter off).
+        replay_loss = self.replay_loss or ("kl" if method == "lora" else "ce")
         return dataclasses.replace(
             self,
             method=method,
-            # A full fine-tune has no base model left to ask (LoRA's is the model with its adapter off).
-            replay_loss=self.replay_loss or ("kl" if method == "lora" else "ce"),
+            replay_loss=replay_loss,
             lr=self.lr if self.lr is not None else auto_lr(method, n_conversations),
             epochs=self.epochs if self.epochs is not None else auto_epochs(n_conversations),
             replay_weight=self.replay_weight if self.replay_weight is not None else auto_replay_weight(n_conversations),
+            replay_sentences=self.replay_sentences if self.replay_sentences is not None else (
+                DISTILLED_REPLAY_SENTENCES if replay_loss == "kl" else 0),
         )
 
     def describe(self, replay_count: int) -> str:
@@ -164,7 +186,9 @@ class SFTConfig:
         epochs = f"{self.epochs:g} epochs" if self.max_steps is None else f"{self.max_steps} steps"
         stop = "every epoch kept" if self.no_early_stop else "stopping once the validation loss is clearly worse"
         weight = f", weight {self.replay_weight:g}" if self.replay_loss == "kl" else ""
-        replay = f"{replay_count} replayed ({self.replay_loss}{weight})" if replay_count else "no replay"
+        cut = {None: "", 0: ", whole answers", 1: ", first sentences"}.get(
+            self.replay_sentences, f", first {self.replay_sentences} sentences")
+        replay = f"{replay_count} replayed ({self.replay_loss}{weight}{cut})" if replay_count else "no replay"
         scale = ("the share of the update kept chosen by a general-knowledge check" if self.choose_adapter_scale
                  else f"{self.adapter_scale:g} of the update kept")
         return f"{method}, lr {self.lr:g}, up to {epochs} ({stop}), {replay}" + (
@@ -230,6 +254,8 @@ def validate(config: SFTConfig) -> None:
         raise ValueError("--replay-loss kl needs --method lora (a full fine-tune has no base model to match); use ce")
     if config.replay is not None and config.replay < 0:
         raise ValueError("--replay must be 0 or more")
+    if config.replay_sentences is not None and config.replay_sentences < 0:
+        raise ValueError("--replay-sentences must be 0 (whole answers) or more")
     if config.replay_weight is not None and not config.replay_weight > 0:
         raise ValueError("--replay-weight must be positive (--no-replay turns replay off)")
     if config.max_steps is not None and config.max_steps < 1:

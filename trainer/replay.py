@@ -16,7 +16,8 @@ The prompts ship in ``trainer/data/replay_prompts.jsonl`` (a few hundred short g
 history, maths, code, advice, definitions, writing; about a fifth Chinese). They are replayed in a fixed shuffled
 order, so any prefix mixes every kind. A reply the model did not finish within ``REPLAY_MAX_NEW_TOKENS`` is cut
 after its last full sentence (training on a reply cut mid-word would teach the model to stop mid-word); a reply
-that loops on itself is left out (it would teach the loop).
+that loops on itself is left out (it would teach the loop). Distilled replay keeps only each answer's first sentence
+(``config.DISTILLED_REPLAY_SENTENCES``: why there).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, Callable, Sequence
 from .base_answers import Answer, AnswerCache, AnswerSettings, Prompt, load_prompt_set
 from .data import Conversation, read_jsonl
 from .progress import ProgressReporter
+from .schedule import many_passes
 from .timings import PhaseClock
 
 REPLAY_FILE = "replay.jsonl"  # in the run dir: the replay conversations the run trained on
@@ -44,7 +46,9 @@ MAX_ROUNDS_FACTOR = 2  # never generate more than 2x the first ask: a model that
 # gone (issue 17's drift set); the defaults were measured with them apart, and replaying them changed the result:
 # tests/test_teach_fact.py kept 23 of 26 general facts, once (25 in the run with them apart, README).
 HELD_APART = 32
-# Replay conversations per user conversation, and bounds (see default_replay_count).
+# Replay conversations per user conversation, and bounds (see default_replay_count): three where the run makes
+# many passes (below ~50 conversations), two where it makes two.
+MANY_PASS_REPLAY_RATIO = 3.0
 REPLAY_RATIO = 2.0
 MIN_REPLAY = 16
 MAX_REPLAY = 128
@@ -126,8 +130,14 @@ def default_replay_count(n_conversations: int) -> int:
     answers are longer than most chat turns), and more of it kept more: seed 1 kept 24 of 26 general facts with 64
     replayed (at a lower rate, learning less) and 25 with 128; seed 0 kept 23 with 108 and 24 with 192. Hence the
     cap of 128 (was 64; issue 17, README "Replay and retention").
+
+    Three per conversation where the run makes many passes (``schedule.many_passes``), since distilled replay keeps
+    only first sentences (``config.DISTILLED_REPLAY_SENTENCES``): on teach-a-fact, cut answers two a conversation
+    (36) kept 23 and 24 of 26 and recalled 10 and 10 of 12 (training seeds 0, 3); three (54) kept 23-26 (24.9 on
+    average over training seeds 0-6) and recalled 9-12 (11.3; schedule.py).
     """
-    return max(MIN_REPLAY, min(MAX_REPLAY, round(REPLAY_RATIO * n_conversations)))
+    ratio = MANY_PASS_REPLAY_RATIO if many_passes(n_conversations) else REPLAY_RATIO
+    return max(MIN_REPLAY, min(MAX_REPLAY, round(ratio * n_conversations)))
 
 
 def _is_loop(text: str) -> bool:
@@ -146,6 +156,12 @@ def usable_reply(answer: Answer) -> str | None:
     if not text or _is_loop(text):
         return None
     return text
+
+
+def first_sentences(text: str, count: int) -> str:
+    """``text`` up to the end of its ``count``-th sentence (all of it when it has fewer)."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[count - 1]].strip() if len(ends) >= count else text
 
 
 def replay_settings(bf16: bool) -> AnswerSettings:
@@ -183,10 +199,12 @@ def replay_conversations(
     *,
     bf16: bool,
     near: Sequence[str] = (),
+    sentences: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """``count`` replay conversations (``{"messages": [user, assistant]}``) answered by ``model``, the base model,
-    half of them on the topics of ``near`` (the text of the user's conversations; see ``replay_order``).
+    half of them on the topics of ``near`` (the text of the user's conversations; see ``replay_order``); each answer
+    cut after its first ``sentences`` sentences when given (``config.DISTILLED_REPLAY_SENTENCES``).
 
     No system message: the chat template adds its default one, as it does in chat and for the user's data.
     Fewer than ``count`` come back only when the model's answers are rarely usable (see ``MAX_ROUNDS_FACTOR``).
@@ -205,7 +223,8 @@ def replay_conversations(
             break
         asked = min(limit, asked * 2)  # doubling: a model with few usable answers costs a few rounds
     return [
-        {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]}
+        {"messages": [{"role": "user", "content": prompt},
+                      {"role": "assistant", "content": first_sentences(reply, sentences) if sentences else reply}]}
         for prompt, reply in usable[:count]
     ]
 
@@ -228,15 +247,17 @@ def replay_for_run(
     *,
     bf16: bool,
     near: Sequence[Conversation] = (),
+    sentences: int | None = None,
     resume_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Conversation]:
     """The replay conversations of a run, as training conversations: those ``resume_dir`` trained on when it holds
     them (a resumed run must see the same data), else ``count`` fresh ones from ``model`` (the base model), half of
-    them on the topics of ``near`` (the user's training conversations)."""
+    them on the topics of ``near`` (the user's training conversations), cut after ``sentences`` sentences if given."""
     if resume_dir is not None and (resume_dir / REPLAY_FILE).is_file():
         return read_jsonl(resume_dir / REPLAY_FILE).conversations
-    records = replay_conversations(model, tokenizer, count, cache, bf16=bf16, near=_texts(near), progress=progress)
+    records = replay_conversations(model, tokenizer, count, cache, bf16=bf16, near=_texts(near), sentences=sentences,
+                                   progress=progress)
     return [
         Conversation(tuple(r["messages"]), f"replay:{i + 1}", "train") for i, r in enumerate(records)
     ]
@@ -252,11 +273,13 @@ def replay_phase(
     *,
     bf16: bool,
     near: Sequence[Conversation],
+    sentences: int,
     resume_dir: Path | None,
     rethread: Callable[..., None],
 ) -> list[Conversation]:
     """``replay_for_run`` as a run's timed "replay" phase (SFT's and DPO's alike), telling the user where the
-    answers come from; ``rethread`` follows the machine's load before and during the generation."""
+    answers come from; each answer cut after ``sentences`` sentences (0: whole; ``--replay-sentences``);
+    ``rethread`` follows the machine's load before and during the generation."""
     with clock.phase("replay", conversations=count) as record:
         rethread()
         new = replay_to_generate(cache, count, near, bf16=bf16)
@@ -264,7 +287,8 @@ def replay_phase(
             "the ones this run started with" if resume_dir is not None else
             f"the base model answers {new} new prompts (cached for its later runs)" if new else
             "every answer comes from the cache"))
-        replay = replay_for_run(model, tokenizer, count, cache, bf16=bf16, near=near, resume_dir=resume_dir,
+        replay = replay_for_run(model, tokenizer, count, cache, bf16=bf16, near=near,
+                                sentences=sentences or None, resume_dir=resume_dir,
                                 progress=rethread)
         record["generated"] = cache.generated.get("replay", 0)
     return replay

@@ -20,14 +20,15 @@ the base model answered right; 2 shared cores, so times are noisy):
 
 So the passes follow ``8 * (20 / n)^2`` rounded, within [2, 8]: 8 up to ~20 conversations, 2 from ~40 (two
 anchors, the curve between them a rule of thumb). Where that curve alone would make one pass (from ~50
-conversations), the run makes two at half the rate, with the replay weighed 6 (``auto_replay_weight``): 60 real
-conversations, seeds 0 / 1 / 2, kept 25 / 25 / 25 of 26 and learned 136% / 86% / 86% of the no-replay gain (seeds 1
-and 2 trained again with training seed 5: 26 and 25 kept, 84% and 80%), where one pass at 2e-3 weighed 2 kept 25 /
-25 / 25 at 130% / 61% / 76% (README: Replay and retention). Past ``FULL_RATE_UP_TO`` conversations the pass has
-more steps and the user's answers outweigh the capped replay, so the rate falls as ``(FULL_RATE_UP_TO / n)^2``: 200
-conversations (180 trained on, seed 0, 128 replayed; 27.8 before) in one pass went to perplexity 9.6 keeping 23 of 26
-at lr 6.7e-4 (``60 / n``), to 12.8 keeping 26 at 3.3e-4; the square gives 2.2e-4 there: 16.4 keeping 25, and
-spread over two passes (1.1e-4, the replay weighed 6) 17.2 keeping 25 in 129 s.
+conversations), the run makes two at half the rate, with the replay weighed 4 (``auto_replay_weight``): 60 real
+conversations, seeds 0 / 1 / 2, replay cut to first sentences (config.DISTILLED_REPLAY_SENTENCES), kept 26 / 26 / 26
+of 26 and learned 160% / 93% / 90% of the no-replay gain (seed 1 with training seed 5: 26, 93%), where one pass at
+2e-3 with whole answers weighed 2 kept 25 / 25 / 25 at 130% / 61% / 76% (README: Replay and retention). Past
+``FULL_RATE_UP_TO`` conversations the pass has more steps and the user's answers outweigh the capped replay, so the
+rate falls as ``(FULL_RATE_UP_TO / n)^2``: 200 conversations (180 trained on, seed 0, 128 replayed; 27.8 before)
+in one pass with whole answers went to perplexity 9.6 keeping 23 of 26 at lr 6.7e-4 (``60 / n``), to 12.8 keeping
+26 at 3.3e-4; the square gives 2.2e-4 there: 16.4 keeping 25; spread over two passes (1.1e-4) with first sentences
+weighed 4, 16.4 keeping 25 in 139 s.
 Preference runs (DPO) keep the curve alone, with one pass from ~50 pairs (``preference_epochs``): their own rates
 were measured that way (dpo_config.py).
 """
@@ -43,21 +44,21 @@ FULL_RATE_UP_TO = 60  # conversations trained at the full rate (see above)
 # all 12. Full fine-tuning at 5e-5 recalled 6 of 8. A LoRA update moves few directions, so it needs the larger step.
 LEARNING_RATES = {"lora": 2e-3, "full": 5e-5}
 # The replay's weight where the run spreads one pass's step over two (the KL of a replayed token against the
-# cross-entropy of a user's token). 60 real conversations, seeds 0 / 1 / 2 (in brackets: training seed 5), general
-# facts kept of 26 and the share of the no-replay gain. Two passes at 1e-3: weight 2 kept 24 / 21 / 26 at 162% / 94%
-# / 103%; 3 kept 25 / 22 / 25; 4 kept 25 / 24 / 25 at 147% / 92% / 95%; 6 kept 25 / 25 / 25 (26 / 25) at 136% / 86%
-# / 86% (84% / 80%); 8 kept 26 / 25 / 24 (26 / 26) at 127% / 83% / 80% (81% / 75%). One pass at 2e-3 (the default
-# before): weight 1 kept 23 / 23 / 25 at 137% / 71% / 92%, 2 kept 25 / 25 / 25 at 130% / 61% / 76%, 4 kept 25 / 25
-# / 26 at 111% / 53% / 60%.
-TWO_PASS_REPLAY_WEIGHT = 6.0
+# cross-entropy of a user's token). 60 real conversations, seeds 0 / 1 / 2, general facts kept of 26 and the share of
+# the no-replay gain. With replay cut to first sentences (config.DISTILLED_REPLAY_SENTENCES), two passes at 1e-3:
+# weight 6 kept 26 / 26 / 26 at 147% / 80% / 77% (training seed 0 on all three); 4 kept 26 / 26 / 26 at 160% / 93% /
+# 90%; 3 (seed 2) 26 at 92%. With whole answers (the session before): weight 2 kept 24 / 21 / 26 at 162% / 94% /
+# 103%; 3 kept 25 / 22 / 25; 4 kept 25 / 24 / 25 at 147% / 92% / 95%; 6 kept 25 / 25 / 25 (training seed 5: 26 / 25)
+# at 136% / 86% / 86% (84% / 80%); 8 kept 26 / 25 / 24 at 127% / 83% / 80%. One pass at 2e-3 (the default before
+# that): weight 1 kept 23 / 23 / 25 at 137% / 71% / 92%, 2 kept 25 / 25 / 25 at 130% / 61% / 76%.
+TWO_PASS_REPLAY_WEIGHT = 4.0
 # Below ~50 conversations the passes are many and the replay is seen in each. Teach-a-fact (18 trained on, 8 passes at
-# 2e-3), facts kept of 26 and probes recalled of 12. In a new data home, as a user's first run and the slow test have
-# it (training seeds 0 / 1): weight 1 kept 23 / 24, recalled 12 / 12; 2 kept 24 / 24, recalled 11 / 11; 3 kept 25 /
-# 23, recalled 9 / 9. In a home whose cached replay answers were generated in other batches (seeds 0 / 1 / 2 / 3):
-# weight 1 kept 25 / 24 / 22 / 22, recalled 10 / 12 / 10 / 10; 2 kept 24 / 23 (seeds 0, 1), recalled 10 / 10; 3 kept
-# 24 / 25 / 25 / 24, recalled 11 each; 4 kept 25 / 24 (seeds 2, 3), recalled 10 / 9; 6 kept 25 / 26, recalled 7 / 7.
-# One curve, moved by noise as much as by the weight: 2 is the one that met both of the slow test's bars (90%) in
-# both new-home runs.
+# 2e-3, new data homes), facts kept of 26 and probes recalled of 12. With replay cut to first sentences, three a
+# conversation (54; replay.default_replay_count), weight 2, training seeds 0-6: kept 26, 25, 25, 25, 25, 25, 23,
+# recalled 12, 12, 12, 12, 9, 12, 10; weight 4 (seed 0) kept 25 but recalled 9. With whole answers, two a
+# conversation (the session before; seeds 0 / 1): weight 1 kept 23 / 24, recalled 12 / 12; 2 kept 24 / 24,
+# recalled 11 / 11; 3 kept 25 / 23, recalled 9 / 9; in a home whose cached replay answers were generated in other
+# batches, 4 and 6 kept 25 / 24 and 25 / 26 but recalled 10 / 9 and 7 / 7.
 MANY_PASS_REPLAY_WEIGHT = 2.0
 
 
@@ -71,6 +72,12 @@ def preference_epochs(n_examples: int) -> float:
 def _one_pass_by_size(n_conversations: int) -> bool:
     """Whether the size curve alone would make a single pass: the sizes that get two at half the rate instead."""
     return preference_epochs(n_conversations) == 1
+
+
+def many_passes(n_conversations: int) -> bool:
+    """Whether a run on ``n_conversations`` makes many passes (below ~50 conversations), where the replay is seen in
+    every one (its weight and count follow: ``auto_replay_weight``, ``replay.default_replay_count``)."""
+    return not _one_pass_by_size(n_conversations)
 
 
 def auto_epochs(n_conversations: int) -> float:
@@ -88,7 +95,7 @@ def auto_lr(method: str, n_conversations: int) -> float:
 
 
 def auto_replay_weight(n_conversations: int) -> float:
-    """What a replayed token's distillation loss weighs against one of the user's (``--replay-weight``): 6 from ~50
+    """What a replayed token's distillation loss weighs against one of the user's (``--replay-weight``): 4 from ~50
     conversations, where one pass's step is spread over two, 2 below, where the many passes see the replay again and
     again (both measured above; README "Replay and retention")."""
     return TWO_PASS_REPLAY_WEIGHT if _one_pass_by_size(n_conversations) else MANY_PASS_REPLAY_WEIGHT

@@ -274,7 +274,8 @@ def _run(
     replay: list[Conversation] = []
     if replay_count:
         replay = replay_phase(clock, progress, model, tokenizer, replay_count, cache, bf16=bf16, near=files.train,
-                              resume_dir=run_dir if config.resume else None, rethread=rethread)
+                              sentences=config.replay_sentences, resume_dir=run_dir if config.resume else None,
+                              rethread=rethread)
     check: KnowledgeCheck | None = None
     if choosing_scale:
         with clock.phase("check") as record:
