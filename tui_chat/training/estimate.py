@@ -29,18 +29,18 @@ MAX_SPEEDUP = 10.0  # a much smaller model is not that much faster: start-up, th
 # small_runs` prints one). Full fine-tunes train slower per token (FULL_SLOWDOWN).
 REFERENCE: dict[str, Any] = {
     "base_model": "smollm2", "base_parameters": 134_515_008, "method": "lora", "device": "cpu",
-    "precision": "bf16 autocast", "startup_s": 3.0, "total_s": 55.65, "tokens_per_s": 527.0,
-    "replay_tokens_each": 76.5,
+    "precision": "bf16 autocast", "startup_s": 3.82, "total_s": 53.62, "tokens_per_s": 495.9,
+    "replay_tokens_each": 55.25,
     "phases": {
-        "load": {"s": 0.78},
-        "replay": {"conversations": 16, "generated": 21, "s": 7.01},
+        "load": {"s": 0.64},
+        "replay": {"conversations": 16, "generated": 21, "s": 7.02},
         "baseline": {"generated": 48, "cached": False, "s": 7.18},
-        "distill": {"tokens": 1224, "s": 0.98},
-        "eval_before": {"samples": 1, "cached": False, "s": 2.52},
-        "train": {"start_step": 0, "steps": 24, "tokens": 11400, "s": 21.66},
-        "eval_after": {"samples": 1, "cached": False, "s": 0.44},
-        "save": {"s": 2.13},
-        "retention": {"prompts": 48, "s": 8.92},
+        "distill": {"tokens": 884, "s": 0.7},
+        "eval_before": {"samples": 1, "cached": False, "s": 2.71},
+        "train": {"start_step": 0, "steps": 24, "tokens": 8680, "s": 18.57},
+        "eval_after": {"samples": 1, "cached": False, "s": 0.49},
+        "save": {"s": 1.88},
+        "retention": {"prompts": 48, "s": 9.24},
     },
 }
 # A training step is a forward and a backward pass (~2x the forward's FLOPs): a forward alone, as the DPO reference
