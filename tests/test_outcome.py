@@ -27,8 +27,14 @@ def test_the_finish_summary_says_it() -> None:
     store = Store(memory_database())
     run = store.create_training_run("r", base_model="smollm2")
     run = store.update_training_run(run.id, status="finished", metrics=METRICS)
+    # each said once: in words where the outcome says it, the other measures as numbers
     assert finish_summary(run) == (
-        "r finished: validation perplexity 59.04 -> 46.80, retention 96% (25/26 general facts kept). Your held-out "
-        "chats: 21% less surprising to the model (perplexity 59 -> 47). General knowledge kept: 25 of 26 answers "
-        "(96%). Chat with it: /model r"
+        "r finished. Your held-out chats: 21% less surprising to the model (perplexity 59 -> 47). General knowledge "
+        "kept: 25 of 26 answers (96%). Chat with it: /model r"
     )
+    scored = store.update_training_run(run.id, metrics={**METRICS, "before": {"val_ppl": 59.04, "bleu": 0.4},
+                                                        "after": {"val_ppl": 46.8, "bleu": 2.9}})
+    assert finish_summary(scored).startswith("r finished: BLEU 0.4 -> 2.9. Your held-out chats: 21% less surprising")
+    alone = store.update_training_run(run.id, metrics={"retention": METRICS["retention"], "after": {"val_ppl": 9.0}})
+    assert finish_summary(alone) == (
+        "r finished: validation perplexity 9.00. General knowledge kept: 25 of 26 answers (96%). Chat with it: /model r")

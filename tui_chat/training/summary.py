@@ -93,15 +93,19 @@ def _preference(metrics: dict[str, Any]) -> str | None:
             f"{after.get('pairs', 0)} held-out pairs")
 
 
-def metrics_text(metrics: dict[str, Any]) -> str:
+def metrics_text(metrics: dict[str, Any], *, beside_outcome: bool = False) -> str:
     """``validation perplexity 12.30 -> 8.10, BLEU 3.2 -> 10.5, ROUGE-L 0.120 -> 0.250, retention 95% (...)``:
-    what the run measured."""
+    what the run measured. ``beside_outcome``: without what ``outcome_line`` says in words next to it (the
+    perplexity's change and the facts kept), so a summary says each once."""
+    before, after = metrics.get("before") or {}, metrics.get("after") or {}
+    perplexity_said = beside_outcome and before.get("val_ppl") and after.get("val_ppl")
+    retention_said = beside_outcome and (metrics.get("retention") or {}).get("facts_total")
     parts = [
-        _eval_change(metrics, "val_ppl", "validation perplexity", 2),
+        None if perplexity_said else _eval_change(metrics, "val_ppl", "validation perplexity", 2),
         _eval_change(metrics, "bleu", "BLEU", 1),
         _eval_change(metrics, "rouge_l", "ROUGE-L", 3),
         _preference(metrics),
-        _retention(metrics),
+        None if retention_said else _retention(metrics),
     ]
     return ", ".join(part for part in parts if part)
 
@@ -126,10 +130,11 @@ def finish_summary(run: TrainingRun, win: WinRate | None = None) -> str:
     if run.status == "finished":
         took = metrics.get("wall_s") or metrics.get("elapsed_s")
         took = f" in {duration(took)}" if took else ""
-        measured = ", ".join(part for part in (metrics_text(metrics), win and win_rate_text(win)) if part)
+        outcome = outcome_line(metrics)
+        measured = ", ".join(
+            part for part in (metrics_text(metrics, beside_outcome=True), win and win_rate_text(win)) if part)
         steps = f" ({counted(metrics['steps'], 'step')})" if metrics.get("steps") else ""
         warning = (metrics.get("retention") or {}).get("warning")
-        outcome = outcome_line(metrics)
         return (f"{run.name} finished{took}{steps}" + (f": {measured}" if measured else "")
                 + (f". Warning: {warning}" if warning else "") + (f". {outcome[:-1]}" if outcome else "")
                 + f". Chat with it: /model {run.name}")
