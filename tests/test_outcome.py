@@ -37,4 +37,6 @@ def test_the_finish_summary_says_it() -> None:
     assert finish_summary(scored).startswith("r finished: BLEU 0.4 -> 2.9. Your held-out chats: 21% less surprising")
     alone = store.update_training_run(run.id, metrics={"retention": METRICS["retention"], "after": {"val_ppl": 9.0}})
     assert finish_summary(alone) == (
-        "r finished: validation perplexity 9.00. General knowledge kept: 25 of 26 answers (96%). Chat with it: /model r")
+        "r finished: validation perplexity 9.00. General knowledge kept: 25 of 26 answers (96%). "
+        "Chat with it: /model r"
+    )

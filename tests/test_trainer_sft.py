@@ -222,6 +222,24 @@ def test_resume_refuses_changed_data_or_settings(tiny_dir: Path, data: Path, tmp
         run_sft(resume, ProgressReporter("none"))
 
 
+def test_a_run_started_before_a_setting_existed_resumes_with_what_it_did(
+    tiny_dir: Path, data: Path, tmp_path: Path
+) -> None:
+    config = make_config(tiny_dir, data, tmp_path / "run", no_eval=True)
+    with pytest.raises(TrainingStopped):
+        run_sft(config, SignalAtStep(1))
+    saved_path = tmp_path / "run" / "train_config.json"
+    saved = json.loads(saved_path.read_text())
+    del saved["config"]["replay_sentences"]  # as a run started before --replay-sentences existed wrote it
+    saved_path.write_text(json.dumps(saved))
+    resume = dataclasses.replace(config, resume=True)
+    # it replayed whole answers; the default now cuts them, and the error says what the run did
+    with pytest.raises(SettingsError, match="before that option existed: --replay-sentences 0"):
+        run_sft(resume, ProgressReporter("none"))
+    run_dir = run_sft(dataclasses.replace(resume, replay_sentences=0), ProgressReporter("none"))
+    assert (run_dir / "COMPLETE").exists()
+
+
 def test_finished_run_dirs_are_not_overwritten(tiny_dir: Path, data: Path, tmp_path: Path) -> None:
     config = make_config(tiny_dir, data, tmp_path / "run", max_steps=1, no_eval=True)
     run_sft(config, ProgressReporter("none"))

@@ -30,6 +30,11 @@ class SettingsError(ValueError):
     """Settings or a run dir the user chose cannot work; one line naming the fix."""
 
 
+# What runs started before a learning setting existed did, for the settings added since: such a run resumes with
+# the setting given that value (it replayed whole answers: --replay-sentences 0).
+BEFORE_THE_SETTING_EXISTED: dict[str, Any] = {"replay_sentences": 0}
+
+
 def check_resume(run_dir: Path, config: SFTConfig, data_sha: str) -> None:
     """SettingsError unless ``run_dir`` was started on the same data with the same learning settings."""
     saved = json.loads((run_dir / rundir.TRAIN_CONFIG).read_text())
@@ -38,13 +43,15 @@ def check_resume(run_dir: Path, config: SFTConfig, data_sha: str) -> None:
             f"the dataset changed since {run_dir} started (sha256 differs); resume with the same files or start a "
             "new run"
         )
-    changed = sorted(
-        k for k, v in config.learning_fields().items() if saved["config"].get(k) != v and k != "resume"
-    )
+    # A setting added since the run started is read as what the trainer did then.
+    before = {**BEFORE_THE_SETTING_EXISTED, **saved["config"]}
+    changed = sorted(k for k, v in config.learning_fields().items() if before.get(k) != v and k != "resume")
     if changed:
+        older = [f"--{k.replace('_', '-')} {before[k]}" for k in changed if k not in saved["config"]]
+        then = f" (it started before that option existed: {', '.join(older)})" if older else ""
         raise SettingsError(
             f"settings changed since {run_dir} started ({', '.join('--' + k.replace('_', '-') for k in changed)}); "
-            "resume with the same settings or start a new run"
+            f"resume with the same settings{then} or start a new run"
         )
 
 
