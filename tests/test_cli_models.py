@@ -90,7 +90,8 @@ def test_models_show_gives_the_lineage_both_ways(invoke, store, home) -> None:
     result = invoke("models", "show", "smollm2-sft-1")
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "smollm2-sft-1 finished in 1 min 15 s (6 steps): validation perplexity 9.50 -> 4.25" in out
+    assert "smollm2-sft-1 finished in 1 min 15 s (6 steps): BLEU 2.0 -> 8.0" in out
+    assert "Your held-out chats: 55% less surprising to the model (perplexity 9.50 -> 4.25)" in out
     assert "Trained on 3 conversations:" in out
     assert f"#{used[0]}  question 0" in out and f"#{used[2]}  (deleted since)" in out
     assert "Replies written by smollm2-sft-1:" in out and f"#{talk.id}" in out

@@ -91,7 +91,7 @@ async def test_train_runs_to_completion_and_the_chat_switches_to_the_new_model(h
         (run,) = store.list_training_runs()
         assert run.status == "finished" and run.metrics["steps"] == 2 and run.metrics["after"]["val_ppl"] > 0
         assert row.monitor.progress.losses and len(row.monitor.progress.losses) == 2
-        assert f"{run.name} finished in" in row_text(row) and "validation perplexity" in row_text(row)
+        assert f"{run.name} finished in" in row_text(row) and "Your held-out chats:" in row_text(row)
         assert any(f"Chat with it: /model {run.name}" in n for n in notifications(pilot)), notifications(pilot)
 
         await pilot.click(".run-switch")
