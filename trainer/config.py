@@ -32,6 +32,11 @@ from .schedule import auto_epochs, auto_lr, auto_replay_weight
 # weighed less for more of the gain.
 DISTILLED_REPLAY_SENTENCES = 1
 
+
+def replay_sentences_for(replay_loss: str) -> int:
+    """The sentences a replayed answer keeps when the user did not say (0: whole): first sentences when distilled."""
+    return DISTILLED_REPLAY_SENTENCES if replay_loss == "kl" else 0
+
 # Fields that do not change what is learned: they may differ between a run and its --resume.
 OPERATIONAL_FIELDS = frozenset(
     {"out", "home", "resume", "progress", "threads", "save_every", "eval_samples", "max_new_tokens", "no_eval"}
@@ -177,7 +182,7 @@ class SFTConfig:
             epochs=self.epochs if self.epochs is not None else auto_epochs(n_conversations),
             replay_weight=self.replay_weight if self.replay_weight is not None else auto_replay_weight(n_conversations),
             replay_sentences=self.replay_sentences if self.replay_sentences is not None else (
-                DISTILLED_REPLAY_SENTENCES if replay_loss == "kl" else 0),
+                replay_sentences_for(replay_loss)),
         )
 
     def describe(self, replay_count: int) -> str:

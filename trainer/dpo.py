@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from . import rundir
 from .base_answers import CACHE_DIR, AnswerCache, model_identity
 from .batching import Collator, padding_efficiency
-from .config import DISTILLED_REPLAY_SENTENCES, validate
+from .config import replay_sentences_for, validate
 from .cpu_threads import ThreadGovernor
 from .data import Conversation, DataError, read_jsonl
 from .distill import mass_outside_top_k, teacher_targets
@@ -155,7 +155,7 @@ def _run(
     if replay_count:
         replay = replay_phase(clock, progress, model, tokenizer, replay_count, cache, bf16=bf16,
                               near=near_conversations(files),
-                              sentences=DISTILLED_REPLAY_SENTENCES if config.replay_loss == "kl" else 0,
+                              sentences=replay_sentences_for(config.replay_loss),
                               resume_dir=run_dir if config.resume else None,
                               rethread=rethread)
     baseline = None

@@ -199,12 +199,12 @@ def replay_conversations(
     *,
     bf16: bool,
     near: Sequence[str] = (),
-    sentences: int | None = None,
+    sentences: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """``count`` replay conversations (``{"messages": [user, assistant]}``) answered by ``model``, the base model,
     half of them on the topics of ``near`` (the text of the user's conversations; see ``replay_order``); each answer
-    cut after its first ``sentences`` sentences when given (``config.DISTILLED_REPLAY_SENTENCES``).
+    cut after its first ``sentences`` sentences (0: whole; ``config.DISTILLED_REPLAY_SENTENCES``).
 
     No system message: the chat template adds its default one, as it does in chat and for the user's data.
     Fewer than ``count`` come back only when the model's answers are rarely usable (see ``MAX_ROUNDS_FACTOR``).
@@ -247,13 +247,13 @@ def replay_for_run(
     *,
     bf16: bool,
     near: Sequence[Conversation] = (),
-    sentences: int | None = None,
+    sentences: int = 0,
     resume_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Conversation]:
     """The replay conversations of a run, as training conversations: those ``resume_dir`` trained on when it holds
     them (a resumed run must see the same data), else ``count`` fresh ones from ``model`` (the base model), half of
-    them on the topics of ``near`` (the user's training conversations), cut after ``sentences`` sentences if given."""
+    them on the topics of ``near`` (the user's training conversations), cut after ``sentences`` sentences (0: whole)."""
     if resume_dir is not None and (resume_dir / REPLAY_FILE).is_file():
         return read_jsonl(resume_dir / REPLAY_FILE).conversations
     records = replay_conversations(model, tokenizer, count, cache, bf16=bf16, near=_texts(near), sentences=sentences,
@@ -288,7 +288,7 @@ def replay_phase(
             f"the base model answers {new} new prompts (cached for its later runs)" if new else
             "every answer comes from the cache"))
         replay = replay_for_run(model, tokenizer, count, cache, bf16=bf16, near=near,
-                                sentences=sentences or None, resume_dir=resume_dir,
+                                sentences=sentences, resume_dir=resume_dir,
                                 progress=rethread)
         record["generated"] = cache.generated.get("replay", 0)
     return replay

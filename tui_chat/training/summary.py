@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 from sessions import Store, TrainingRun, WinRate, counted, minute_text
-from trainer.outcome import outcome_line
+from trainer.outcome import outcome_parts
 
 from tui_chat.training.monitor import RunProgress, is_active
 
@@ -93,19 +93,16 @@ def _preference(metrics: dict[str, Any]) -> str | None:
             f"{after.get('pairs', 0)} held-out pairs")
 
 
-def metrics_text(metrics: dict[str, Any], *, beside_outcome: bool = False) -> str:
+def metrics_text(metrics: dict[str, Any], *, said: Collection[str] = ()) -> str:
     """``validation perplexity 12.30 -> 8.10, BLEU 3.2 -> 10.5, ROUGE-L 0.120 -> 0.250, retention 95% (...)``:
-    what the run measured. ``beside_outcome``: without what ``outcome_line`` says in words next to it (the
-    perplexity's change and the facts kept), so a summary says each once."""
-    before, after = metrics.get("before") or {}, metrics.get("after") or {}
-    perplexity_said = beside_outcome and before.get("val_ppl") and after.get("val_ppl")
-    retention_said = beside_outcome and (metrics.get("retention") or {}).get("facts_total")
+    what the run measured, less the measures in ``said`` (``val_ppl``, ``retention``: said in words beside it by
+    ``outcome_parts``, so a summary says each once)."""
     parts = [
-        None if perplexity_said else _eval_change(metrics, "val_ppl", "validation perplexity", 2),
+        None if "val_ppl" in said else _eval_change(metrics, "val_ppl", "validation perplexity", 2),
         _eval_change(metrics, "bleu", "BLEU", 1),
         _eval_change(metrics, "rouge_l", "ROUGE-L", 3),
         _preference(metrics),
-        None if retention_said else _retention(metrics),
+        None if "retention" in said else _retention(metrics),
     ]
     return ", ".join(part for part in parts if part)
 
@@ -130,9 +127,10 @@ def finish_summary(run: TrainingRun, win: WinRate | None = None) -> str:
     if run.status == "finished":
         took = metrics.get("wall_s") or metrics.get("elapsed_s")
         took = f" in {duration(took)}" if took else ""
-        outcome = outcome_line(metrics)
+        in_words = outcome_parts(metrics)
+        outcome = " ".join(in_words.values())
         measured = ", ".join(
-            part for part in (metrics_text(metrics, beside_outcome=True), win and win_rate_text(win)) if part)
+            part for part in (metrics_text(metrics, said=in_words), win and win_rate_text(win)) if part)
         steps = f" ({counted(metrics['steps'], 'step')})" if metrics.get("steps") else ""
         warning = (metrics.get("retention") or {}).get("warning")
         return (f"{run.name} finished{took}{steps}" + (f": {measured}" if measured else "")
